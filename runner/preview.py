@@ -1,0 +1,39 @@
+"""`recipe render`: the first rows of a recipe's data as its template renders them, trained text marked."""
+from __future__ import annotations
+
+from . import examples, sources, templates
+from .errors import UserError
+from .loading import Loaded
+
+PLACEHOLDER_TOKENS = templates.TokenizerTokens(bos_token="<bos>", eos_token="<eos>")
+
+
+def _tokens(loaded: Loaded) -> tuple[templates.TokenizerTokens, str]:
+    """The model's special tokens when the model is available here, else visible placeholders (and a note)."""
+    from . import models
+
+    try:
+        return models.tokenizer_tokens(models.resolve_base(loaded.recipe.model)), ""
+    except UserError as err:
+        return PLACEHOLDER_TOKENS, f"# note: model not available here, showing <bos>/<eos> placeholders ({err})\n"
+
+
+def render_preview(loaded: Loaded, count: int) -> str:
+    """Text of `count` rendered examples from the recipe's first dataset."""
+    recipe = loaded.recipe
+    template = templates.load(recipe.data.template)
+    tokens, note = _tokens(loaded)
+    spec = recipe.data.datasets[0]
+    rows = sources.read(spec, 0).rows
+    blocks = []
+    for number, row in enumerate(rows[:count], start=1):
+        try:
+            example = examples.to_example(row, spec, template)
+        except examples.IncompleteRow as err:
+            blocks.append(f"--- example {number}: skipped ({err})")
+            continue
+        if recipe.data.system:
+            example.setdefault("system", recipe.data.system)
+        segments = templates.render(template, example, tokens)
+        blocks.append(f"--- example {number} ({template.name}; trained text between [[ ]])\n{templates.show(segments)}")
+    return note + "\n".join(blocks)

@@ -1,0 +1,267 @@
+"""Recipe language v1: one small frozen pydantic model per section, unknown keys rejected.
+
+Checks that involve only one section live next to its fields; checks across sections live on `Recipe`.
+Every message carries the numbers it is about.
+"""
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+
+SCHEMA_VERSION = 1
+SEMVER = re.compile(r"^\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.-]+)?$")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelSpec(Section):
+    """The base model: a hub id, a local HF directory, a local .gguf file, or pkg://<package>/<file>."""
+
+    base: str = Field(min_length=1, description="hub id | local dir | local .gguf | pkg://<package>/<file>")
+    revision: str = Field("main", description="hub revision (branch, tag or commit) for hub ids")
+    trust_remote_code: StrictBool = Field(False, description="run code shipped with the model; off unless set here")
+    context_length: int | None = Field(None, gt=0, description="the model's maximum sequence length, if known")
+
+
+class LoraSpec(Section):
+    r: int = Field(16, gt=0, description="adapter rank")
+    alpha: int = Field(32, gt=0, description="scaling numerator (scale = alpha / r)")
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target: Literal["all-linear"] | list[str] = Field("all-linear", description="modules to adapt")
+
+
+class MethodSpec(Section):
+    kind: Literal["full", "lora", "qlora"]
+    lora: LoraSpec | None = Field(None, description="adapter settings; lora and qlora only")
+
+    def problems(self) -> list[tuple[str, str]]:
+        if self.kind == "full" and self.lora is not None:
+            return [("method.lora", "LoRA settings given but method.kind is 'full'; remove method.lora or use "
+                     "kind: lora / qlora")]
+        return []
+
+    @property
+    def adapter(self) -> LoraSpec | None:
+        """The LoRA settings in force (defaults when an adapter method leaves them out)."""
+        return None if self.kind == "full" else (self.lora or LoraSpec())
+
+
+class RegexExtract(Section):
+    """Template variables pulled out of one text column by a regex with named groups."""
+
+    column: str
+    pattern: str
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles_with_groups(cls, pattern: str) -> str:
+        try:
+            compiled = re.compile(pattern, re.DOTALL)
+        except re.error as err:
+            raise ValueError(f"not a valid regular expression: {err}") from None
+        if not compiled.groupindex:
+            raise ValueError("the pattern has no named groups, e.g. (?P<instruction>...)")
+        return pattern
+
+    @property
+    def variables(self) -> set[str]:
+        return set(re.compile(self.pattern).groupindex)
+
+
+class DatasetSpec(Section):
+    source: str = Field(description="hf:<id> or file:<path .jsonl|.json|.csv|.parquet> (relative to the project)")
+    revision: str | None = Field(None, description="hub dataset revision")
+    config: str | None = Field(None, description="hub dataset configuration name")
+    split: str = Field("train", description="split of the source to read")
+    fields: dict[str, str] = Field(default_factory=dict, description="template variable -> dataset column")
+    extract: RegexExtract | None = None
+    weight: float = Field(1.0, gt=0, description="mixing ratio: rows taken = weight x rows available")
+
+    @field_validator("source")
+    @classmethod
+    def _known_scheme(cls, source: str) -> str:
+        if not source.startswith(("hf:", "file:")):
+            raise ValueError(f"{source!r} has no scheme; write hf:<dataset id> or file:<path>")
+        if source.startswith("file:") and not source.endswith((".jsonl", ".json", ".csv", ".parquet")):
+            raise ValueError(f"{source!r}: local files must be .jsonl, .json, .csv or .parquet")
+        return source
+
+    @property
+    def variables(self) -> set[str]:
+        """Template variables this dataset provides."""
+        return set(self.fields) | (self.extract.variables if self.extract else set())
+
+
+class SplitSpec(Section):
+    val: int | float = Field(0.02, ge=0, description="fraction (<1) or row count (>=1) held out for validation")
+    test: int | float = Field(0, ge=0, description="fraction (<1) or row count (>=1) held out for evaluation")
+    seed: int = 42
+
+
+class DataSpec(Section):
+    datasets: list[DatasetSpec] = Field(min_length=1)
+    template: str = Field(description="templates/<name>.jinja, or 'tokenizer' for the model's chat template")
+    system: str | None = Field(None, description="system prompt for templates that take one")
+    max_seq_len: int = Field(2048, gt=0)
+    packing: bool = True
+    overlength: Literal["truncate", "drop"] = Field("drop", description="rows longer than max_seq_len")
+    incomplete: Literal["drop", "error"] = Field("drop", description="rows with an empty or missing field")
+    dedupe: bool = Field(True, description="remove exact duplicate rows")
+    split: SplitSpec = SplitSpec()
+
+
+class TrainSpec(Section):
+    epochs: float | None = Field(1, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps")
+    micro_batch_size: int = Field(1, gt=0, description="sequences per device per forward pass")
+    gradient_accumulation_steps: int | None = Field(None, gt=0)
+    global_batch_size: int | None = Field(None, gt=0, description="micro x accumulation x gpus x nodes")
+    learning_rate: float = Field(2e-4, gt=0)
+    schedule: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    optimizer: str = "adamw_torch"
+    gradient_checkpointing: bool = False
+    logging_steps: int = Field(1, gt=0)
+    eval_steps: int | None = Field(None, gt=0, description="validation loss every N steps")
+    save_steps: int | None = Field(None, gt=0, description="checkpoint every N steps (resume points)")
+    save_total_limit: int | None = Field(2, gt=0)
+    seed: int = 42
+
+    def problems(self) -> list[tuple[str, str]]:
+        if self.epochs is None and self.max_steps is None:
+            return [("train.epochs", "neither train.epochs nor train.max_steps is set; set one")]
+        return []
+
+
+class NcclSpec(Section):
+    timeout_s: int = Field(1800, gt=0, description="collective timeout")
+    debug: Literal["OFF", "WARN", "INFO", "TRACE"] = "WARN"
+
+
+class HardwareSpec(Section):
+    profile: str = Field(description="name of the hardware profile (recipes/_base/hardware/<profile>.yaml)")
+    device: Literal["cpu", "cuda"] = "cuda"
+    gpu_model: str | None = Field(None, description="e.g. a100-80g, h100-80g (for MFU)")
+    gpus: int = Field(1, gt=0, description="processes per node (GPUs on cuda, CPU processes on cpu)")
+    nodes: int = Field(1, gt=0)
+    deepspeed: Literal["none", "zero2", "zero3", "zero3-offload"] = "none"
+    attention: Literal["flash", "sdpa", "eager"] = "sdpa"
+    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    nccl: NcclSpec = NcclSpec()
+
+    @property
+    def world_size(self) -> int:
+        return self.gpus * self.nodes
+
+    def problems(self) -> list[tuple[str, str]]:
+        problems = []
+        if self.device == "cpu" and self.attention == "flash":
+            problems.append(("hardware.attention", f"flash attention needs a GPU but profile {self.profile!r} is "
+                             "cpu; use sdpa or eager"))
+        if self.device == "cpu" and self.precision != "fp32":
+            problems.append(("hardware.precision", f"{self.precision} training is not supported on cpu; use fp32"))
+        if self.deepspeed in ("zero2", "zero3") and self.world_size < 2:
+            problems.append(("hardware.deepspeed", f"{self.deepspeed} shards across processes but gpus x nodes = "
+                             f"{self.gpus} x {self.nodes} = 1; use more processes, zero3-offload, or none"))
+        return problems
+
+
+class EvalSpec(Section):
+    suite: str | None = Field(None, description="eval_suites/<name>.yaml")
+    compare_base: bool = True
+    max_items: int | None = Field(None, gt=0, description="cap on test items (quick looks)")
+    max_new_tokens: int = Field(128, gt=0)
+    batch_size: int = Field(8, gt=0)
+
+
+class WandbSpec(Section):
+    project: str
+    entity: str | None = None
+
+
+class TrackingSpec(Section):
+    wandb: WandbSpec | None = None
+    tensorboard: bool = False
+
+
+class PublishSpec(Section):
+    merge_adapter: bool = False
+    hub_model_id: str | None = None
+
+
+class Recipe(Section):
+    """A whole recipe after `extends` and overrides are applied."""
+
+    schema_: Literal[1] = Field(alias="schema", description="recipe-language version")
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    version: str = Field(description="the recipe's own semantic version, bumped in review")
+    description: str = ""
+    model: ModelSpec
+    method: MethodSpec
+    data: DataSpec
+    train: TrainSpec = TrainSpec()
+    hardware: HardwareSpec
+    eval: EvalSpec = EvalSpec()
+    tracking: TrackingSpec = TrackingSpec()
+    publish: PublishSpec = PublishSpec()
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("version")
+    @classmethod
+    def _semver(cls, version: str) -> str:
+        if not SEMVER.match(version):
+            raise ValueError(f"{version!r} is not a semantic version like 1.0.0")
+        return version
+
+    def problems(self) -> list[tuple[str, str]]:
+        """Cross-section checks as (key path, message); empty when the recipe is consistent."""
+        problems = [*self.method.problems(), *self.train.problems(), *self.hardware.problems(),
+                    *self._batch_problems(), *self._method_problems()]
+        limit = self.model.context_length
+        if limit is not None and self.data.max_seq_len > limit:
+            problems.append(("data.max_seq_len", f"{self.data.max_seq_len} exceeds the model's context length "
+                             f"{limit} (model.context_length)"))
+        return problems
+
+    def _batch_problems(self) -> list[tuple[str, str]]:
+        train, world = self.train, self.hardware.world_size
+        per_step = train.micro_batch_size * world
+        if train.global_batch_size is None or train.gradient_accumulation_steps is None:
+            if train.global_batch_size is not None and train.global_batch_size % per_step:
+                return [("train.global_batch_size", f"{train.global_batch_size} is not a multiple of "
+                         f"micro_batch_size x gpus x nodes = {train.micro_batch_size} x {self.hardware.gpus} x "
+                         f"{self.hardware.nodes} = {per_step}")]
+            return []
+        implied = per_step * train.gradient_accumulation_steps
+        if implied != train.global_batch_size:
+            return [("train.global_batch_size", f"{train.global_batch_size} != micro_batch_size x "
+                     f"gradient_accumulation_steps x gpus x nodes = {train.micro_batch_size} x "
+                     f"{train.gradient_accumulation_steps} x {self.hardware.gpus} x {self.hardware.nodes} = "
+                     f"{implied}; set only one of global_batch_size and gradient_accumulation_steps")]
+        return []
+
+    def _method_problems(self) -> list[tuple[str, str]]:
+        if self.method.kind == "qlora" and self.hardware.device != "cuda":
+            return [("method.kind", f"qlora needs 4-bit kernels on a GPU, but hardware profile "
+                     f"{self.hardware.profile!r} is cpu; use lora on cpu or a GPU profile")]
+        return []
+
+    @property
+    def gradient_accumulation(self) -> int:
+        """Accumulation steps: given, or derived from the global batch (global / (micro x gpus x nodes))."""
+        if self.train.gradient_accumulation_steps is not None:
+            return self.train.gradient_accumulation_steps
+        if self.train.global_batch_size is not None:
+            return self.train.global_batch_size // (self.train.micro_batch_size * self.hardware.world_size)
+        return 1
+
+    @property
+    def global_batch(self) -> int:
+        return self.train.micro_batch_size * self.gradient_accumulation * self.hardware.world_size

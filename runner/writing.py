@@ -1,0 +1,35 @@
+"""The one place files are written: atomically (temp file + rename), so a crash never leaves half a file."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import Problem, UserError
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write text to path via a temp file in the same folder and an atomic rename."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as err:
+        raise UserError(Problem(str(path), "", f"cannot write: {err.strerror}; check the folder exists, is "
+                                "writable and has free space")) from None
+    return path
+
+
+def write_json_atomic(path: Path, data) -> Path:
+    """Deterministic JSON: sorted keys, two-space indent, trailing newline."""
+    return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")

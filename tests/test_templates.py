@@ -1,0 +1,106 @@
+"""Every template's rendered text and loss mask pinned by golden files; the sandbox refuses escapes.
+
+Regenerate with `make golden` (UPDATE_GOLDEN=1) and review the diff.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from runner import templates
+from runner.errors import UserError
+
+GOLDEN = Path(__file__).parent / "golden" / "templates"
+TOKENS = templates.TokenizerTokens(bos_token="<s>", eos_token="</s>")
+# A ChatML chat template in the style models ship in tokenizer_config.json, for the `tokenizer` template.
+CHAT_TEMPLATE = ("{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + "
+                 "'<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}"
+                 "{% endif %}")
+CHAT = [{"role": "user", "content": "What is 2+2?"}, {"role": "assistant", "content": "4."},
+        {"role": "user", "content": "And doubled?"}, {"role": "assistant", "content": "8."}]
+
+CASES = {
+    "alpaca-no-input": ("alpaca", {"instruction": "Name a primary colour.", "output": "Red."}),
+    "alpaca-with-input": ("alpaca", {"instruction": "Add the numbers.", "input": "2, 3", "output": "5"}),
+    "chatml-single-turn": ("chatml", {"messages": CHAT[:2]}),
+    "chatml-multi-turn-system": ("chatml", {"messages": CHAT, "system": "You are terse."}),
+    "qa-no-input": ("qa", {"instruction": "What causes a cold?", "output": "A virus, usually a rhinovirus."}),
+    "qa-with-input": ("qa", {"instruction": "Is this serious?", "input": "I have a mild cough.", "output": "Rarely."}),
+    "falcon-instruct-system": ("falcon-instruct", {"instruction": "I feel anxious.", "output": "That sounds hard.",
+                                                   "system": "You are a caring assistant."}),
+    "falcon-instruct-no-system": ("falcon-instruct", {"instruction": "I can't sleep.", "output": "Let's talk."}),
+    "tokenizer-multi-turn": ("tokenizer", {"messages": CHAT}),
+}
+
+
+def _golden_text(name: str) -> str:
+    template, example = CASES[name]
+    segments = templates.render(templates.load(template), example, replace(TOKENS, chat_template=CHAT_TEMPLATE))
+    record = {"template": template, "example": example, "shown": templates.show(segments),
+              "segments": [s.as_dict() for s in segments]}
+    return json.dumps(record, indent=2, ensure_ascii=False) + "\n"
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_golden(name):
+    path = GOLDEN / f"{name}.json"
+    text = _golden_text(name)
+    if os.environ.get("UPDATE_GOLDEN"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+    assert path.read_text(encoding="utf-8") == text, f"{path.name} changed: review, then `make golden`"
+
+
+def test_every_template_has_golden_cases():
+    assert {template for template, _ in CASES.values()} == set(templates.available())
+
+
+@pytest.mark.parametrize("name", [n for n in templates.available()])
+def test_only_responses_are_labeled_and_end_with_an_end_marker(name):
+    cases = [example for template, example in CASES.values() if template == name]
+    tokens = replace(TOKENS, chat_template=CHAT_TEMPLATE)
+    for example in cases:
+        segments = templates.render(templates.load(name), example, tokens)
+        labeled = [s.text for s in segments if s.label]
+        answers = [m["content"] for m in example.get("messages", []) if m["role"] == "assistant"] or [example["output"]]
+        assert len(labeled) == len(answers)
+        for text, answer in zip(labeled, answers):
+            assert text.startswith(answer) and text.rstrip().endswith(("</s>", "<|im_end|>"))
+
+
+def test_prompt_and_reference_split_for_evaluation():
+    segments = templates.render(templates.load("chatml"), {"messages": CHAT}, TOKENS)
+    prompt, reference = templates.prompt_and_reference(segments, ("<|im_end|>",))
+    assert prompt.endswith("And doubled?<|im_end|>\n<|im_start|>assistant\n") and reference == "8."
+
+
+def test_missing_variable_is_a_clear_error():
+    with pytest.raises(UserError, match="'instruction' is undefined; map it in data.datasets"):
+        templates.render(templates.load("alpaca"), {"output": "x"}, TOKENS)
+
+
+@pytest.mark.parametrize("body", [
+    "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+    "{{ instruction.__class__.__init__.__globals__ }}",
+    "{{ cycler.__init__.__globals__.os.popen('id').read() }}",
+])
+def test_sandbox_refuses_python_internals(project, body):
+    (project / "templates" / "evil.jinja").write_text("{#-\nrequires: [instruction]\n-#}\n" + body)
+    with pytest.raises(UserError, match="refused by the sandbox|cannot render|undefined"):
+        templates.render(templates.load("evil"), {"instruction": "x"}, TOKENS)
+
+
+def test_sandbox_refuses_the_file_system(project):
+    (project / "templates" / "reader.jinja").write_text("{#-\nrequires: []\n-#}\n{% include '/etc/passwd' %}")
+    with pytest.raises(UserError, match="cannot render"):
+        templates.render(templates.load("reader"), {}, TOKENS)
+
+
+def test_template_using_an_undeclared_variable_is_rejected(project):
+    (project / "templates" / "sloppy.jinja").write_text("{#-\nrequires: [instruction]\n-#}\n{{ instruction }}{{ x }}")
+    with pytest.raises(UserError, match=r"uses \['x'\] but its header declares neither"):
+        templates.load("sloppy")
