@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from . import lock, loading, paths, templates
+from . import lock, loading, paths
+from .plan import TARGETS
 from .errors import RunFailed, UserError
 
 EPILOG = """examples:
@@ -14,6 +16,9 @@ EPILOG = """examples:
   recipe render tiny-cpu --n 2          # trained text shown between [[ and ]]
   recipe lock --check                   # CI: resolved snapshots are current
   recipe diff codellama7b-text-to-sql mistral7b-text-to-sql
+  recipe plan gemma7b-dolly-chatml --target slurm
+  recipe train tiny-cpu train.max_steps=10
+  recipe train tiny-cpu --resume        # continue the latest run from its newest checkpoint
 """
 
 
@@ -82,6 +87,58 @@ def cmd_render(args) -> int:
     return 0
 
 
+def cmd_tiny_model(args) -> int:
+    from . import tiny_model
+
+    print(paths.display(tiny_model.build(tiny_model.default_dir() if args.out is None else args.out)))
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from .prepare import prepare
+
+    prepared = prepare(loading.load(args.recipe, args.overrides))
+    info = prepared.info
+    print(f"prepared {paths.display(prepared.dir)}")
+    print(f"  rows: {info['counts']}  duplicates removed: {info['duplicates_removed']}")
+    for source, report in info["sources"].items():
+        print(f"  {source}: {report['rows']} rows, {report['incomplete']} incomplete")
+    for split, stats in info["stats"].items():
+        print(f"  {split}: {stats['rows']} rows, {stats['tokens']} tokens, per row {stats['tokens_per_row']}, "
+              f"{stats['over_max_seq_len']} over max_seq_len ({stats['overlength_action']})")
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from .train import plan_run
+
+    run = plan_run(loading.load(args.recipe, args.overrides), args.target)
+    print(f"planned {paths.display(run.path)}:")
+    for file in sorted(run.path.iterdir()):
+        print(f"  {file.name}")
+    print(f"start it with:\n  {run.manifest()['command']}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from .train import train
+
+    resume = False if args.resume is None else args.resume
+    run = train(loading.load(args.recipe, args.overrides), args.target, resume)
+    summary = run.manifest().get("train", {})
+    print(f"trained {paths.display(run.path)}: {summary.get('steps')} steps, loss {summary.get('first_loss')} -> "
+          f"{summary.get('final_loss')}")
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from . import rundir
+    from .merge import merge
+
+    print(f"merged model: {paths.display(merge(rundir.find(args.recipe, args.run)))}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recipe", description="Declarative fine-tuning recipes.",
                                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -109,6 +166,18 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("b")
     render = with_recipe(verb("render", cmd_render, "print rendered examples, trained text between [[ ]]"))
     render.add_argument("--n", type=int, default=3, help="examples to show")
+    tiny = verb("tiny-model", cmd_tiny_model, "build the tiny random-init Llama the tests and tiny-cpu use")
+    tiny.add_argument("--out", type=Path, default=None, help="folder (default models/tiny-llama)")
+    with_recipe(verb("prepare", cmd_prepare, "prepare a recipe's data (cached by content) and show stats"))
+    plan = with_recipe(verb("plan", cmd_plan, "write axolotl/DeepSpeed/launch files into a new run dir; run nothing"))
+    plan.add_argument("--target", choices=TARGETS, default="local", help="launcher (default local)")
+    train = with_recipe(verb("train", cmd_train, "prepare + plan + train; writes runs/<recipe>/<run-id>/"))
+    train.add_argument("--target", choices=("local", "accelerate", "torchrun"), default="local")
+    train.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN",
+                       help="continue a run (the latest, or RUN) from its newest checkpoint")
+    merge = verb("merge", cmd_merge, "merge a run's LoRA adapter into the base model -> run/merged/")
+    merge.add_argument("recipe")
+    merge.add_argument("--run", default=None, help="run id (default: latest)")
     return parser
 
 

@@ -1,0 +1,109 @@
+"""Per-item generation metrics (prediction vs reference) and corpus BLEU, usable from lm-eval process_results.
+
+Per-item metrics return floats in [0, 1]. Normalisation and token F1 follow the SQuAD v1.1 evaluation
+script exactly; ROUGE-L comes from `rouge_score`; BLEU from `sacrebleu` (scaled from 0-100 to 0-1).
+"""
+from __future__ import annotations
+
+import re
+import string
+from collections import Counter
+from functools import lru_cache
+from typing import Callable, Sequence
+
+_PUNCT = set(string.punctuation)
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+
+
+def normalize_answer(text: str) -> str:
+    """SQuAD v1.1 normalisation: lowercase, drop punctuation, drop articles, collapse whitespace."""
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in _PUNCT)
+    text = _ARTICLES.sub(" ", text)
+    return " ".join(text.split())
+
+
+def exact_match(prediction: str, reference: str) -> float:
+    """1.0 if the SQuAD-normalised prediction equals the normalised reference, else 0.0."""
+    return float(normalize_answer(prediction) == normalize_answer(reference))
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """SQuAD v1.1 token F1 over normalised whitespace tokens (0.0 when nothing overlaps, even if both empty)."""
+    pred_tokens = normalize_answer(prediction).split()
+    ref_tokens = normalize_answer(reference).split()
+    num_same = sum((Counter(pred_tokens) & Counter(ref_tokens)).values())
+    if num_same == 0:
+        return 0.0
+    precision = num_same / len(pred_tokens)
+    recall = num_same / len(ref_tokens)
+    return (2 * precision * recall) / (precision + recall)
+
+
+@lru_cache(maxsize=1)
+def _rouge_scorer():
+    """The single shared RougeScorer(['rougeL'], use_stemmer=True), built on first use."""
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F-measure from rouge_score (stemmed; its tokenizer keeps only lowercase ASCII [a-z0-9])."""
+    # rouge_score's signature is score(target, prediction): reference first.
+    return float(_rouge_scorer().score(reference, prediction)["rougeL"].fmeasure)
+
+
+def bleu(prediction: str, reference: str) -> float:
+    """Sentence-level BLEU (sacrebleu defaults: exp smoothing, effective order) divided by 100."""
+    import sacrebleu
+
+    return _unit(sacrebleu.sentence_bleu(prediction, [reference]).score)
+
+
+def corpus_bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Corpus-level BLEU over aligned predictions/references (one reference each, sacrebleu defaults) / 100."""
+    import sacrebleu
+
+    predictions, references = list(predictions), list(references)
+    _check_lengths(predictions, references)
+    return _unit(sacrebleu.corpus_bleu(predictions, [references]).score)
+
+
+METRICS: dict[str, Callable[[str, str], float]] = {
+    "exact_match": exact_match,
+    "token_f1": token_f1,
+    "rouge_l": rouge_l,
+    "bleu": bleu,
+}
+
+
+def score_all(predictions: Sequence[str], references: Sequence[str], names: Sequence[str]) -> dict[str, list[float]]:
+    """Per-item scores for each named metric in METRICS: {name: [score per item]}."""
+    predictions, references = list(predictions), list(references)
+    _check_lengths(predictions, references)
+    unknown = [n for n in names if n not in METRICS]
+    if unknown:
+        raise ValueError(f"unknown metric(s) {', '.join(unknown)}; available: {', '.join(sorted(METRICS))}")
+    return {n: [METRICS[n](p, r) for p, r in zip(predictions, references)] for n in names}
+
+
+def clean_generation(text: str, stop_strings: Sequence[str] = ()) -> str:
+    """Cut text at the earliest occurrence of any (non-empty) stop string, then strip whitespace."""
+    cut = len(text)
+    for stop in stop_strings:
+        if stop:
+            i = text.find(stop)
+            if i != -1:
+                cut = min(cut, i)
+    return text[:cut].strip()
+
+
+def _unit(bleu_score: float) -> float:
+    # sacrebleu's 0-100 score to [0, 1]; clamped because exp(log(...)) can give 100.00000000000004
+    return min(1.0, max(0.0, float(bleu_score) / 100.0))
+
+
+def _check_lengths(predictions: list, references: list) -> None:
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions but {len(references)} references; they must align")

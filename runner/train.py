@@ -1,0 +1,179 @@
+"""The plan and train stages: write a run directory's engine files, then launch axolotl and watch it.
+
+plan:  recipe -> run dir with recipe.resolved.yaml, axolotl.yaml, deepspeed.json, accelerate.yaml, launch.sh
+train: prepare (cached) + plan + `bash launch.sh`, streaming the log, recording the outcome in the manifest.
+A process that dies leaves status `failed` with the log tail; a resumed run relaunches the same files
+and axolotl continues from the newest checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from pathlib import Path
+
+from . import loading, models, paths, plan, prepare, provenance, rundir
+from .errors import Problem, RunFailed, UserError
+from .loading import Loaded
+from .writing import write_json_atomic, write_text_atomic
+from .yamlio import dump_yaml
+
+LOG_TAIL_LINES = 40
+
+
+def base_model_for(loaded: Loaded) -> str:
+    """What axolotl loads: hub ids stay hub ids (resolved on the cluster); local files become local dirs."""
+    spec = loaded.recipe.model
+    local = spec.base.startswith(models.PKG) or paths.resolve_local(spec.base).exists() or spec.base.endswith(".gguf")
+    return str(models.resolve_base(spec, paths.display(loaded.path))) if local else spec.base
+
+
+def _engine_files(loaded: Loaded, target: str, base_model: str, has_val: bool) -> dict[str, str]:
+    recipe = loaded.recipe
+    files = {"recipe.resolved.yaml": loading.resolved_yaml(recipe),
+             "axolotl.yaml": dump_yaml(plan.axolotl_config(recipe, base_model, has_val=has_val)),
+             "launch.sh": plan.launch_script(recipe, target)}
+    deepspeed = plan.deepspeed_config(recipe)
+    if deepspeed:
+        files["deepspeed.json"] = json.dumps(deepspeed, indent=2, sort_keys=True) + "\n"
+    if target == "accelerate":
+        files["accelerate.yaml"] = dump_yaml(plan.accelerate_config(recipe))
+    return files
+
+
+def _write_plan(run: rundir.RunDir, loaded: Loaded, target: str, base_model: str, has_val: bool) -> None:
+    for name, text in _engine_files(loaded, target, base_model, has_val).items():
+        write_text_atomic(run.file(name), text)
+    run.file("launch.sh").chmod(0o755)
+
+
+def _link_data(run: rundir.RunDir, prepared: prepare.Prepared) -> None:
+    """Hard-link the cached prepared files into run/data (copy across file systems)."""
+    target = run.file("data")
+    target.mkdir(exist_ok=True)
+    for name in (*[f"{s}.jsonl" for s in prepare.SPLITS], prepare.DONE):
+        destination = target / name
+        destination.unlink(missing_ok=True)
+        try:
+            os.link(prepared.dir / name, destination)
+        except OSError:
+            shutil.copy2(prepared.dir / name, destination)
+
+
+def _manifest_base(loaded: Loaded, run: rundir.RunDir, target: str, base_model: str) -> dict:
+    recipe = loaded.recipe
+    return {"run_id": run.run_id, "recipe": recipe.name, "recipe_version": recipe.version,
+            "fingerprint": loaded.fingerprint, "recipe_file": paths.display(loaded.path),
+            "extends": [paths.display(p) for p in loaded.chain[1:]], "target": target,
+            "base_model": recipe.model.base, "base_model_dir": base_model, "model_dir": "model",
+            "adapter": recipe.method.adapter is not None, "git_commit": provenance.git_commit(),
+            "packages": provenance.package_versions(), "hardware": provenance.hardware(recipe),
+            "seeds": {"train": recipe.train.seed, "split": recipe.data.split.seed},
+            "batch": {"micro": recipe.train.micro_batch_size, "accumulation": recipe.gradient_accumulation,
+                      "world_size": recipe.hardware.world_size, "global": recipe.global_batch},
+            "command": plan.launch_command(target, paths.display(run.path)), "error": None, "timings": {}}
+
+
+def plan_run(loaded: Loaded, target: str = "local") -> rundir.RunDir:
+    """Write a run directory with every engine file; run nothing. Data is prepared by `train`."""
+    base_model = base_model_for(loaded)
+    run = rundir.create(loaded.recipe.name, loaded.fingerprint)
+    _write_plan(run, loaded, target, base_model, has_val=True)
+    run.update(**_manifest_base(loaded, run, target, base_model), status="planned")
+    rundir.point_latest(run)
+    return run
+
+
+def _stream(run: rundir.RunDir, env: dict) -> tuple[int, list[str]]:
+    """Run launch.sh, teeing its output to logs/train.log and stderr; returns (exit code, log tail)."""
+    log_path = run.file("logs", "train.log")
+    log_path.parent.mkdir(exist_ok=True)
+    tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+    with log_path.open("a", encoding="utf-8") as log:
+        process = subprocess.Popen(["bash", "launch.sh"], cwd=run.path, env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True)
+        try:
+            for line in process.stdout:
+                log.write(line)
+                tail.append(line.rstrip("\n"))
+                sys.stderr.write(line)
+            return process.wait(), list(tail)
+        except KeyboardInterrupt:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait()
+            raise
+
+
+def launch_env() -> dict:
+    """The trainer's environment: this venv first on PATH, telemetry off, unbuffered output."""
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env |= {"AXOLOTL_DO_NOT_TRACK": "1", "DO_NOT_TRACK": "1", "PYTHONUNBUFFERED": "1"}
+    env.setdefault("WANDB_MODE", "disabled")
+    return env
+
+
+def summarize_metrics(run: rundir.RunDir) -> dict:
+    """Steps, tokens, throughput and final losses from metrics.jsonl."""
+    path = run.file("metrics.jsonl")
+    if not path.is_file():
+        return {}
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    losses = [r for r in records if "loss" in r]
+    evals = [r for r in records if "eval_loss" in r]
+    tokens = max((r.get("tokens_seen", 0) for r in records), default=0)
+    elapsed = max((r.get("elapsed_s", 0) for r in records), default=0)
+    return {"steps": max((r["step"] for r in records), default=0), "tokens": tokens,
+            "tokens_per_s": round(tokens / elapsed, 2) if elapsed else None,
+            "first_loss": losses[0]["loss"] if losses else None, "final_loss": losses[-1]["loss"] if losses else None,
+            "final_eval_loss": evals[-1]["eval_loss"] if evals else None, "logged_steps": len(losses)}
+
+
+def train(loaded: Loaded, target: str = "local", resume: str | None | bool = False) -> rundir.RunDir:
+    """Prepare, plan and launch a training run (or relaunch an earlier one); returns its run directory."""
+    recipe = loaded.recipe
+    started = time.monotonic()
+    prepared = prepare.prepare(loaded)
+    prepare_s = round(time.monotonic() - started, 2)
+    if resume is not False:
+        run = rundir.find(recipe.name, resume or None)
+        previous = run.manifest()
+        if previous.get("fingerprint") != loaded.fingerprint:
+            raise UserError(Problem(paths.display(run.path), "fingerprint", "this run was made from a different "
+                                    f"resolved recipe ({previous.get('fingerprint', '?')[:12]} vs "
+                                    f"{loaded.fingerprint[:12]} now); resume with the same recipe and overrides, "
+                                    "or start a new run"))
+        print(f"resuming {paths.display(run.path)} from its newest checkpoint", file=sys.stderr)
+    else:
+        base_model = base_model_for(loaded)
+        run = rundir.create(recipe.name, loaded.fingerprint)
+        _link_data(run, prepared)
+        _write_plan(run, loaded, target, base_model, has_val=prepared.info["counts"]["val"] > 0)
+        run.update(**_manifest_base(loaded, run, target, base_model),
+                   data={k: prepared.info[k] for k in ("key", "counts", "fingerprints", "duplicates_removed",
+                                                        "stats", "rows_by_source", "sources")},
+                   stop=prepared.info["stop"])
+        rundir.point_latest(run)
+    timings = run.manifest().get("timings", {}) | {"prepare_s": prepare_s}
+    run.update(status="training", error=None, timings=timings)
+    print(f"training {recipe.name} in {paths.display(run.path)} (log: logs/train.log)", file=sys.stderr)
+    launched = time.monotonic()
+    try:
+        code, tail = _stream(run, launch_env())
+    except KeyboardInterrupt:
+        run.update(status="failed", error={"stage": "train", "message": "interrupted", "log_tail": []})
+        raise
+    timings["train_s"] = round(time.monotonic() - launched, 2)
+    if code != 0:
+        message = f"the training process exited with code {code}"
+        run.update(status="failed", timings=timings, train=summarize_metrics(run),
+                   error={"stage": "train", "message": message, "log_tail": tail})
+        raise RunFailed(f"{message}; see {paths.display(run.file('logs', 'train.log'))}. Last lines:\n  "
+                        + "\n  ".join(tail[-12:]))
+    run.update(status="trained", timings=timings, train=summarize_metrics(run))
+    return run
