@@ -139,6 +139,13 @@ def cmd_merge(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from . import report, rundir
+
+    print(f"wrote {paths.display(report.write_report(rundir.find(args.recipe, args.run)))}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="recipe", description="Declarative fine-tuning recipes.",
                                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -178,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
     merge = verb("merge", cmd_merge, "merge a run's LoRA adapter into the base model -> run/merged/")
     merge.add_argument("recipe")
     merge.add_argument("--run", default=None, help="run id (default: latest)")
+    report = verb("report", cmd_report, "write report.md and plots/ for a run")
+    report.add_argument("recipe")
+    report.add_argument("--run", default=None, help="run id (default: latest)")
     return parser
 
 

@@ -146,9 +146,17 @@ def accelerate_config(recipe: Recipe) -> dict:
     }
 
 
+# A checkpoint without trainer_state.json (the Trainer writes it last) was cut off mid-write by a kill or a
+# preemption; resuming from it crashes, so it is set aside and axolotl resumes from the newest complete one.
+CHECKPOINT_GUARD = ('for checkpoint in model/checkpoint-*/; do [ -e "${checkpoint}trainer_state.json" ] || '
+                    'mv "$checkpoint" "${checkpoint%/}.incomplete" 2>/dev/null || true; done')
+
+
 def _environment(recipe: Recipe) -> list[str]:
     lines = ["export AXOLOTL_DO_NOT_TRACK=1 DO_NOT_TRACK=1  # no telemetry",
-             "export PYTHONUNBUFFERED=1"]
+             "export PYTHONUNBUFFERED=1",
+             "# set aside checkpoints cut off mid-write, so a resume starts from the newest complete one",
+             CHECKPOINT_GUARD]
     if recipe.hardware.device == "cuda" and recipe.hardware.world_size > 1:
         lines += [f"export NCCL_DEBUG={recipe.hardware.nccl.debug}",
                   "export TORCH_NCCL_ASYNC_ERROR_HANDLING=1  # fail fast instead of hanging on a dead rank"]

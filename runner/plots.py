@@ -64,7 +64,7 @@ def lr_figure(records: list[dict]) -> Figure | None:
     return fig
 
 
-def eval_figure(metrics: dict[str, dict]) -> Figure | None:
+def eval_figure(metrics: dict[str, dict], lower_is_better: frozenset[str] = frozenset()) -> Figure | None:
     """One panel per metric (own scale): base and fine-tuned bars, the fine-tuned bar's error bar is base + delta CI."""
     shown = {name: m for name, m in metrics.items() if _number(m.get("base")) and _number(m.get("finetuned"))}
     if not shown:
@@ -78,18 +78,17 @@ def eval_figure(metrics: dict[str, dict]) -> Figure | None:
         base, ft = m["base"], m["finetuned"]
         ax.bar([0, 1], [base, ft], color=[BASE_COLOR, FT_COLOR], width=0.6)
         ci = m.get("ci95")
-        if ci and all(_number(x) for x in ci):
+        if isinstance(ci, list) and len(ci) == 2 and all(_number(x) for x in ci):
             # The CI is of the paired delta; anchored at the base mean it brackets the fine-tuned bar.
             low, high = base + ci[0], base + ci[1]
             ax.errorbar([1], [ft], yerr=[[max(ft - low, 0)], [max(high - ft, 0)]], color="black", capsize=6)
         ax.axhline(base, color=BASE_COLOR, linestyle="--", linewidth=1)
-        for x, value in ((0, base), (1, ft)):
-            ax.annotate(f"{value:.3g}", (x, value), ha="center", va="bottom", fontsize=8,
-                        xytext=(0, 2), textcoords="offset points")
         delta = m.get("delta")
         subtitle = f"\nΔ {delta:+.3g}" if _number(delta) else ""
-        ax.set_title(f"{name}{subtitle}", fontsize=9)
-        ax.set_xticks([0, 1], ["base", "fine-tuned"], fontsize=8)
+        direction = " (lower is better)" if name in lower_is_better else ""
+        label = name.replace("$", r"\$")  # a bare $ would start matplotlib mathtext
+        ax.set_title(f"{label}{direction}{subtitle}", fontsize=9)
+        ax.set_xticks([0, 1], [f"base\n{base:.3g}", f"fine-tuned\n{ft:.3g}"], fontsize=8)
         ax.tick_params(axis="y", labelsize=8)
         ax.set_xlim(-0.6, 1.6)
         ax.margins(y=0.15)
@@ -97,11 +96,12 @@ def eval_figure(metrics: dict[str, dict]) -> Figure | None:
     return fig
 
 
-def write_plots(folder: Path, records: list[dict], eval_metrics: dict[str, dict] | None) -> dict[str, str]:
+def write_plots(folder: Path, records: list[dict], eval_metrics: dict[str, dict] | None,
+                lower_is_better: frozenset[str] = frozenset()) -> dict[str, str]:
     """Write the figures that have data under folder; returns {name: file name}; stale ones are removed."""
     with style.context("default"):
         figures = {"loss": loss_figure(records), "lr": lr_figure(records),
-                   "eval": eval_figure(eval_metrics) if eval_metrics else None}
+                   "eval": eval_figure(eval_metrics, lower_is_better) if eval_metrics else None}
         written = {}
         for name, fig in figures.items():
             path = Path(folder) / f"{name}.png"

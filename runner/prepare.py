@@ -144,7 +144,7 @@ def _percentiles(values: list[int]) -> dict:
 
 
 def _render_split(name, items, template, tokens, tokenizer, recipe, stop) -> tuple[list[dict], dict]:
-    rows, lengths, over, dropped = [], [], 0, 0
+    rows, lengths, over, dropped, by_source = [], [], 0, 0, Counter()
     limit = recipe.data.max_seq_len
     for label, example, original in tqdm(items, desc=f"render {name}", unit="row", file=sys.stderr, leave=False,
                                disable=len(items) < 200):
@@ -159,13 +159,15 @@ def _render_split(name, items, template, tokens, tokenizer, recipe, stop) -> tup
                 continue
             total = min(total, limit)
         lengths.append(total)
+        by_source[label] += 1
         row = {"segments": [s.as_dict() for s in segments]}
         if name == "test":
             prompt, reference = templates.prompt_and_reference(segments, stop)
             row |= {"prompt": prompt, "reference": reference, "source": label, "row": original}
         rows.append(row)
     stats = {"rows": len(rows), "tokens": sum(lengths), "tokens_per_row": _percentiles(lengths),
-             "over_max_seq_len": over, "overlength_action": recipe.data.overlength, "dropped_overlength": dropped}
+             "over_max_seq_len": over, "overlength_action": recipe.data.overlength, "dropped_overlength": dropped,
+             "rows_by_source": dict(by_source)}
     return rows, stats
 
 
@@ -217,7 +219,7 @@ def prepare(loaded: Loaded, quiet: bool = False) -> Prepared:
         for name in SPLITS:
             rows, stats[name] = _render_split(name, splits[name], template, tokens, tokenizer, recipe, stop)
             counts[name] = len(rows)
-            by_source[name] = dict(Counter(item[0] for item in splits[name]))
+            by_source[name] = stats[name]["rows_by_source"]
             _write_jsonl(staging / f"{name}.jsonl", rows)
         if counts["train"] == 0:
             raise UserError(Problem("recipe", "data", "no training rows left after splitting and length "

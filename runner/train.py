@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -33,7 +32,7 @@ def base_model_for(loaded: Loaded) -> str:
     return str(models.resolve_base(spec, paths.display(loaded.path))) if local else spec.base
 
 
-def _engine_files(loaded: Loaded, target: str, base_model: str, has_val: bool) -> dict[str, str]:
+def engine_files(loaded: Loaded, target: str, base_model: str, has_val: bool) -> dict[str, str]:
     recipe = loaded.recipe
     files = {"recipe.resolved.yaml": loading.resolved_yaml(recipe),
              "axolotl.yaml": dump_yaml(plan.axolotl_config(recipe, base_model, has_val=has_val)),
@@ -47,7 +46,7 @@ def _engine_files(loaded: Loaded, target: str, base_model: str, has_val: bool) -
 
 
 def _write_plan(run: rundir.RunDir, loaded: Loaded, target: str, base_model: str, has_val: bool) -> None:
-    for name, text in _engine_files(loaded, target, base_model, has_val).items():
+    for name, text in engine_files(loaded, target, base_model, has_val).items():
         write_text_atomic(run.file(name), text)
     run.file("launch.sh").chmod(0o755)
 
@@ -96,16 +95,19 @@ def _stream(run: rundir.RunDir, env: dict) -> tuple[int, list[str]]:
     tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
     with log_path.open("a", encoding="utf-8") as log:
         process = subprocess.Popen(["bash", "launch.sh"], cwd=run.path, env=env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True, errors="replace", start_new_session=True)
+                                   stderr=subprocess.STDOUT, text=True, errors="replace")
+        run.update(train_pid=process.pid)  # launch.sh execs the trainer, so this is the training process
         try:
             for line in process.stdout:
                 log.write(line)
                 tail.append(line.rstrip("\n"))
                 sys.stderr.write(line)
             return process.wait(), list(tail)
-        except KeyboardInterrupt:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait()
+        except KeyboardInterrupt:  # the trainer got the same SIGINT; give it a moment to stop
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
             raise
 
 

@@ -5,9 +5,14 @@ import shutil
 import textwrap
 from pathlib import Path
 
+import deepspeed  # noqa: F401  (see below)
 import pytest
 
 from runner import cli, templates
+
+# deepspeed attaches a logging handler to the sys.stdout of the moment it is first imported. Imported inside a
+# test that uses capsys, that handler would keep a stream pytest closes after the test, and a later log line
+# kills the run ("lost sys.stderr"). Importing it here binds it to the session's stream.
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -48,3 +53,33 @@ def run_cli(capsys):
         return code, out, err
 
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    """The tiny random-init Llama in models/tiny-llama (built once; a no-op when current)."""
+    from runner import tiny_model
+
+    return tiny_model.build()
+
+
+@pytest.fixture(scope="session")
+def session_dirs(tmp_path_factory):
+    """Runs and cache folders shared by the slow tests of one session (kept out of the checkout)."""
+    root = tmp_path_factory.mktemp("session")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("RECIPE_RUNS_DIR", str(root / "runs"))
+    patch.setenv("RECIPE_CACHE_DIR", str(root / "cache"))
+    patch.setenv("HF_HUB_OFFLINE", "1")
+    patch.setenv("HF_DATASETS_OFFLINE", "1")
+    yield root
+    patch.undo()
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_run(session_dirs, tiny_model_dir):
+    """One real `recipe train tiny-cpu` through axolotl on CPU, shared by the tests that need a trained run."""
+    from runner import loading
+    from runner.train import train
+
+    return train(loading.load("tiny-cpu"))
