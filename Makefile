@@ -13,7 +13,7 @@ export DO_NOT_TRACK := 1
 export WANDB_MODE ?= disabled
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test validate lock golden render show
+.PHONY: help setup test test-all validate lock golden render show tiny-model prepare plan train merge eval report demo
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -45,3 +45,24 @@ show: setup ## print the resolved recipe=NAME with args overrides
 
 render: setup ## print rendered examples of recipe=NAME, trained text between [[ ]]
 	$(RECIPE) render $(recipe) $(args)
+
+tiny-model: setup ## build the tiny random-init Llama (models/tiny-llama) that tiny-cpu and the tests use
+	$(RECIPE) tiny-model
+
+prepare: setup ## prepare recipe=NAME's data (cached by content) and print its stats
+	$(RECIPE) prepare $(recipe) $(args)
+
+plan: setup ## write recipe=NAME's axolotl/DeepSpeed/launch files into a run dir (target=local|accelerate|torchrun|slurm)
+	$(RECIPE) plan $(recipe) $(args) --target $(or $(target),local)
+
+train: setup $(if $(filter tiny-cpu,$(recipe)),tiny-model) ## prepare, plan and train recipe=NAME -> runs/NAME/latest
+	$(RECIPE) train $(recipe) $(args)
+
+merge: setup ## merge the latest run's LoRA adapter into its base model (run=ID for another run)
+	$(RECIPE) merge $(recipe) $(if $(run),--run $(run))
+
+report: setup ## write report.md and plots for the latest run of recipe=NAME
+	$(RECIPE) report $(recipe) $(if $(run),--run $(run))
+
+test-distributed: setup tiny-model ## a real 2-process data-parallel tiny-cpu run on CPU (torchrun + gloo)
+	$(PY) -m pytest -q tests/test_distributed.py

@@ -204,5 +204,5 @@ def main(argv: list[str] | None = None) -> int:
         print(f"failed: {err}", file=sys.stderr)
         return err.exit_code
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("stopped", file=sys.stderr)
         return 130

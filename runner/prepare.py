@@ -55,8 +55,9 @@ def cache_key(recipe: Recipe, fingerprints: list[str], template: templates.Templ
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
 
 
-def _examples(recipe: Recipe, template: templates.Template, read) -> tuple[list[tuple[str, dict, dict]], dict]:
-    """(source label, example, original row) for every usable row, and per-source counts of what was dropped."""
+def _examples(recipe: Recipe, template: templates.Template, read) -> tuple[list[tuple], dict]:
+    """(source label, example, original row, use) for every usable row, and per-source counts of what was
+    dropped."""
     kept, report = [], {}
     for index, (spec, rows) in enumerate(zip(recipe.data.datasets, read)):
         incomplete, reasons = 0, Counter()
@@ -72,7 +73,7 @@ def _examples(recipe: Recipe, template: templates.Template, read) -> tuple[list[
                 continue
             if recipe.data.system and not example.get("system"):
                 example["system"] = recipe.data.system
-            kept.append((rows.label, example, row))
+            kept.append((rows.label, example, row, spec.use))
         if incomplete == len(rows.rows):
             top = reasons.most_common(1)[0][0]
             raise UserError(Problem(rows.label, f"data.datasets.{index}.fields", f"no usable rows: all "
@@ -83,7 +84,7 @@ def _examples(recipe: Recipe, template: templates.Template, read) -> tuple[list[
     return kept, report
 
 
-def _dedupe(items: list[tuple[str, dict, dict]]) -> tuple[list[tuple[str, dict, dict]], int]:
+def _dedupe(items: list[tuple]) -> tuple[list[tuple], int]:
     seen, unique = set(), []
     for item in items:
         key = json.dumps(item[1], sort_keys=True, ensure_ascii=False)
@@ -94,11 +95,15 @@ def _dedupe(items: list[tuple[str, dict, dict]]) -> tuple[list[tuple[str, dict, 
 
 
 def _split(items: list, recipe: Recipe) -> dict[str, list]:
-    order = list(items)
+    """Rows of `use: split` datasets are shuffled and divided by data.split; the others go whole to their split."""
+    order = [item for item in items if item[3] == "split"]
     random.Random(recipe.data.split.seed).shuffle(order)
     n_test = _count(recipe.data.split.test, len(order))
     n_val = _count(recipe.data.split.val, len(order) - n_test)
-    return {"test": order[:n_test], "val": order[n_test:n_test + n_val], "train": order[n_test + n_val:]}
+    splits = {"test": order[:n_test], "val": order[n_test:n_test + n_val], "train": order[n_test + n_val:]}
+    for name in SPLITS:
+        splits[name] += [item for item in items if item[3] == name]
+    return splits
 
 
 def _weighted(train: list, recipe: Recipe, labels: list[str]) -> list:
@@ -146,7 +151,7 @@ def _percentiles(values: list[int]) -> dict:
 def _render_split(name, items, template, tokens, tokenizer, recipe, stop) -> tuple[list[dict], dict]:
     rows, lengths, over, dropped, by_source = [], [], 0, 0, Counter()
     limit = recipe.data.max_seq_len
-    for label, example, original in tqdm(items, desc=f"render {name}", unit="row", file=sys.stderr, leave=False,
+    for label, example, original, _ in tqdm(items, desc=f"render {name}", unit="row", file=sys.stderr, leave=False,
                                disable=len(items) < 200):
         segments = templates.render(template, example, tokens)
         sizes = _token_lengths(segments, tokenizer)

@@ -80,6 +80,8 @@ class DatasetSpec(Section):
     fields: dict[str, str] = Field(default_factory=dict, description="template variable -> dataset column")
     extract: RegexExtract | None = None
     weight: float = Field(1.0, gt=0, description="mixing ratio: rows taken = weight x rows available")
+    use: Literal["split", "train", "val", "test"] = Field(
+        "split", description="split: divided by data.split; train/val/test: taken whole into that split")
 
     @field_validator("source")
     @classmethod

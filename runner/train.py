@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -88,11 +89,20 @@ def plan_run(loaded: Loaded, target: str = "local") -> rundir.RunDir:
     return run
 
 
+class Stopped(KeyboardInterrupt):
+    """The runner was asked to stop (SIGTERM): its trainer is stopped with it, never left orphaned."""
+
+
+def _stop(signum, frame):
+    raise Stopped()
+
+
 def _stream(run: rundir.RunDir, env: dict) -> tuple[int, list[str]]:
     """Run launch.sh, teeing its output to logs/train.log and stderr; returns (exit code, log tail)."""
     log_path = run.file("logs", "train.log")
     log_path.parent.mkdir(exist_ok=True)
     tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+    previous = signal.signal(signal.SIGTERM, _stop)
     with log_path.open("a", encoding="utf-8") as log:
         process = subprocess.Popen(["bash", "launch.sh"], cwd=run.path, env=env, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True, errors="replace")
@@ -103,12 +113,15 @@ def _stream(run: rundir.RunDir, env: dict) -> tuple[int, list[str]]:
                 tail.append(line.rstrip("\n"))
                 sys.stderr.write(line)
             return process.wait(), list(tail)
-        except KeyboardInterrupt:  # the trainer got the same SIGINT; give it a moment to stop
+        except KeyboardInterrupt:  # Ctrl-C reached the trainer too; SIGTERM did not, so pass it on
+            process.terminate()
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
             raise
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def launch_env() -> dict:
@@ -130,7 +143,13 @@ def summarize_metrics(run: rundir.RunDir) -> dict:
     evals = [r for r in records if "eval_loss" in r]
     tokens = max((r.get("tokens_seen", 0) for r in records), default=0)
     elapsed = max((r.get("elapsed_s", 0) for r in records), default=0)
-    return {"steps": max((r["step"] for r in records), default=0), "tokens": tokens,
+    ranks = {}
+    for rank_file in sorted(run.file("ranks").glob("rank-*.jsonl")):
+        lines = [json.loads(line) for line in rank_file.read_text().splitlines() if line.strip()]
+        if lines:
+            ranks[rank_file.stem] = {"steps": len(lines), "last_step": lines[-1]["step"],
+                                     "world_size": lines[-1]["world_size"]}
+    return {"steps": max((r["step"] for r in records), default=0), "tokens": tokens, "ranks": ranks,
             "tokens_per_s": round(tokens / elapsed, 2) if elapsed else None,
             "first_loss": losses[0]["loss"] if losses else None, "final_loss": losses[-1]["loss"] if losses else None,
             "final_eval_loss": evals[-1]["eval_loss"] if evals else None, "logged_steps": len(losses)}
@@ -167,8 +186,9 @@ def train(loaded: Loaded, target: str = "local", resume: str | None | bool = Fal
     launched = time.monotonic()
     try:
         code, tail = _stream(run, launch_env())
-    except KeyboardInterrupt:
-        run.update(status="failed", error={"stage": "train", "message": "interrupted", "log_tail": []})
+    except KeyboardInterrupt as stop:
+        run.update(status="failed", error={"stage": "train", "message": "stopped" if isinstance(stop, Stopped)
+                                           else "interrupted", "log_tail": []})
         raise
     timings["train_s"] = round(time.monotonic() - launched, 2)
     if code != 0:

@@ -118,3 +118,26 @@ def test_merge_gives_the_same_logits_as_base_plus_adapter(trained_tiny_run):
         plain = AutoModelForCausalLM.from_pretrained(run.manifest()["base_model_dir"]).eval()(**inputs).logits
     assert torch.allclose(adapted, merged, atol=1e-4)
     assert not torch.allclose(plain, merged, atol=1e-4)  # the adapter changed something
+
+
+@pytest.mark.slow
+def test_stopping_the_runner_stops_its_trainer(session_dirs, tiny_model_dir):
+    process = subprocess.Popen([sys.executable, "-m", "runner", "train", "tiny-cpu", "train.seed=5"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline, trainer, run = time.monotonic() + 120, None, None
+    while time.monotonic() < deadline and trainer is None:
+        latest = session_dirs / "runs" / "tiny-cpu" / "latest"
+        if latest.exists():
+            run = rundir.RunDir(latest.resolve())
+            manifest = run.manifest()
+            if manifest.get("train_pid") and manifest["fingerprint"] == loading.load("tiny-cpu", ["train.seed=5"]).fingerprint:
+                trainer = manifest["train_pid"]
+        time.sleep(0.1)
+    assert trainer, "the trainer never started"
+    process.send_signal(signal.SIGTERM)
+    process.communicate(timeout=60)
+    assert process.returncode == 130
+    time.sleep(0.5)
+    with pytest.raises(ProcessLookupError):
+        os.kill(trainer, 0)  # no orphaned trainer
+    assert run.manifest()["status"] == "failed" and run.manifest()["error"]["message"] == "stopped"
