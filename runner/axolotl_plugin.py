@@ -37,6 +37,20 @@ class MetricsCallback(TrainerCallback):
         with path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(record, sort_keys=True) + "\n")
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        # What accelerate actually set up in this process: the evidence that a run was data-parallel
+        # (and over which backend) or under DeepSpeed, not just launched with several processes.
+        from accelerate.state import AcceleratorState, PartialState
+
+        partial = PartialState()
+        engine = {"rank": self.rank, "world_size": partial.num_processes,
+                  "distributed_type": str(partial.distributed_type).split(".")[-1], "backend": partial.backend}
+        plugin = AcceleratorState().deepspeed_plugin if AcceleratorState._shared_state else None
+        if plugin is not None:
+            engine["zero_stage"] = plugin.zero_stage
+        self.rank_path.parent.mkdir(parents=True, exist_ok=True)
+        self.rank_path.with_suffix(".engine.json").write_text(json.dumps(engine, sort_keys=True) + "\n")
+
     def on_step_end(self, args, state, control, **kwargs):
         self._append(self.rank_path, {"rank": self.rank, "world_size": self.world_size, "step": state.global_step,
                                       "tokens_seen": int(getattr(state, "num_input_tokens_seen", 0) or 0)})

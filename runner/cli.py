@@ -19,6 +19,8 @@ EPILOG = """examples:
   recipe plan gemma7b-dolly-chatml --target slurm
   recipe train tiny-cpu train.max_steps=10
   recipe train tiny-cpu --resume        # continue the latest run from its newest checkpoint
+  recipe eval tiny-cpu                  # base vs fine-tuned on the recipe's eval suite, then report.md
+  recipe generate smollm2-135m-sql-chatml --prompt "How many customers live in Paris?"
 """
 
 
@@ -41,7 +43,9 @@ def cmd_validate(args) -> int:
             except UserError as err:
                 problems += err.problems
     else:
-        problems = loading.validate_all()
+        from . import suites
+
+        problems = loading.validate_all() + suites.validate_all()
     if problems:
         raise UserError(problems)
     count = len(args.recipes) or len(loading.recipe_files()) + len(loading.base_files())
@@ -139,6 +143,32 @@ def cmd_merge(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from . import evaluate, report, rundir, suites
+
+    loaded = loading.load(args.recipe, args.overrides)
+    run = rundir.find(loaded.recipe.name, args.run)
+    suite = (suites.load(args.suite, key="--suite") if args.suite
+             else suites.for_recipe(loaded.recipe, paths.display(loaded.path)))
+    print(evaluate.format_summary(evaluate.evaluate(run, loaded.recipe, suite)), end="")
+    print(f"report: {paths.display(report.write_report(run))}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from . import generate, rundir
+
+    loaded = loading.load(args.recipe, args.overrides)
+    target = rundir.find(loaded.recipe.name, args.run) if args.run else loaded
+    prompts = list(args.prompt or [])
+    if args.file:
+        prompts += [line for line in Path(args.file).read_text(encoding="utf-8").splitlines() if line.strip()]
+    if not prompts:
+        raise UserError("generate: give --prompt TEXT (repeatable) or --file prompts.txt (one prompt a line)")
+    print(generate.format_side_by_side(generate.generate(target, prompts, args.max_new_tokens)), end="")
+    return 0
+
+
 def cmd_report(args) -> int:
     from . import report, rundir
 
@@ -185,6 +215,16 @@ def build_parser() -> argparse.ArgumentParser:
     merge = verb("merge", cmd_merge, "merge a run's LoRA adapter into the base model -> run/merged/")
     merge.add_argument("recipe")
     merge.add_argument("--run", default=None, help="run id (default: latest)")
+    evaluate = with_recipe(verb("eval", cmd_eval, "evaluate base and fine-tuned models on the recipe's eval suite "
+                                "(lm-evaluation-harness), then write the report"))
+    evaluate.add_argument("--run", default=None, help="run id (default: latest)")
+    evaluate.add_argument("--suite", default=None, help="eval suite name (default: the recipe's eval.suite)")
+    generate = with_recipe(verb("generate", cmd_generate, "answer prompts with the base and fine-tuned models, "
+                                "side by side, in the recipe's template"))
+    generate.add_argument("--prompt", action="append", help="a prompt (repeatable)")
+    generate.add_argument("--file", help="a file of prompts, one a line")
+    generate.add_argument("--run", default=None, help="run id (default: latest)")
+    generate.add_argument("--max-new-tokens", type=int, default=None)
     report = verb("report", cmd_report, "write report.md and plots/ for a run")
     report.add_argument("recipe")
     report.add_argument("--run", default=None, help="run id (default: latest)")

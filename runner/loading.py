@@ -314,7 +314,9 @@ def load(name_or_path: str | Path, overrides: list[str] = ()) -> Loaded:
             file, line = _line_of(key, origins, where)
             problems.append(Problem(file, key, message, line))
         raise UserError(problems) from None
-    for key, message in [*recipe.problems(), *template_problems(recipe)]:
+    from . import suites  # late: suites needs the recipe schema, loading must not need suites to import
+
+    for key, message in [*recipe.problems(), *template_problems(recipe), *suites.recipe_problems(recipe)]:
         file, line = _line_of(key, origins, where)
         problems.append(Problem(file, key, message, line))
     if problems:

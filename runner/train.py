@@ -146,9 +146,11 @@ def summarize_metrics(run: rundir.RunDir) -> dict:
     ranks = {}
     for rank_file in sorted(run.file("ranks").glob("rank-*.jsonl")):
         lines = [json.loads(line) for line in rank_file.read_text().splitlines() if line.strip()]
+        engine_file = rank_file.with_suffix(".engine.json")
         if lines:
             ranks[rank_file.stem] = {"steps": len(lines), "last_step": lines[-1]["step"],
-                                     "world_size": lines[-1]["world_size"]}
+                                     "world_size": lines[-1]["world_size"],
+                                     "engine": json.loads(engine_file.read_text()) if engine_file.exists() else None}
     return {"steps": max((r["step"] for r in records), default=0), "tokens": tokens, "ranks": ranks,
             "tokens_per_s": round(tokens / elapsed, 2) if elapsed else None,
             "first_loss": losses[0]["loss"] if losses else None, "final_loss": losses[-1]["loss"] if losses else None,

@@ -5,14 +5,20 @@ import shutil
 import textwrap
 from pathlib import Path
 
+import sys
+
 import deepspeed  # noqa: F401  (see below)
 import pytest
+from absl import logging as absl_logging
 
 from runner import cli, templates
 
 # deepspeed attaches a logging handler to the sys.stdout of the moment it is first imported. Imported inside a
 # test that uses capsys, that handler would keep a stream pytest closes after the test, and a later log line
 # kills the run ("lost sys.stderr"). Importing it here binds it to the session's stream.
+# absl (imported by rouge_score) keeps the stream it first sees too, and axolotl's logging setup closes every
+# handler, absl's included, closing that stream: point absl at the real stderr instead.
+absl_logging.get_absl_handler().python_handler.stream = sys.__stderr__
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,0 +1,318 @@
+"""The eval stage end to end on the tiny model: real lm-eval, transformers and peft, no mocks.
+
+One module-scoped run directory is built by hand (tiny Llama, tiny-cpu's prepared data, an untrained
+but non-zero LoRA adapter saved by peft) and evaluated once; the other tests read what that wrote.
+"""
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import shutil
+import socket
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read by huggingface_hub/datasets at import time
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+from runner import evaluate, generate, lm_eval_metrics, lm_eval_tasks, loading, prepare, rundir, suites  # noqa: E402
+from runner import templates, tiny_model  # noqa: E402
+from runner.errors import UserError  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+OVERRIDES = ["eval.max_items=6", "eval.max_new_tokens=12", "eval.batch_size=4"]
+HELDOUT = ["exact_match", "token_f1", "bleu", "rouge_l", "perplexity"]
+MC_ROWS = [("What color is the sky on a clear day?", ["blue", "green", "red"], 0),
+           ("How many legs does a cat have?", ["two", "four", "six"], 1),
+           ("Which is a fruit?", ["carrot", "potato", "apple"], 2),
+           ("What do bees make?", ["honey", "milk", "silk"], 0)]
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A throw-away project (recipes, templates, suites; data and the tiny model linked), offline."""
+    root = tmp_path_factory.mktemp("project")
+    for folder in ("recipes", "templates", "eval_suites"):
+        shutil.copytree(ROOT / folder, root / folder)
+    (root / "data").symlink_to(ROOT / "data")
+    (root / "models").mkdir()
+    (root / "models" / "tiny-llama").symlink_to(tiny_model.build(ROOT / "models" / "tiny-llama"))
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in {"RECIPE_RUNNER_HOME": root, "RECIPE_RUNS_DIR": root / "runs",
+                            "RECIPE_CACHE_DIR": root / ".cache", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+                            "TOKENIZERS_PARALLELISM": "false"}.items():
+            mp.setenv(name, str(value))
+        templates.load.cache_clear()
+        (root / "eval_suites" / "test-chat.yaml").write_text(textwrap.dedent("""\
+            suite: 1
+            version: 0.1.0
+            metrics: [exact_match, token_f1, bleu, rouge_l, perplexity]
+            judge: {kind: local, model: models/tiny-llama, max_items: 2, max_new_tokens: 8}
+            """))
+        yield root
+    templates.load.cache_clear()
+
+
+def make_run(adapter: bool = True) -> tuple[rundir.RunDir, object]:
+    """A trained-looking tiny-cpu run: prepared test split, manifest, and an untrained LoRA adapter."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    loaded = loading.load("tiny-cpu", OVERRIDES)
+    prepared = prepare.prepare(loaded, quiet=True)
+    run = rundir.create("tiny-cpu", loaded.fingerprint)
+    run.file("data").mkdir()
+    shutil.copy(prepared.split("test"), run.file("data", "test.jsonl"))
+    (run.path / "recipe.resolved.yaml").write_text(loading.resolved_yaml(loaded.recipe))
+    base = (rundir.paths.project_root() / "models" / "tiny-llama").resolve()
+    if adapter:
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+        # init_lora_weights=False: random, non-zero B, so the "fine-tuned" model really differs from the base
+        config = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False)
+        get_peft_model(model, config).save_pretrained(run.file("model"))
+    run.update(recipe="tiny-cpu", fingerprint=loaded.fingerprint, base_model_dir=str(base), model_dir="model",
+               adapter=True, stop=prepared.info["stop"], status="trained", timings={"train_s": 1.0})
+    rundir.point_latest(run)
+    return run, loaded.recipe
+
+
+@pytest.fixture(scope="module")
+def evaluated(project):
+    """The tiny run evaluated once on the test-chat suite (held-out metrics + a local tiny judge)."""
+    run, recipe = make_run()
+    summary = evaluate.evaluate(run, recipe, suites.load("test-chat"))
+    return run, recipe, summary
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_generated_task_yamls_load_in_lm_eval_task_manager(evaluated):
+    from lm_eval.tasks import TaskManager
+
+    run, recipe, _ = evaluated
+    held = lm_eval_tasks.write_tasks(run, recipe, suites.load("heldout-qa"))
+    assert held.names == [lm_eval_tasks.GENERATE_TASK, lm_eval_tasks.PERPLEXITY_TASK]
+    assert (held.n_items, held.limit) == (6, 6)
+    assert not set(held.names) & suites.builtin_task_names()  # never shadowed by one of lm-eval's own tasks
+    data_file = held.dir / lm_eval_tasks.ITEMS_FILE
+    assert f"test: {data_file.resolve()}" in (held.dir / f"{lm_eval_tasks.GENERATE_TASK}.yaml").read_text()
+
+    manager = TaskManager(include_path=str(held.dir), include_defaults=False)
+    loaded = manager.load_task_or_group(held.names)
+    gen, ppl = loaded[lm_eval_tasks.GENERATE_TASK], loaded[lm_eval_tasks.PERPLEXITY_TASK]
+    test_rows = _read_jsonl(run.file("data", "test.jsonl"))
+    doc = gen.eval_docs[0]
+    assert gen.OUTPUT_TYPE == "generate_until" and ppl.OUTPUT_TYPE == "loglikelihood"
+    assert len(gen.eval_docs) == len(test_rows)
+    # the prompt exactly as rendered for training: no delimiter added, trailing newline kept
+    assert gen.fewshot_context(doc, num_fewshot=0) == test_rows[0]["prompt"]
+    assert gen.doc_to_target(doc) == test_rows[0]["reference"]
+    assert gen.config.generation_kwargs == {"until": ["### Instruction:", "</s>"], "max_gen_toks": 12,
+                                            "do_sample": False}
+    scored = gen.process_results(doc, [f" {test_rows[0]['reference']}</s> ### Instruction: more"])
+    assert scored["prediction"] == test_rows[0]["reference"]
+    assert scored["exact_match"] == 1.0 and scored["token_f1"] == 1.0
+    assert ppl.process_results(doc, [(-3.0, False)]) == {"perplexity": (-3.0, doc["n_tokens"])}
+
+
+def test_evaluate_writes_summary_for_base_and_finetuned(evaluated):
+    run, _, summary = evaluated
+    assert json.loads(run.file("eval", "summary.json").read_text()) == summary
+    assert summary["suite"] == "test-chat" and summary["suite_version"] == "0.1.0"
+    assert summary["n_items"] == 6 and summary["skipped"] == {}
+    assert sorted(summary["metrics"]) == sorted(HELDOUT)
+    for name, metric in summary["metrics"].items():
+        assert metric["n"] == 6, name
+        for key in ("base", "finetuned", "delta", "p_sign"):
+            assert isinstance(metric[key], float), (name, key)
+        assert metric["delta"] == pytest.approx(metric["finetuned"] - metric["base"], abs=1e-5)
+        assert metric["ci95"][0] <= metric["delta"] <= metric["ci95"][1] or metric["ci95"][0] == metric["ci95"][1]
+    ppl = summary["metrics"]["perplexity"]
+    assert ppl["base"] > 1 and ppl["finetuned"] > 1 and ppl["base"] != ppl["finetuned"]
+
+    results = json.loads(run.file("eval", "results-finetuned.json").read_text())["heldout"]
+    assert results["results"][lm_eval_tasks.PERPLEXITY_TASK]["perplexity,none"] == pytest.approx(ppl["finetuned"])
+    assert results["config"]["model_args"]["peft"] == str(run.file("model"))
+    for task in (lm_eval_tasks.GENERATE_TASK, lm_eval_tasks.PERPLEXITY_TASK):
+        base, ft = (_read_jsonl(run.file("eval", f"samples-{m}-{task}.jsonl")) for m in ("base", "finetuned"))
+        assert [r["doc_id"] for r in base] == [r["doc_id"] for r in ft] == list(range(6))
+        assert [r["prompt"] for r in base] == [r["prompt"] for r in ft]
+    sample = _read_jsonl(run.file("eval", f"samples-finetuned-{lm_eval_tasks.GENERATE_TASK}.jsonl"))[0]
+    assert set(sample) == {"doc_id", "prompt", "reference", "prediction", "scores"}
+    assert "</s>" not in sample["prediction"] and set(sample["scores"]) == set(HELDOUT) - {"perplexity"}
+
+    table = evaluate.format_summary(summary)
+    assert "perplexity" in table and "judge (local models/tiny-llama): fine-tuned" in table
+
+    manifest = run.manifest()
+    assert manifest["status"] == "evaluated" and manifest["eval"]["suite"] == "test-chat"
+    assert {"eval_s", "eval_base_s", "eval_finetuned_s", "judge_s", "train_s"} <= set(manifest["timings"])
+
+
+def test_local_judge_end_to_end(evaluated):
+    run, _, summary = evaluated
+    judge = summary["judge"]
+    assert "skipped" not in judge, judge
+    assert judge["n"] == 2 and judge["wins"] + judge["ties"] + judge["losses"] == 2
+    written = json.loads(run.file("eval", "judge.json").read_text())
+    assert [i["doc_id"] for i in written["items"]] == [0, 1]
+    assert all(len(i["raw"]) == 2 and i["outcome"] in ("win", "tie", "loss") for i in written["items"])
+
+
+class _Judge(http.server.BaseHTTPRequestHandler):
+    """An OpenAI-compatible /chat/completions that answers [[B]], [[A]], [[B]]...: the fine-tuned model wins
+    in both orders (judge_pair asks base-first, then fine-tuned-first)."""
+
+    calls: list = []
+
+    def do_POST(self):  # noqa: N802 - http.server's naming
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        _Judge.calls.append((self.path, self.headers.get("Authorization"), body))
+        verdict = "[[B]]" if len(_Judge.calls) % 2 else "[[A]]"
+        reply = json.dumps({"choices": [{"message": {"role": "assistant", "content": f"Reasons.\n{verdict}"}}]})
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(reply.encode())
+
+    def log_message(self, *args):
+        pass
+
+
+def _suite(judge: dict) -> suites.Suite:
+    return suites.Suite.model_validate({"suite": 1, "name": "j", "version": "1.0.0", "metrics": ["bleu"],
+                                        "judge": judge})
+
+
+def test_openai_compatible_judge(evaluated, monkeypatch):
+    run, recipe, _ = evaluated
+    monkeypatch.setenv("TEST_JUDGE_KEY", "sk-test-123")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Judge)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Judge.calls.clear()
+    try:
+        result = evaluate.judge_run(run, recipe, _suite({
+            "kind": "openai", "model": "judge-1", "url": f"http://127.0.0.1:{server.server_port}/v1",
+            "api_key_env": "TEST_JUDGE_KEY", "max_items": 3}))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result["wins"] == 3 and result["n"] == 3 and result["win_rate"] == 1.0
+    assert len(_Judge.calls) == 6
+    path, auth, body = _Judge.calls[0]
+    assert path == "/v1/chat/completions" and auth == "Bearer sk-test-123" and body["model"] == "judge-1"
+    assert "Find a rhyming word" in body["messages"][1]["content"]  # the row's instruction, not the template
+    written = run.file("eval", "judge.json").read_text()
+    assert '"outcome": "win"' in written and "sk-test-123" not in written
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("judge, reason", [
+    ({"kind": "openai", "model": "m", "url": f"http://127.0.0.1:{_closed_port()}/v1"}, "is unreachable"),
+    ({"kind": "local", "model": "models/no-such-judge"}, "does not exist"),
+])
+def test_unavailable_judge_is_skipped_not_a_crash(evaluated, judge, reason):
+    run, recipe, _ = evaluated
+    result = evaluate.judge_run(run, recipe, _suite(judge))
+    assert reason in result["skipped"]
+    assert json.loads(run.file("eval", "judge.json").read_text())["skipped"] == result["skipped"]
+
+
+@pytest.fixture(scope="module")
+def standard_eval(project):
+    """A suite with an lm-eval task offline (arc_easy) and a local multiple-choice task in lm-eval's format."""
+    folder = project / "lm_tasks"
+    folder.mkdir()
+    with (folder / "mc.jsonl").open("w") as handle:
+        for question, choices, label in MC_ROWS:
+            handle.write(json.dumps({"question": question, "choices": choices, "label": label}) + "\n")
+    (folder / "demo_mc.yaml").write_text(textwrap.dedent(f"""\
+        task: demo_mc
+        dataset_path: json
+        dataset_kwargs: {{data_files: {{test: {folder / 'mc.jsonl'}}}}}
+        test_split: test
+        output_type: multiple_choice
+        doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
+        doc_to_choice: choices
+        doc_to_target: label
+        metric_list:
+          - {{metric: acc, aggregation: mean, higher_is_better: true}}
+        """))
+    (project / "eval_suites" / "test-standard.yaml").write_text(
+        "suite: 1\nversion: 1.0.0\nlm_eval_tasks: [arc_easy, demo_mc]\nlm_eval_include: [lm_tasks]\n")
+    run, recipe = make_run()
+    return run, evaluate.evaluate(run, recipe, suites.load("test-standard"))
+
+
+def test_local_multiple_choice_task_runs_through_the_runner(standard_eval):
+    run, summary = standard_eval
+    acc = summary["metrics"]["demo_mc/acc"]
+    assert acc["n"] == len(MC_ROWS) and 0 <= acc["base"] <= 1 and 0 <= acc["finetuned"] <= 1
+    results = json.loads(run.file("eval", "results-base.json").read_text())["standard"]["results"]
+    assert results["demo_mc"]["acc,none"] == pytest.approx(acc["base"])
+    rows = _read_jsonl(run.file("eval", "samples-base-demo_mc.jsonl"))
+    assert rows[0]["prompt"] == "Question: What color is the sky on a clear day?\nAnswer:"
+    assert rows[0]["scores"] == {"acc": rows[0]["scores"]["acc"]}
+
+
+def test_offline_standard_task_is_skipped_with_its_reason(standard_eval):
+    run, summary = standard_eval
+    assert set(summary["skipped"]) == {"arc_easy"}
+    assert "could not be loaded" in summary["skipped"]["arc_easy"]
+    assert "allenai/ai2_arc" in summary["skipped"]["arc_easy"]
+    assert not any(name.startswith("arc_easy") for name in summary["metrics"])  # skipped, never a zero
+    assert summary["judge"] is None and summary["n_items"] == 0
+
+
+def test_run_without_a_trained_model_says_train_it_first(project):
+    run, recipe = make_run(adapter=False)
+    with pytest.raises(UserError) as caught:
+        evaluate.evaluate(run, recipe, suites.load("heldout-qa"))
+    assert caught.value.exit_code == 2
+    assert "no trained model in" in str(caught.value) and "train it first: recipe train tiny-cpu" in str(caught.value)
+    assert run.manifest()["status"] == "trained"  # a refused eval does not mark the run failed
+
+
+def test_unknown_suite_in_the_recipe_fails_before_any_work(project, evaluated):
+    with pytest.raises(UserError) as caught:  # rejected when the recipe loads, before any evaluation
+        loading.load("tiny-cpu", [*OVERRIDES, "eval.suite=heldout"])
+    message = str(caught.value)
+    assert "eval.suite: unknown eval suite 'heldout' (did you mean heldout-qa?)" in message
+    assert "available: chat-heldout, general, heldout-qa, sql" in message
+
+
+def test_sql_metrics_score_by_execution(project):
+    database = str(project / "data" / "sql-demo" / "{db}.sql")
+    score = lm_eval_metrics.generation_scorer(["sql_execution", "sql_exact_match"], ["</s>"], database)
+    doc = {"reference": "SELECT name FROM customers WHERE city = 'Vienna'", "db": "shop"}
+    same_rows = score(doc, ["SELECT name FROM customers WHERE 'Vienna' = city</s>junk"])
+    assert same_rows == {"sql_execution": 1.0, "sql_exact_match": 0.0,
+                         "prediction": "SELECT name FROM customers WHERE 'Vienna' = city"}
+    assert score(doc, ["select NAME from customers where city = 'Vienna';"])["sql_exact_match"] == 1.0
+    assert score(doc, ["DROP TABLE customers"])["sql_execution"] == 0.0
+
+
+def test_generate_answers_with_both_models(evaluated):
+    run, recipe, _ = evaluated
+    results = generate.generate(run, ["Name three colors.", "What is 2 + 2?"], max_new_tokens=8)
+    assert [r["prompt"] for r in results] == ["Name three colors.", "What is 2 + 2?"]
+    assert results[0]["rendered"].endswith("### Instruction:\nName three colors.\n\n### Response:\n")
+    for result in results:
+        assert isinstance(result["base"], str) and isinstance(result["finetuned"], str)
+        assert "</s>" not in result["base"] + result["finetuned"]
+    assert [r["base"] for r in results] != [r["finetuned"] for r in results]
+    table = generate.format_side_by_side(results, width=60)
+    assert "> Name three colors." in table and "fine-tuned" in table
