@@ -61,6 +61,13 @@ train: setup $(if $(filter tiny-cpu,$(recipe)),tiny-model) ## prepare, plan and 
 merge: setup ## merge the latest run's LoRA adapter into its base model (run=ID for another run)
 	$(RECIPE) merge $(recipe) $(if $(run),--run $(run))
 
+eval: setup ## evaluate base vs fine-tuned (latest run of recipe=NAME, or run=ID) and write the report
+	$(RECIPE) eval $(recipe) $(args) $(if $(run),--run $(run))
+
+demo: ## the CPU demo: SmolLM2-135M learns text-to-SQL (set-up if needed, train, evaluate, report)
+	$(MAKE) --no-print-directory recipe=smollm2-135m-sql-chatml train eval
+	@echo "report: runs/smollm2-135m-sql-chatml/latest/report.md"
+
 report: setup ## write report.md and plots for the latest run of recipe=NAME
 	$(RECIPE) report $(recipe) $(if $(run),--run $(run))
 

@@ -85,8 +85,7 @@ def plan_run(loaded: Loaded, target: str = "local") -> rundir.RunDir:
     run = rundir.create(loaded.recipe.name, loaded.fingerprint)
     _write_plan(run, loaded, target, base_model, has_val=True)
     run.update(**_manifest_base(loaded, run, target, base_model), status="planned")
-    rundir.point_latest(run)
-    return run
+    return run  # `latest` keeps pointing at the newest trained run, which eval and report default to
 
 
 class Stopped(KeyboardInterrupt):
@@ -133,6 +132,16 @@ def launch_env() -> dict:
     return env
 
 
+def _padding_waste(manifest: dict, steps: int, tokens_seen: int) -> float | None:
+    """Share of the tokens the trainer processed that were padding (estimated, not packed runs):
+    1 - (rows consumed x mean real tokens per row) / tokens seen, where rows consumed = steps x global batch."""
+    mean = manifest.get("data", {}).get("stats", {}).get("train", {}).get("tokens_per_row", {}).get("mean")
+    batch = manifest.get("batch", {}).get("global")
+    if not (mean and batch and tokens_seen):
+        return None
+    return round(max(0.0, 1 - steps * batch * mean / tokens_seen), 4)
+
+
 def summarize_metrics(run: rundir.RunDir) -> dict:
     """Steps, tokens, throughput and final losses from metrics.jsonl."""
     path = run.file("metrics.jsonl")
@@ -151,7 +160,9 @@ def summarize_metrics(run: rundir.RunDir) -> dict:
             ranks[rank_file.stem] = {"steps": len(lines), "last_step": lines[-1]["step"],
                                      "world_size": lines[-1]["world_size"],
                                      "engine": json.loads(engine_file.read_text()) if engine_file.exists() else None}
-    return {"steps": max((r["step"] for r in records), default=0), "tokens": tokens, "ranks": ranks,
+    steps = max((r["step"] for r in records), default=0)
+    return {"steps": steps, "tokens": tokens, "ranks": ranks,
+            "padding_waste": _padding_waste(run.manifest(), steps, tokens),
             "tokens_per_s": round(tokens / elapsed, 2) if elapsed else None,
             "first_loss": losses[0]["loss"] if losses else None, "final_loss": losses[-1]["loss"] if losses else None,
             "final_eval_loss": evals[-1]["eval_loss"] if evals else None, "logged_steps": len(losses)}

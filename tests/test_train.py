@@ -36,6 +36,7 @@ def test_tiny_cpu_trains_end_to_end(trained_tiny_run):
     assert manifest["data"]["fingerprints"]["data/samples/alpaca-sample.jsonl"] and manifest["data"]["counts"]["train"]
     assert manifest["hardware"]["device"] == "cpu" and manifest["batch"]["global"] == 4
     assert manifest["timings"]["train_s"] > 0 and manifest["train"]["steps"] == 30
+    assert 0 <= manifest["train"]["padding_waste"] < 1  # rows are padded to the longest in their batch
     assert rundir.find("tiny-cpu").path == run.path  # runs/tiny-cpu/latest
     ranks = run.file("ranks", "rank-0.jsonl").read_text().splitlines()
     assert len(ranks) == 30 and json.loads(ranks[-1])["world_size"] == 1
