@@ -71,5 +71,5 @@ demo: ## the CPU demo: SmolLM2-135M learns text-to-SQL (set-up if needed, train,
 report: setup ## write report.md and plots for the latest run of recipe=NAME
 	$(RECIPE) report $(recipe) $(if $(run),--run $(run))
 
-test-distributed: setup tiny-model ## a real 2-process data-parallel tiny-cpu run on CPU (torchrun + gloo)
-	$(PY) -m pytest -q tests/test_distributed.py
+test-distributed: setup tiny-model ## real 2-process CPU training of tiny-cpu: data parallel, DeepSpeed ZeRO-2 and ZeRO-3 (gloo)
+	$(PY) -m pytest -q tests/test_distributed.py tests/test_deepspeed_cpu.py

@@ -16,6 +16,8 @@ from axolotl.integrations.base import BasePlugin
 from pydantic import BaseModel
 from transformers.trainer_callback import TrainerCallback
 
+from . import cpu_shims
+
 
 class RecipeRunnerArgs(BaseModel):
     """Keys this plugin adds to axolotl's config schema."""
@@ -74,34 +76,9 @@ class MetricsCallback(TrainerCallback):
         self._append(self.path, record)
 
 
-def _cpu_device_map_for_multi_process() -> None:
-    """Let data-parallel runs load on CPU.
-
-    axolotl's normalize_config sets device_map={"": LOCAL_RANK} whenever WORLD_SIZE > 1, which names an
-    accelerator; with none present, transformers fails ("Cannot access accelerator device"). The loader
-    computes its kwargs before any plugin hook runs, so the fix wraps that one step, on CPU-only machines.
-    """
-    import torch
-    from axolotl.loaders import model as model_loader
-
-    if torch.cuda.is_available() or int(os.environ.get("WORLD_SIZE", 1)) == 1:
-        return
-    original = model_loader.ModelLoader._set_device_map_config
-    if getattr(original, "_recipe_runner_cpu", False):
-        return
-
-    def set_device_map_config(self):
-        original(self)
-        if "device_map" in self.model_kwargs:
-            self.model_kwargs["device_map"] = {"": "cpu"}
-
-    set_device_map_config._recipe_runner_cpu = True
-    model_loader.ModelLoader._set_device_map_config = set_device_map_config
-
-
 class RecipeRunnerPlugin(BasePlugin):
     def register(self, cfg):
-        _cpu_device_map_for_multi_process()
+        cpu_shims.install()
 
     def get_input_args(self):
         return "runner.axolotl_plugin.RecipeRunnerArgs"

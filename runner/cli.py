@@ -128,7 +128,10 @@ def cmd_train(args) -> int:
     from .train import train
 
     resume = False if args.resume is None else args.resume
-    run = train(loading.load(args.recipe, args.overrides), args.target, resume)
+    run = train(loading.load(args.recipe, args.overrides), args.target, resume, detach=args.detach)
+    if run.manifest()["status"] == "submitted":
+        print(f"submitted {paths.display(run.path)} as slurm job {run.manifest()['slurm_job_id']}")
+        return 0
     summary = run.manifest().get("train", {})
     print(f"trained {paths.display(run.path)}: {summary.get('steps')} steps, loss {summary.get('first_loss')} -> "
           f"{summary.get('final_loss')}")
@@ -209,7 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan = with_recipe(verb("plan", cmd_plan, "write axolotl/DeepSpeed/launch files into a new run dir; run nothing"))
     plan.add_argument("--target", choices=TARGETS, default="local", help="launcher (default local)")
     train = with_recipe(verb("train", cmd_train, "prepare + plan + train; writes runs/<recipe>/<run-id>/"))
-    train.add_argument("--target", choices=("local", "accelerate", "torchrun"), default="local")
+    train.add_argument("--target", choices=TARGETS, default="local",
+                       help="local (one process), accelerate, torchrun, or slurm (sbatch, then wait for the job)")
+    train.add_argument("--detach", action="store_true", help="with --target slurm: submit and return at once")
     train.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN",
                        help="continue a run (the latest, or RUN) from its newest checkpoint")
     merge = verb("merge", cmd_merge, "merge a run's LoRA adapter into the base model -> run/merged/")

@@ -157,8 +157,9 @@ def _environment(recipe: Recipe) -> list[str]:
              "export PYTHONUNBUFFERED=1",
              "# set aside checkpoints cut off mid-write, so a resume starts from the newest complete one",
              CHECKPOINT_GUARD]
-    if recipe.hardware.device == "cpu":
-        lines.append("export ACCELERATE_USE_CPU=true  # transformers/accelerate: CPU processes, gloo between them")
+    if recipe.hardware.device == "cpu" and recipe.hardware.deepspeed == "none":
+        # accelerate: CPU processes with gloo between them (under DeepSpeed this would switch DeepSpeed off)
+        lines.append("export ACCELERATE_USE_CPU=true")
     if recipe.hardware.device == "cuda" and recipe.hardware.world_size > 1:
         lines += [f"export NCCL_DEBUG={recipe.hardware.nccl.debug}",
                   "export TORCH_NCCL_ASYNC_ERROR_HANDLING=1  # fail fast instead of hanging on a dead rank"]

@@ -168,8 +168,26 @@ def summarize_metrics(run: rundir.RunDir) -> dict:
             "final_eval_loss": evals[-1]["eval_loss"] if evals else None, "logged_steps": len(losses)}
 
 
-def train(loaded: Loaded, target: str = "local", resume: str | None | bool = False) -> rundir.RunDir:
-    """Prepare, plan and launch a training run (or relaunch an earlier one); returns its run directory."""
+def _via_slurm(run: rundir.RunDir, env: dict, detach: bool) -> tuple[int | None, list[str]]:
+    """Submit launch.sh with sbatch (the job inherits this environment) and, unless detached, wait for it."""
+    from . import slurm
+
+    job_id = slurm.submit(run.path, env)
+    run.update(slurm_job_id=job_id)
+    print(f"submitted slurm job {job_id}; log: {paths.display(slurm.log_path(run.path, job_id))}", file=sys.stderr)
+    if detach:
+        return None, []
+    state, code = slurm.wait(job_id)
+    log = slurm.log_path(run.path, job_id)
+    tail = log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:] if log.exists() else []
+    return (0 if state == "COMPLETED" else (code or 1)), tail
+
+
+def train(loaded: Loaded, target: str = "local", resume: str | None | bool = False,
+          detach: bool = False) -> rundir.RunDir:
+    """Prepare, plan and launch a training run (or relaunch an earlier one); returns its run directory.
+
+    target slurm submits the run with sbatch and waits for the job (or returns at once when detach)."""
     recipe = loaded.recipe
     started = time.monotonic()
     prepared = prepare.prepare(loaded)
@@ -198,7 +216,10 @@ def train(loaded: Loaded, target: str = "local", resume: str | None | bool = Fal
     print(f"training {recipe.name} in {paths.display(run.path)} (log: logs/train.log)", file=sys.stderr)
     launched = time.monotonic()
     try:
-        code, tail = _stream(run, launch_env())
+        code, tail = _via_slurm(run, launch_env(), detach) if target == "slurm" else _stream(run, launch_env())
+        if code is None:
+            run.update(status="submitted")
+            return run
     except KeyboardInterrupt as stop:
         run.update(status="failed", error={"stage": "train", "message": "stopped" if isinstance(stop, Stopped)
                                            else "interrupted", "log_tail": []})

@@ -7,5 +7,5 @@ export AXOLOTL_DO_NOT_TRACK=1 DO_NOT_TRACK=1  # no telemetry
 export PYTHONUNBUFFERED=1
 # set aside checkpoints cut off mid-write, so a resume starts from the newest complete one
 for checkpoint in model/checkpoint-*/; do [ -e "${checkpoint}trainer_state.json" ] || mv "$checkpoint" "${checkpoint%/}.incomplete" 2>/dev/null || true; done
-export ACCELERATE_USE_CPU=true  # transformers/accelerate: CPU processes, gloo between them
+export ACCELERATE_USE_CPU=true
 exec axolotl train axolotl.yaml --launcher python

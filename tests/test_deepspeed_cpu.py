@@ -1,0 +1,24 @@
+"""DeepSpeed ZeRO-2 and ZeRO-3 really running across 2 CPU processes through axolotl (gloo)."""
+from __future__ import annotations
+
+import pytest
+
+from runner import loading
+from runner.train import train
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["zero2", "zero3"])
+def test_deepspeed_zero_runs_on_two_cpu_processes(session_dirs, tiny_model_dir, stage):
+    loaded = loading.load("tiny-cpu", ["hardware.gpus=2", f"hardware.deepspeed={stage}", "train.max_steps=6",
+                                       "train.save_steps=6"])
+    run = train(loaded, target="torchrun")
+    manifest = run.manifest()
+    assert manifest["status"] == "trained"
+    for rank in ("rank-0", "rank-1"):
+        evidence = manifest["train"]["ranks"][rank]
+        assert evidence["steps"] == 6
+        # what accelerate set up inside each training process: DeepSpeed over gloo, 2 processes, this stage
+        assert evidence["engine"] == {"backend": "gloo", "distributed_type": "DEEPSPEED", "rank": int(rank[-1]),
+                                      "world_size": 2, "zero_stage": int(stage[-1])}
+    assert "ACCELERATE_USE_CPU" not in run.file("launch.sh").read_text()

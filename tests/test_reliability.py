@@ -1,0 +1,178 @@
+"""Reliability: fuzzed recipes never crash, big documents are refused fast, concurrent runs and cache
+writers do not collide, an unwritable runs folder is a clear error, and planted secrets leak nowhere."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from runner import loading, rundir
+from runner.errors import UserError
+
+ROOT = Path(__file__).resolve().parent.parent
+FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))  # `make fuzz` raises this
+VALID = yaml.safe_load((ROOT / "recipes" / "tiny-cpu.yaml").read_text())
+
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),
+                    st.text(max_size=20), st.sampled_from(["lora", "qlora", "full", "cpu", "flash", "1e-4", "-1"]))
+values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                       st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+                      max_leaves=6)
+
+
+def _paths(data, prefix=()):
+    yield prefix
+    if isinstance(data, dict):
+        for key, value in data.items():
+            yield from _paths(value, (*prefix, key))
+    elif isinstance(data, list):
+        for index, value in enumerate(data):
+            yield from _paths(value, (*prefix, index))
+
+
+@st.composite
+def mutated_recipes(draw):
+    """tiny-cpu with a few random edits: delete, replace, rename or add a key anywhere."""
+    import copy
+
+    data = copy.deepcopy(VALID)
+    for _ in range(draw(st.integers(1, 3))):
+        targets = [p for p in _paths(data) if p]
+        path = draw(st.sampled_from(targets))
+        parent = data
+        for part in path[:-1]:
+            parent = parent[part]
+        op = draw(st.sampled_from(["delete", "replace", "rename", "add"]))
+        if op == "delete":
+            del parent[path[-1]]
+        elif op == "replace":
+            parent[path[-1]] = draw(values)
+        elif op == "rename" and isinstance(parent, dict):
+            parent[draw(st.text(min_size=1, max_size=12))] = parent.pop(path[-1])
+        elif op == "add" and isinstance(parent, dict):
+            parent[draw(st.text(min_size=1, max_size=12))] = draw(values)
+    return data
+
+
+def _load_text(project, text: str):
+    path = project / "recipes" / "fuzz.yaml"
+    path.write_bytes(text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text)
+    try:
+        loading.load("fuzz")
+    except UserError as err:
+        assert err.problems and all(str(p) for p in err.problems)
+
+
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@given(recipe=mutated_recipes())
+def test_mutated_recipes_validate_or_fail_with_a_user_error(project, recipe):
+    recipe["name"] = "fuzz"
+    _load_text(project, yaml.safe_dump(recipe, allow_unicode=True))
+
+
+@settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@given(cut=st.integers(0, 2000), junk=st.text(max_size=12))
+def test_damaged_yaml_text_validates_or_fails_with_a_user_error(project, cut, junk):
+    text = (ROOT / "recipes" / "tiny-cpu.yaml").read_text().replace("name: tiny-cpu", "name: fuzz")
+    cut %= len(text)
+    _load_text(project, text[:cut] + junk + text[cut:])
+
+
+def test_fuzzing_through_the_cli_exits_2_without_traceback(project):
+    (project / "recipes" / "fuzz.yaml").write_text("schema: 1\nname: fuzz\nmodel: [\n  {base: }}\n")
+    result = subprocess.run([sys.executable, "-m", "runner", "validate", "fuzz"], capture_output=True, text=True,
+                            env=os.environ | {"RECIPE_RUNNER_HOME": str(project)})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+
+
+def test_alias_bomb_and_huge_documents_are_refused_quickly(project, run_cli):
+    bomb = "a: &a [" + ",".join(["x"] * 50) + "]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [" + ",".join([f"*{chr(97 + i)}"] * 50) + "]\n" for i in range(8))
+    (project / "recipes" / "bomb.yaml").write_text(bomb)
+    (project / "recipes" / "huge.yaml").write_text("schema: 1\n" + "x: " + "y" * (2 << 20) + "\n")
+    started = time.monotonic()
+    code, out, err = run_cli("validate", "bomb", "huge")
+    assert code == 2 and "alias bomb" in err and "the limit is 1,048,576" in err
+    assert time.monotonic() - started < 5
+
+
+def test_concurrent_runs_get_distinct_directories(project):
+    made, barrier = [], threading.Barrier(8)
+
+    def create():
+        barrier.wait()
+        made.append(rundir.create("tiny-cpu", "f" * 64).path)
+
+    threads = [threading.Thread(target=create) for _ in range(8)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert len(set(made)) == 8 and all(p.is_dir() for p in made)
+
+
+def test_concurrent_prepares_publish_one_intact_cache_entry(project, tiny_model_dir):
+    """Two processes prepare the same recipe into an empty cache at once: both succeed, one entry remains."""
+    env = os.environ | {"RECIPE_RUNNER_HOME": str(project), "RECIPE_CACHE_DIR": str(project / "cache"),
+                        "HF_HUB_OFFLINE": "1"}
+    (project / "models").symlink_to(tiny_model_dir.parent)
+    argv = [sys.executable, "-m", "runner", "prepare", "tiny-cpu"]
+    processes = [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+    outputs = [p.communicate(timeout=300) for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs
+    entries = [p for p in (project / "cache" / "data").iterdir() if not p.name.startswith(".")]
+    leftovers = [p for p in (project / "cache" / "data").iterdir() if p.name.startswith(".")]
+    assert len(entries) == 1 and not leftovers
+    assert all((entries[0] / name).stat().st_size > 0 for name in ("train.jsonl", "val.jsonl", "test.jsonl",
+                                                                   "data.json"))
+
+
+def test_unwritable_runs_folder_is_a_clear_error_and_earlier_runs_survive(project, tiny_model_dir, run_cli,
+                                                                           monkeypatch):
+    if os.geteuid() == 0:
+        # root ignores permission bits; a runs folder below a regular file cannot be created by anyone
+        blocker = project / "not-a-folder"
+        blocker.write_text("x")
+        monkeypatch.setenv("RECIPE_RUNS_DIR", str(blocker / "runs"))
+    else:
+        runs = project / "runs"
+        runs.mkdir()
+        runs.chmod(0o500)
+        monkeypatch.setenv("RECIPE_RUNS_DIR", str(runs))
+    earlier = project / "earlier-run.txt"
+    earlier.write_text("intact")
+    (project / "models").symlink_to(tiny_model_dir.parent)
+    monkeypatch.setenv("RECIPE_CACHE_DIR", str(project / "cache"))
+    code, out, err = run_cli("train", "tiny-cpu")
+    assert code == 2 and "cannot create the runs folder" in err and "RECIPE_RUNS_DIR" in err
+    assert "Traceback" not in err and earlier.read_text() == "intact"
+
+
+SECRETS = {"HF_TOKEN": "hf_PLANTEDsecretVALUE123", "WANDB_API_KEY": "wandbPLANTEDsecret456",
+           "OPENAI_API_KEY": "sk-PLANTEDsecret789"}
+
+
+@pytest.mark.slow
+def test_planted_tokens_reach_no_file_under_runs(session_dirs, tiny_model_dir):
+    """Train and evaluate with tokens in the environment; no file the runner or its engines wrote contains them."""
+    env = os.environ | SECRETS
+    for argv in (["train", "tiny-cpu", "train.max_steps=4", "train.seed=11"], ["eval", "tiny-cpu", "train.max_steps=4",
+                                                                              "train.seed=11"]):
+        result = subprocess.run([sys.executable, "-m", "runner", *argv], env=env, capture_output=True, text=True,
+                                timeout=600)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert not any(value in result.stdout + result.stderr for value in SECRETS.values())
+    leaks = []
+    for root in (session_dirs / "runs", session_dirs / "cache"):
+        for path in root.rglob("*"):
+            if path.is_file() and path.stat().st_size < 50_000_000:
+                content = path.read_bytes()
+                leaks += [f"{path}: {name}" for name, value in SECRETS.items() if value.encode() in content]
+    assert leaks == []
