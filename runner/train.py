@@ -50,6 +50,7 @@ def _write_plan(run: rundir.RunDir, loaded: Loaded, target: str, base_model: str
     for name, text in engine_files(loaded, target, base_model, has_val).items():
         write_text_atomic(run.file(name), text)
     run.file("launch.sh").chmod(0o755)
+    run.file("logs").mkdir(exist_ok=True)  # sbatch opens --output=logs/slurm-%j.out before the script runs
 
 
 def _link_data(run: rundir.RunDir, prepared: prepare.Prepared) -> None:

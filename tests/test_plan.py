@@ -144,7 +144,7 @@ def test_plan_verb_writes_a_run_directory_and_prints_the_command(project, run_cl
     code, out, err = run_cli("plan", "gemma7b-dolly-chatml", "--target", "slurm")
     assert code == 0, err
     (run,) = [p for p in (project / "runs" / "gemma7b-dolly-chatml").iterdir()]
-    assert {"axolotl.yaml", "launch.sh", "manifest.json", "recipe.resolved.yaml"} <= {p.name for p in run.iterdir()}
+    assert {"axolotl.yaml", "launch.sh", "manifest.json", "recipe.resolved.yaml", "logs"} <= {p.name for p in run.iterdir()}
     assert f"(cd runs/gemma7b-dolly-chatml/{run.name} && sbatch launch.sh)" in out
     assert json.loads((run / "manifest.json").read_text())["status"] == "planned"
     # a plan is not a training run: `latest` (what eval and report default to) does not move

@@ -52,9 +52,10 @@ cmd_install() {
     local apt=(apt-get install -y -qq --no-install-recommends -o Dpkg::Use-Pty=0 "${PACKAGES[@]}")
     if ! "${apt[@]}" >"$log" 2>&1; then
         say "install failed with the current package lists; running apt-get update and retrying"
-        apt-get update -qq >>"$log" 2>&1 && "${apt[@]}" >>"$log" 2>&1 || {
+        if ! { apt-get update -qq >>"$log" 2>&1 && "${apt[@]}" >>"$log" 2>&1; }; then
             [ -z "$policy_added" ] || rm -f /usr/sbin/policy-rc.d
-            tail -n 30 "$log" >&2; rm -f "$log"; die "apt-get install ${PACKAGES[*]} failed"; }
+            tail -n 30 "$log" >&2; rm -f "$log"; die "apt-get install ${PACKAGES[*]} failed"
+        fi
     fi
     [ -z "$policy_added" ] || rm -f /usr/sbin/policy-rc.d
     rm -f "$log"
@@ -71,24 +72,41 @@ alive() {  # alive PIDFILE NAME: the pid in PIDFILE runs a process called NAME
     [[ "$pid" =~ ^[0-9]+$ ]] && [ "$(cat /proc/"$pid"/comm 2>/dev/null)" = "$2" ]
 }
 
-stop_pid() {  # stop_pid PIDFILE NAME: TERM, wait up to 15 s, then KILL
-    local pid i
-    if ! alive "$1" "$2"; then rm -f "$1"; return 0; fi
-    pid=$(cat "$1")
-    kill -TERM "$pid" 2>/dev/null || true
-    for i in $(seq 1 150); do
-        [ "$(cat /proc/"$pid"/comm 2>/dev/null)" = "$2" ] || { rm -f "$1"; say "stopped $2 (pid $pid)"; return 0; }
+stop_pids() {  # stop_pids PIDFILE:NAME...: TERM them all, wait up to 15 s, then KILL
+    local spec f name pid left
+    local -a pids=() names=()
+    for spec in "$@"; do
+        f=${spec%:*}; name=${spec##*:}
+        if alive "$f" "$name"; then
+            pid=$(cat "$f"); kill -TERM "$pid" 2>/dev/null || true
+            pids+=("$pid"); names+=("$name")
+        fi
+        rm -f "$f"
+    done
+    for _ in $(seq 1 150); do
+        left=0
+        for pid in "${!pids[@]}"; do
+            [ "$(cat /proc/"${pids[$pid]}"/comm 2>/dev/null)" = "${names[$pid]}" ] && left=1
+        done
+        [ "$left" = 0 ] && break
         sleep 0.1
     done
-    kill -KILL "$pid" 2>/dev/null || true
-    rm -f "$1"
-    say "killed $2 (pid $pid) after 15 s"
+    for pid in "${!pids[@]}"; do
+        if [ "$(cat /proc/"${pids[$pid]}"/comm 2>/dev/null)" = "${names[$pid]}" ]; then
+            kill -KILL "${pids[$pid]}" 2>/dev/null || true
+            say "killed ${names[$pid]} (pid ${pids[$pid]}) after 15 s"
+        else
+            say "stopped ${names[$pid]} (pid ${pids[$pid]})"
+        fi
+    done
 }
+
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 munge_works() { munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1; }
 
 start_munge() {  # start_munge STATE: starts munged as user munge unless one already answers
-    local state=$1 key=/etc/munge/munge.key i
+    local state=$1 key=/etc/munge/munge.key
     if [ ! -s "$key" ]; then
         install -d -o munge -g munge -m 0700 /etc/munge
         if command -v mungekey >/dev/null; then
@@ -107,7 +125,7 @@ start_munge() {  # start_munge STATE: starts munged as user munge unless one alr
         return 0
     fi
     runuser -u munge -- /usr/sbin/munged || true
-    for i in $(seq 1 50); do
+    for _ in $(seq 1 50); do
         if munge_works; then
             cp /run/munge/munged.pid "$state/munged.ours"  # so that `stop` ends only the munged we started
             say "started munged (pid $(cat "$state/munged.ours"))"
@@ -180,7 +198,7 @@ logs_tail() {
 
 cmd_start() {
     need_root
-    local state node i st=""
+    local state node st=""
     state=$(state_dir "${1:-}")
     installed || die "slurm/munge not installed: run \`$0 install\` first"
     node=$(hostname -s)
@@ -194,13 +212,21 @@ cmd_start() {
     else
         write_conf "$state" "$node"
     fi
+    local port
+    for port in "${SLURMCTLD_PORT:-6817}" "${SLURMD_PORT:-6818}"; do
+        if ! alive "$state/slurmctld.pid" slurmctld && ! alive "$state/slurmd.pid" slurmd && port_busy "$port"; then
+            die "port $port is taken (another cluster: stop it, or set SLURMCTLD_PORT/SLURMD_PORT)"
+        fi
+    done
     if ! alive "$state/slurmctld.pid" slurmctld; then
         slurmctld -f "$SLURM_CONF" || { logs_tail "$state"; die "slurmctld failed to start"; }
     fi
     if ! alive "$state/slurmd.pid" slurmd; then
         slurmd -f "$SLURM_CONF" || { logs_tail "$state"; die "slurmd failed to start"; }
     fi
-    for i in $(seq 1 120); do   # 60 s
+    for _ in $(seq 1 120); do   # 60 s
+        alive "$state/slurmctld.pid" slurmctld || { st="slurmctld not running"; sleep 0.5; continue; }
+        alive "$state/slurmd.pid" slurmd || { st="slurmd not running"; sleep 0.5; continue; }
         st=$(sinfo -h -N -n "$node" -o %T 2>/dev/null | head -n 1) || true
         case "$st" in idle|mixed|allocated|completing) break ;; esac
         sleep 0.5
@@ -218,35 +244,35 @@ cmd_start() {
 
 cmd_stop() {
     need_root
-    local state i
+    local state
     state=$(state_dir "${1:-}")
     export SLURM_CONF=$state/slurm.conf
     if alive "$state/slurmctld.pid" slurmctld && [ -n "$(squeue -h -o %i 2>/dev/null)" ]; then
         # no stray job steps once slurmd is gone
-        scancel --full $(squeue -h -o %i) 2>/dev/null || true
-        for i in $(seq 1 30); do
+        squeue -h -o %i | xargs -r scancel 2>/dev/null || true
+        for _ in $(seq 1 30); do
             [ -z "$(squeue -h -o %i 2>/dev/null)" ] && break
             sleep 0.5
         done
         say "cancelled the queued jobs"
     fi
-    stop_pid "$state/slurmd.pid" slurmd
-    stop_pid "$state/slurmctld.pid" slurmctld
-    if [ -e "$state/munged.ours" ]; then
-        cp "$state/munged.ours" "$state/munged.pid" && rm -f "$state/munged.ours"
-        stop_pid "$state/munged.pid" munged
+    stop_pids "$state/slurmd.pid:slurmd" "$state/slurmctld.pid:slurmctld"
+    if [ -e "$state/munged.ours" ]; then  # only the munged that `start` started
+        stop_pids "$state/munged.ours:munged"
     fi
     say "stopped"
 }
 
 cmd_wait() {
-    local state id timeout out rc start info jstate code
+    local state id timeout out rc start info="" jstate code down=""
     state=$(state_dir "${1:-}")
     id=${2:-}; timeout=${3:-600}
     [[ "$id" =~ ^[0-9]+$ ]] || die "usage: $PROG wait STATE_DIR JOBID [TIMEOUT_S]"
     export SLURM_CONF=$state/slurm.conf
     start=$SECONDS
     while :; do
+        # a stopped controller: answer from jobcomp.txt (squeue would retry for ~18 s)
+        alive "$state/slurmctld.pid" slurmctld || { down=1; break; }
         # -t lists the states in which a job is still queued; squeue -j alone would also show finished jobs
         rc=0; out=$(squeue -h --jobs="$id" -t PD,R,CG,CF,S,RQ,RH,RS,RF,RD,SI,SO,ST,SE -o %T 2>&1) || rc=$?
         if [ "$rc" = 0 ] && [ -z "$out" ]; then break; fi
@@ -257,13 +283,13 @@ cmd_wait() {
         fi
         sleep 1
     done
-    info=$(scontrol show job -o "$id" 2>/dev/null) || info=""
+    [ -n "$down" ] || info=$(scontrol show job -o "$id" 2>/dev/null) || info=""
     if [ -z "$info" ] && [ -e "$state/log/jobcomp.txt" ]; then
         info=$(grep -E "^JobId=$id " "$state/log/jobcomp.txt" | tail -n 1) || info=""
     fi
     jstate=$(sed -n 's/.*JobState=\([A-Z_]*\).*/\1/p' <<<"$info")
     code=$(sed -n 's/.* ExitCode=\([0-9:]*\).*/\1/p' <<<"$info")
-    echo "$id ${jstate:-UNKNOWN} ExitCode=${code:-?}"
+    echo "$id ${jstate:-UNKNOWN} ExitCode=${code:-?}${down:+ (slurmctld of $state is not running)}"
     [ "$jstate" = COMPLETED ]
 }
 
