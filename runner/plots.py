@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import io
 import math
-import os
-import tempfile
 from pathlib import Path
 
 from matplotlib import style
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from .errors import Problem, UserError
+from .writing import write_bytes_atomic
 
 DPI = 100
 METADATA = {"Software": None}  # matplotlib otherwise stamps its version into every PNG
@@ -110,7 +108,7 @@ def write_plots(folder: Path, records: list[dict], eval_metrics: dict[str, dict]
                 continue
             buffer = io.BytesIO()
             fig.savefig(buffer, format="png", dpi=DPI, metadata=METADATA)
-            _write_bytes_atomic(path, buffer.getvalue())
+            write_bytes_atomic(path, buffer.getvalue())
             written[name] = path.name
     return written
 
@@ -123,22 +121,3 @@ def _figure(width: float, height: float):
 
 def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _write_bytes_atomic(path: Path, data: bytes) -> None:
-    """writing.write_text_atomic for bytes."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-    except OSError as err:
-        raise UserError(Problem(str(path), "", f"cannot write: {err.strerror}; check the folder exists, is "
-                                "writable and has free space")) from None

@@ -6,12 +6,21 @@ Every message carries the numbers it is about.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, field_validator
 
 SCHEMA_VERSION = 1
 SEMVER = re.compile(r"^\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.-]+)?$")
+
+
+def _semver(version: str) -> str:
+    if not SEMVER.match(version):
+        raise ValueError(f"{version!r} is not a semantic version like 1.0.0")
+    return version
+
+
+SemVer = Annotated[str, AfterValidator(_semver)]
 
 
 class Section(BaseModel):
@@ -202,7 +211,7 @@ class Recipe(Section):
 
     schema_: Literal[1] = Field(alias="schema", description="recipe-language version")
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
-    version: str = Field(description="the recipe's own semantic version, bumped in review")
+    version: SemVer = Field(description="the recipe's own semantic version, bumped in review")
     description: str = ""
     model: ModelSpec
     method: MethodSpec
@@ -214,13 +223,6 @@ class Recipe(Section):
     publish: PublishSpec = PublishSpec()
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-    @field_validator("version")
-    @classmethod
-    def _semver(cls, version: str) -> str:
-        if not SEMVER.match(version):
-            raise ValueError(f"{version!r} is not a semantic version like 1.0.0")
-        return version
 
     def problems(self) -> list[tuple[str, str]]:
         """Cross-section checks as (key path, message); empty when the recipe is consistent."""

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from . import paths
 from .errors import Problem, UserError, did_you_mean, unknown_name
-from .schema import SEMVER
+from .schema import SemVer
 from .writing import write_json_atomic
 from .yamlio import read_yaml
 
@@ -62,20 +62,13 @@ class SqlSpec(Section):
 class Suite(Section):
     suite: Literal[1] = Field(description="eval-suite language version")
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
-    version: str
+    version: SemVer
     description: str = ""
     metrics: list[Metric] = Field(default_factory=list, description="metrics on the recipe's held-out test split")
     lm_eval_tasks: list[str] = Field(default_factory=list, description="standard lm-eval task or group names")
     lm_eval_include: list[str] = Field(default_factory=list, description="extra folders of lm-eval task YAMLs")
     judge: JudgeSpec | None = None
     sql: SqlSpec | None = None
-
-    @field_validator("version")
-    @classmethod
-    def _semver(cls, version: str) -> str:
-        if not SEMVER.match(version):
-            raise ValueError(f"{version!r} is not a semantic version like 1.0.0")
-        return version
 
     @field_validator("metrics", "lm_eval_tasks")
     @classmethod

@@ -10,14 +10,19 @@ from .errors import Problem, UserError
 
 
 def write_text_atomic(path: Path, text: str) -> Path:
-    """Write text to path via a temp file in the same folder and an atomic rename."""
+    """Write text (UTF-8) to path via a temp file in the same folder and an atomic rename."""
+    return write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> Path:
+    """Write bytes to path via a temp file in the same folder and an atomic rename."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
             os.replace(tmp, path)

