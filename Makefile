@@ -13,7 +13,7 @@ export DO_NOT_TRACK := 1
 export WANDB_MODE ?= disabled
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-all validate lock golden render show tiny-model prepare plan train merge eval report demo
+.PHONY: help setup test validate lock golden render show tiny-model prepare plan train merge eval report demo bench fuzz test-distributed test-slurm
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -78,3 +78,9 @@ test-distributed: setup tiny-model ## real 2-process CPU training of tiny-cpu: d
 test-slurm: setup tiny-model ## a real one-node SLURM cluster on localhost runs tiny-cpu's sbatch script (installs slurm-wlm, munge)
 	bash tests/slurm/cluster.sh install
 	$(PY) -m pytest -q -m slurm tests/test_slurm.py
+
+bench: setup tiny-model ## benchmarks: runner overhead, data-prep speed, packing, eval batching, demo stages -> bench/results.json
+	$(PY) bench/run.py
+
+fuzz: setup ## long property-based fuzzing of recipes (FUZZ_EXAMPLES=5000 by default)
+	FUZZ_EXAMPLES=$(or $(FUZZ_EXAMPLES),5000) $(PY) -m pytest -q tests/test_reliability.py -k "mutated or damaged"
