@@ -9,6 +9,12 @@ from pathlib import Path
 from .errors import Problem, UserError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_text_atomic(path: Path, text: str) -> Path:
     """Write text (UTF-8) to path via a temp file in the same folder and an atomic rename."""
     return write_bytes_atomic(path, text.encode("utf-8"))
@@ -21,6 +27,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
+            os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; written files get the usual mode
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)
                 handle.flush()

@@ -26,3 +26,41 @@ def test_two_processes_train_data_parallel_on_cpu(session_dirs, tiny_model_dir):
     single = 12 * 4 / manifest["data"]["counts"]["train"]
     assert records[-1]["epoch"] == pytest.approx(2 * single, rel=0.1)
     assert "torchrun --nproc_per_node=2 --nnodes=1 --standalone" in run.file("launch.sh").read_text()
+
+
+@pytest.mark.slow
+def test_two_process_run_resumes_on_both_ranks(session_dirs, tiny_model_dir):
+    """Kill a 2-process run after its first checkpoint (written by rank 0); --resume continues both ranks."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from runner import rundir
+
+    overrides = ["hardware.gpus=2", "train.max_steps=24", "train.save_steps=8", "train.seed=21"]
+    fingerprint = loading.load("tiny-cpu", overrides).fingerprint
+    argv = [sys.executable, "-m", "runner", "train", "tiny-cpu", *overrides, "--target", "torchrun"]
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline, run = time.monotonic() + 240, None
+    while time.monotonic() < deadline and run is None:
+        latest = session_dirs / "runs" / "tiny-cpu" / "latest"
+        if latest.exists():
+            candidate = rundir.RunDir(latest.resolve())
+            manifest = candidate.manifest()
+            if manifest.get("fingerprint") == fingerprint and \
+                    candidate.file("model", "checkpoint-8", "trainer_state.json").is_file():
+                run = candidate
+                os.kill(manifest["train_pid"], signal.SIGKILL)  # torchrun, the training process group's parent
+        time.sleep(0.2)
+    process.communicate(timeout=120)
+    assert run is not None and process.returncode == 1
+    resumed = subprocess.run([*argv, "--resume"], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    ranks = run.manifest()["train"]["ranks"]
+    for rank in ("rank-0", "rank-1"):
+        steps = [json.loads(line)["step"] for line in run.file("ranks", f"{rank}.jsonl").read_text().splitlines()]
+        assert steps[-1] == 24 and steps.count(1) == 1  # both ranks continued from step 8, not from scratch
+        assert ranks[rank]["last_step"] == 24
+    assert run.manifest()["status"] == "trained"

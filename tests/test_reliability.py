@@ -117,16 +117,20 @@ def test_concurrent_runs_get_distinct_directories(project):
     assert len(set(made)) == 8 and all(p.is_dir() for p in made)
 
 
-def test_concurrent_prepares_publish_one_intact_cache_entry(project, tiny_model_dir):
-    """Two processes prepare the same recipe into an empty cache at once: both succeed, one entry remains."""
+@pytest.mark.slow
+def test_two_concurrent_trains_of_one_recipe(project, tiny_model_dir):
+    """Two `recipe train tiny-cpu` at once on an empty cache: both train, in distinct run directories, and one
+    intact prepared-data entry remains (atomic publish; the loser of the race discards its copy)."""
     env = os.environ | {"RECIPE_RUNNER_HOME": str(project), "RECIPE_CACHE_DIR": str(project / "cache"),
-                        "HF_HUB_OFFLINE": "1"}
+                        "RECIPE_RUNS_DIR": str(project / "runs"), "HF_HUB_OFFLINE": "1"}
     (project / "models").symlink_to(tiny_model_dir.parent)
-    argv = [sys.executable, "-m", "runner", "prepare", "tiny-cpu"]
+    argv = [sys.executable, "-m", "runner", "train", "tiny-cpu", "train.max_steps=3", "train.save_steps=3"]
     processes = [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                  for _ in range(2)]
-    outputs = [p.communicate(timeout=300) for p in processes]
-    assert [p.returncode for p in processes] == [0, 0], outputs
+    outputs = [p.communicate(timeout=600) for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], [err[-2000:] for _, err in outputs]
+    runs = [p for p in (project / "runs" / "tiny-cpu").iterdir() if p.name != "latest"]
+    assert len(runs) == 2 and all((r / "model" / "adapter_model.safetensors").is_file() for r in runs)
     entries = [p for p in (project / "cache" / "data").iterdir() if not p.name.startswith(".")]
     leftovers = [p for p in (project / "cache" / "data").iterdir() if p.name.startswith(".")]
     assert len(entries) == 1 and not leftovers
@@ -176,3 +180,14 @@ def test_planted_tokens_reach_no_file_under_runs(session_dirs, tiny_model_dir):
                 content = path.read_bytes()
                 leaks += [f"{path}: {name}" for name, value in SECRETS.items() if value.encode() in content]
     assert leaks == []
+
+
+def test_written_files_get_the_usual_permissions(tmp_path):
+    from runner.writing import write_json_atomic
+
+    mask = os.umask(0o022)
+    try:
+        path = write_json_atomic(tmp_path / "manifest.json", {"a": 1})
+    finally:
+        os.umask(mask)
+    assert path.stat().st_mode & 0o777 == 0o644
