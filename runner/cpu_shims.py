@@ -1,7 +1,7 @@
 """Shims that let multi-process training run on a CPU-only machine (tests, CI, the demo).
 
 Each one corrects a library's assumption that several processes mean several GPUs; each checks that no
-GPU is present and does nothing otherwise, so GPU runs use the libraries untouched. They are installed
+GPU is present (or only handles CPU-only cases), so GPU runs use the libraries untouched. They are installed
 by the axolotl plugin (runner.axolotl_plugin) inside the training processes. Pinned versions: axolotl
 0.19.0, accelerate 1.13.0, deepspeed 0.18.9; revisit these when upgrading.
 """
@@ -86,8 +86,32 @@ def _no_grad_zero12_all_gather() -> None:
     stage_1_and_2.all_gather_dp_groups = all_gather_dp_groups
 
 
+def _restore_indexed_cpu_locations() -> None:
+    """Let torch.load restore storages mapped to `cpu:N`.
+
+    On resume, transformers loads the optimizer state with map_location=args.device, which in a multi-process
+    CPU run is `cpu:<rank>`; torch knows how to restore `cpu` but not `cpu:N` ("don't know how to restore data
+    location ... cpu:0"). torch.serialization.register_package is torch's own hook for extra locations.
+    """
+    import torch.serialization as serialization
+
+    if any(getattr(entry[2], "_recipe_runner_cpu", False) for entry in serialization._package_registry):
+        return
+
+    def restore(storage, location):
+        return storage if location.startswith("cpu:") else None
+
+    def tag(obj):
+        return None
+
+    restore._recipe_runner_cpu = True
+    taken = {entry[0] for entry in serialization._package_registry}  # equal priorities would compare functions
+    serialization.register_package(next(p for p in range(90, 200) if p not in taken), tag, restore)
+
+
 def install() -> None:
     """Install every shim that applies (each is a no-op with a GPU or in a single process)."""
     _cpu_device_map_for_multi_process()
     _gloo_backend_for_deepspeed()  # acts only when axolotl has turned DeepSpeed on (checked per call)
     _no_grad_zero12_all_gather()
+    _restore_indexed_cpu_locations()
