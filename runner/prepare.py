@@ -193,12 +193,9 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 def prepare(loaded: Loaded, quiet: bool = False) -> Prepared:
     """Prepare (or reuse from the cache) the recipe's data; returns where it is and its stats."""
-    from transformers import AutoTokenizer
-
     recipe = loaded.recipe
     template = templates.load(recipe.data.template)
     model_dir = models.resolve_base(recipe.model)
-    tokens = models.tokenizer_tokens(model_dir)
     read = [sources.read(spec, index) for index, spec in enumerate(recipe.data.datasets)]
     key = cache_key(recipe, [r.fingerprint for r in read], template, models.model_fingerprint(model_dir))
     target = paths.cache_dir() / "data" / key[:16]
@@ -208,6 +205,9 @@ def prepare(loaded: Loaded, quiet: bool = False) -> Prepared:
             print(f"prepare: cache hit {paths.display(target)} ({info['counts']})", file=sys.stderr)
         return Prepared(target, key, info)
 
+    from transformers import AutoTokenizer  # after the cache check: a hit needs neither transformers nor a tokenizer
+
+    tokens = models.tokenizer_tokens(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=recipe.model.trust_remote_code)
     tokenizer.model_max_length = 1 << 30  # lengths are checked here against data.max_seq_len, not the model's
     _check_special_tokens(template, tokenizer, recipe.model.base)

@@ -40,12 +40,10 @@ def hardware(recipe: Recipe) -> dict:
     """The recipe's hardware profile beside what this machine actually has."""
     hw = recipe.hardware
     found = {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
-    try:
+    if hw.device == "cuda":  # importing torch costs seconds; a CPU recipe has no GPU to name
         import torch
 
         if torch.cuda.is_available():
             found["gpus_found"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    except ImportError:
-        pass
     return {"profile": hw.profile, "device": hw.device, "gpu_model": hw.gpu_model, "gpus": hw.gpus,
             "nodes": hw.nodes, "world_size": hw.world_size, "deepspeed": hw.deepspeed, **found}

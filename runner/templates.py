@@ -148,7 +148,7 @@ def _chat_template_segments(example: dict, tokens: TokenizerTokens) -> list[Segm
     if not tokens.chat_template:
         raise UserError(Problem("data.template", "", "template 'tokenizer' needs a tokenizer with a chat template; "
                                 "this model's tokenizer has none: name a file template such as chatml"))
-    compiled = ENV.from_string(tokens.chat_template)
+    compiled = _compiled(tokens.chat_template)
     messages = list(example["messages"])
     if example.get("system"):
         messages = [{"role": "system", "content": example["system"]}, *messages]
@@ -170,6 +170,12 @@ def _chat_template_segments(example: dict, tokens: TokenizerTokens) -> list[Segm
     return [s for s in segments if s.text]
 
 
+@lru_cache(maxsize=64)
+def _compiled(source: str) -> jinja2.Template:
+    """Jinja compiles a template once; rendering it per row is then cheap."""
+    return ENV.from_string(source)
+
+
 def render(template: Template, example: dict, tokens: TokenizerTokens) -> list[Segment]:
     """Render one example into segments: prompt text unlabeled, the trained response labeled."""
     for key, value in example.items():
@@ -181,7 +187,7 @@ def render(template: Template, example: dict, tokens: TokenizerTokens) -> list[S
     context |= {"bos_token": tokens.bos_token, "eos_token": tokens.eos_token}
     context.setdefault("system", None)
     try:
-        rendered = ENV.from_string(template.source).render(context)
+        rendered = _compiled(template.source).render(context)
     except jinja2.exceptions.SecurityError as err:
         raise UserError(Problem(f"templates/{template.name}.jinja", "", f"refused by the sandbox: {err}")) from None
     except jinja2.UndefinedError as err:
