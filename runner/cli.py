@@ -94,7 +94,7 @@ def cmd_render(args) -> int:
 def cmd_tiny_model(args) -> int:
     from . import tiny_model
 
-    print(paths.display(tiny_model.build(tiny_model.default_dir() if args.out is None else args.out)))
+    print(paths.display(tiny_model.build(args.out)))  # None: models/tiny-llama
     return 0
 
 

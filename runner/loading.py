@@ -20,7 +20,7 @@ from pydantic import BaseModel, ValidationError
 from . import paths, templates
 from .errors import Problem, UserError, did_you_mean, unknown_name
 from .schema import SCHEMA_VERSION, Recipe
-from .yamlio import dump_yaml, parse_yaml_text, read_yaml
+from .yamlio import dump_yaml, read_yaml
 
 OVERRIDE = "<override>"
 # Old recipe-language versions upgrade here, one step at a time: {from_version: function(dict) -> dict}.
@@ -360,11 +360,3 @@ def validate_all() -> list[Problem]:
             problems += err.problems
     return problems
 
-
-def parse_text(text: str, where: str = "<text>") -> dict:
-    """Parse recipe text without touching the file system (fuzzing, tests)."""
-    return parse_yaml_text(text, where)[0]
-
-
-__all__ = ["Loaded", "load", "fingerprint", "resolved_yaml", "recipe_files", "validate_all", "parse_override",
-           "dump_yaml", "check_fragment", "template_problems"]

@@ -9,7 +9,6 @@ import hashlib
 import io
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 from . import paths
 from .errors import Problem, UserError

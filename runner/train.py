@@ -20,7 +20,7 @@ from pathlib import Path
 from . import loading, models, paths, plan, prepare, provenance, rundir
 from .errors import Problem, RunFailed, UserError
 from .loading import Loaded
-from .writing import write_json_atomic, write_text_atomic
+from .writing import write_text_atomic
 from .yamlio import dump_yaml
 
 LOG_TAIL_LINES = 40
