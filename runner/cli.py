@@ -7,7 +7,7 @@ from pathlib import Path
 
 from . import lock, loading, paths
 from .plan import TARGETS
-from .errors import RunFailed, UserError
+from .errors import STORAGE_ERRNOS, RunFailed, UserError, storage_error
 
 EPILOG = """examples:
   recipe list
@@ -236,15 +236,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _report(err: UserError) -> int:
+    print(f"error: {err}", file=sys.stderr) if len(err.problems) == 1 else print(
+        "error: " + f"{len(err.problems)} problems:\n  " + "\n  ".join(str(p) for p in err.problems),
+        file=sys.stderr)
+    return err.exit_code
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr) if len(err.problems) == 1 else print(
-            "error: " + f"{len(err.problems)} problems:\n  " + "\n  ".join(str(p) for p in err.problems),
-            file=sys.stderr)
-        return err.exit_code
+        return _report(err)
+    except OSError as err:  # a write deep in a stage (a copy, a log) on a full or read-only disk
+        if err.errno not in STORAGE_ERRNOS:
+            raise
+        return _report(storage_error(err))
     except RunFailed as err:
         print(f"failed: {err}", file=sys.stderr)
         return err.exit_code

@@ -2,7 +2,12 @@
 from __future__ import annotations
 
 import difflib
+import errno
+import os
 from dataclasses import dataclass
+
+NO_SPACE = os.strerror(errno.ENOSPC)  # "No space left on device", as a trainer's log prints it
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG})
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,14 @@ class RunFailed(Exception):
     """A stage that started but failed (a training process that died): non-zero exit, not a user error."""
 
     exit_code = 1
+
+
+def storage_error(err: OSError, path=None) -> UserError:
+    """A file the runner had to write could not be: a full disk, a read-only or unwritable folder."""
+    where = path or err.filename2 or err.filename or "?"
+    return UserError(Problem(str(where), "", f"cannot write: {err.strerror}; free space there, or set "
+                             "RECIPE_RUNS_DIR (runs) and RECIPE_CACHE_DIR (data and model cache) to a writable "
+                             "disk with room"))
 
 
 def did_you_mean(word: str, choices) -> str:

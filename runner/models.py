@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -160,11 +161,31 @@ def _dequantize(gguf: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)  # keeps the chat template read from the GGUF metadata
 
 
-def tokenizer_tokens(model_dir: Path) -> TokenizerTokens:
-    """The tokenizer's BOS/EOS strings ('' when unset) and chat template, for prompt templates."""
+GENERIC_TOKENIZER_CLASSES = {"TokenizersBackend", "PreTrainedTokenizerFast"}
+
+
+def load_tokenizer(model_dir: Path, trust_remote_code: bool = False):
+    """The model's tokenizer, as AutoTokenizer would load it. A generic fast tokenizer (a tokenizer.json and no
+    model-specific class) is loaded through transformers' TokenizersBackend directly, which is the class
+    AutoTokenizer returns for it, without importing the auto classes (they pull in every model config and
+    the generation stack: several seconds of every `recipe prepare`)."""
+    model_dir = Path(model_dir)
+    try:
+        declared = json.loads((model_dir / "tokenizer_config.json").read_text(encoding="utf-8")).get("tokenizer_class")
+    except (OSError, ValueError):
+        declared = None
+    if declared in GENERIC_TOKENIZER_CLASSES and (model_dir / "tokenizer.json").is_file():
+        from transformers.tokenization_utils_tokenizers import TokenizersBackend
+
+        return TokenizersBackend.from_pretrained(model_dir)
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    return AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+
+
+def tokenizer_tokens(model_dir: Path, tokenizer=None) -> TokenizerTokens:
+    """The tokenizer's BOS/EOS strings ('' when unset) and chat template, for prompt templates."""
+    tokenizer = tokenizer or load_tokenizer(model_dir)
     template = tokenizer.chat_template
     if isinstance(template, dict):  # several named templates: the default one is what chat uses
         template = template.get("default")

@@ -118,9 +118,17 @@ def _weighted(train: list, recipe: Recipe, labels: list[str]) -> list:
     return mixed
 
 
-def _token_lengths(segments: list[templates.Segment], tokenizer) -> list[int]:
-    # Tokenized one segment at a time, exactly as axolotl's input_output strategy does.
-    return [len(tokenizer(s.text, add_special_tokens=False)["input_ids"]) for s in segments]
+def _token_lengths(rendered: list[list[templates.Segment]], tokenizer) -> list[list[int]]:
+    """Token count of every segment, each tokenized on its own as axolotl's input_output strategy does;
+    one batched call (the fast tokenizers encode a batch in parallel)."""
+    texts = [segment.text for segments in rendered for segment in segments]
+    sizes = []
+    for start in range(0, len(texts), 2048):  # in chunks: the ids of a whole split at once cost hundreds of MB
+        chunk = tokenizer(texts[start:start + 2048], add_special_tokens=False, return_attention_mask=False,
+                          return_token_type_ids=False)["input_ids"]
+        sizes += [len(ids) for ids in chunk]
+    flat = iter(sizes)
+    return [[next(flat) for _ in segments] for segments in rendered]
 
 
 def _fit(segments, lengths, limit: int, tokenizer):
@@ -151,10 +159,9 @@ def _percentiles(values: list[int]) -> dict:
 def _render_split(name, items, template, tokens, tokenizer, recipe, stop) -> tuple[list[dict], dict]:
     rows, lengths, over, dropped, by_source = [], [], 0, 0, Counter()
     limit = recipe.data.max_seq_len
-    for label, example, original, _ in tqdm(items, desc=f"render {name}", unit="row", file=sys.stderr, leave=False,
-                               disable=len(items) < 200):
-        segments = templates.render(template, example, tokens)
-        sizes = _token_lengths(segments, tokenizer)
+    progress = dict(desc=f"render {name}", unit="row", file=sys.stderr, leave=False, disable=len(items) < 200)
+    rendered = [templates.render(template, item[1], tokens) for item in tqdm(items, **progress)]
+    for (label, _, original, _), segments, sizes in zip(items, rendered, _token_lengths(rendered, tokenizer)):
         total = sum(sizes)
         if total > limit:
             over += 1
@@ -205,10 +212,9 @@ def prepare(loaded: Loaded, quiet: bool = False) -> Prepared:
             print(f"prepare: cache hit {paths.display(target)} ({info['counts']})", file=sys.stderr)
         return Prepared(target, key, info)
 
-    from transformers import AutoTokenizer  # after the cache check: a hit needs neither transformers nor a tokenizer
-
-    tokens = models.tokenizer_tokens(model_dir)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=recipe.model.trust_remote_code)
+    # after the cache check: a hit needs neither transformers nor a tokenizer
+    tokenizer = models.load_tokenizer(model_dir, trust_remote_code=recipe.model.trust_remote_code)
+    tokens = models.tokenizer_tokens(model_dir, tokenizer)
     tokenizer.model_max_length = 1 << 30  # lengths are checked here against data.max_seq_len, not the model's
     _check_special_tokens(template, tokenizer, recipe.model.base)
     items, source_report = _examples(recipe, template, read)

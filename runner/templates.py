@@ -23,6 +23,7 @@ from .errors import Problem, UserError, unknown_name
 
 TOKENIZER_TEMPLATE = "tokenizer"  # the base model's own chat template
 _OPEN, _CLOSE = "\ue000", "\ue001"  # private-use code points marking labeled text inside a render
+_MARKERS = re.compile(f"({_OPEN}|{_CLOSE})")
 _HEADER = re.compile(r"^\{#-?(.*?)-?#\}", re.DOTALL)
 BUILTIN_VARIABLES = {"bos_token", "eos_token", "system"}
 
@@ -129,16 +130,15 @@ def load(name: str) -> Template:
 
 
 def _split(rendered: str) -> list[Segment]:
-    segments, label, start = [], False, 0
-    for index, char in enumerate(rendered):
-        if char in (_OPEN, _CLOSE):
-            if (char == _OPEN) == label:
+    """Cut rendered text at the markers the `labeled` filter leaves: text between them is labeled."""
+    segments, label = [], False
+    for index, part in enumerate(_MARKERS.split(rendered)):
+        if index % 2:  # a marker
+            if (part == _OPEN) == label:
                 raise jinja2.TemplateError("nested or unbalanced {% filter labeled %} blocks")
-            if index > start:
-                segments.append(Segment(rendered[start:index], label))
-            label, start = char == _OPEN, index + 1
-    if start < len(rendered):
-        segments.append(Segment(rendered[start:], label))
+            label = part == _OPEN
+        elif part:
+            segments.append(Segment(part, label))
     return segments
 
 
@@ -186,7 +186,7 @@ def render(template: Template, example: dict, tokens: TokenizerTokens) -> list[S
     context |= {"bos_token": tokens.bos_token, "eos_token": tokens.eos_token}
     context.setdefault("system", None)
     try:
-        rendered = _compiled(template.source).render(context)
+        segments = _split(_compiled(template.source).render(context))
     except jinja2.exceptions.SecurityError as err:
         raise UserError(Problem(f"templates/{template.name}.jinja", "", f"refused by the sandbox: {err}")) from None
     except jinja2.UndefinedError as err:
@@ -194,7 +194,7 @@ def render(template: Template, example: dict, tokens: TokenizerTokens) -> list[S
                                 "data.datasets[].fields or declare it optional")) from None
     except jinja2.TemplateError as err:
         raise UserError(Problem(f"templates/{template.name}.jinja", "", f"cannot render: {err}")) from None
-    return [s for s in _split(rendered) if s.text]
+    return [s for s in segments if s.text]
 
 
 def prompt_and_reference(segments: list[Segment], eos_markers: tuple[str, ...] = ()) -> tuple[str, str]:

@@ -18,7 +18,7 @@ from collections import deque
 from pathlib import Path
 
 from . import loading, models, paths, plan, prepare, provenance, rundir
-from .errors import Problem, RunFailed, UserError
+from .errors import NO_SPACE, Problem, RunFailed, UserError, storage_error
 from .loading import Loaded
 from .writing import write_text_atomic
 from .yamlio import dump_yaml
@@ -98,30 +98,60 @@ def _stop(signum, frame):
 
 
 def _stream(run: rundir.RunDir, env: dict) -> tuple[int, list[str]]:
-    """Run launch.sh, teeing its output to logs/train.log and stderr; returns (exit code, log tail)."""
+    """Run launch.sh, teeing its output to logs/train.log and stderr; returns (exit code, log tail).
+
+    A log that stops taking writes (a full disk) is closed and the output still streams to stderr and the
+    tail: the trainer's pipe must be drained to the end, or the trainer would block on it."""
     log_path = run.file("logs", "train.log")
-    log_path.parent.mkdir(exist_ok=True)
+    try:
+        log_path.parent.mkdir(exist_ok=True)
+        log = log_path.open("a", encoding="utf-8")
+    except OSError as err:
+        raise storage_error(err, log_path) from None
     tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
     previous = signal.signal(signal.SIGTERM, _stop)
-    with log_path.open("a", encoding="utf-8") as log:
-        process = subprocess.Popen(["bash", "launch.sh"], cwd=run.path, env=env, stdout=subprocess.PIPE,
-                                   stderr=subprocess.STDOUT, text=True, errors="replace")
+    process = subprocess.Popen(["bash", "launch.sh"], cwd=run.path, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, errors="replace")
+    try:
         run.update(train_pid=process.pid)  # launch.sh execs the trainer, so this is the training process
+        for line in process.stdout:
+            if log is not None:
+                try:
+                    log.write(line)
+                    log.flush()
+                except OSError as err:
+                    log = _close_quietly(log)
+                    line += f"recipe: logs/train.log stopped here: {err.strerror}\n"
+            tail.append(line.rstrip("\n"))
+            sys.stderr.write(line)
+        return process.wait(), list(tail)
+    except BaseException:  # Ctrl-C reached the trainer too; SIGTERM or a failure here did not, so pass it on
+        process.terminate()
         try:
-            for line in process.stdout:
-                log.write(line)
-                tail.append(line.rstrip("\n"))
-                sys.stderr.write(line)
-            return process.wait(), list(tail)
-        except KeyboardInterrupt:  # Ctrl-C reached the trainer too; SIGTERM did not, so pass it on
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-            raise
-        finally:
-            signal.signal(signal.SIGTERM, previous)
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        _close_quietly(log)
+
+
+def _close_quietly(handle) -> None:
+    if handle is not None:
+        try:
+            handle.close()
+        except OSError:  # the buffered tail could not be flushed: the disk is full
+            pass
+
+
+def _record(run: rundir.RunDir, **fields) -> str:
+    """Record a failure in the manifest; when even that cannot be written (a full disk), say so instead."""
+    try:
+        run.update(**fields)
+        return ""
+    except UserError as err:
+        return f" (not recorded in manifest.json: {err.problems[0].message.split(';')[0]})"
 
 
 def launch_env() -> dict:
@@ -205,12 +235,16 @@ def train(loaded: Loaded, target: str = "local", resume: str | None | bool = Fal
     else:
         base_model = base_model_for(loaded)
         run = rundir.create(recipe.name, loaded.fingerprint)
-        _link_data(run, prepared)
-        _write_plan(run, loaded, target, base_model, has_val=prepared.info["counts"]["val"] > 0)
-        run.update(**_manifest_base(loaded, run, target, base_model),
-                   data={k: prepared.info[k] for k in ("key", "counts", "fingerprints", "duplicates_removed",
-                                                        "stats", "rows_by_source", "sources")},
-                   stop=prepared.info["stop"])
+        try:
+            _link_data(run, prepared)
+            _write_plan(run, loaded, target, base_model, has_val=prepared.info["counts"]["val"] > 0)
+            run.update(**_manifest_base(loaded, run, target, base_model),
+                       data={k: prepared.info[k] for k in ("key", "counts", "fingerprints", "duplicates_removed",
+                                                            "stats", "rows_by_source", "sources")},
+                       stop=prepared.info["stop"])
+        except BaseException:  # a half-made run (a full disk) is removed, never left for `latest` or --resume
+            shutil.rmtree(run.path, ignore_errors=True)
+            raise
         rundir.point_latest(run)
     timings = run.manifest().get("timings", {}) | {"prepare_s": prepare_s}
     run.update(status="training", error=None, timings=timings)
@@ -228,9 +262,13 @@ def train(loaded: Loaded, target: str = "local", resume: str | None | bool = Fal
     timings["train_s"] = round(time.monotonic() - launched, 2)
     if code != 0:
         message = f"the training process exited with code {code}"
-        run.update(status="failed", timings=timings, train=summarize_metrics(run),
-                   error={"stage": "train", "message": message, "log_tail": tail})
-        raise RunFailed(f"{message}; see {paths.display(run.file('logs', 'train.log'))}. Last lines:\n  "
-                        + "\n  ".join(tail[-12:]))
+        if any(NO_SPACE in line for line in tail):
+            message += (f" because the disk holding {paths.display(run.path)} is full; free space there (or set "
+                        f"RECIPE_RUNS_DIR to a disk with room), then `recipe train {recipe.name} --resume` goes on "
+                        "from the newest complete checkpoint (from the start if none was saved)")
+        unrecorded = _record(run, status="failed", timings=timings, train=summarize_metrics(run),
+                             error={"stage": "train", "message": message, "log_tail": tail})
+        raise RunFailed(f"{message}; see {paths.display(run.file('logs', 'train.log'))}{unrecorded}. Last lines:"
+                        "\n  " + "\n  ".join(tail[-12:]))
     run.update(status="trained", timings=timings, train=summarize_metrics(run))
     return run

@@ -6,7 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from .errors import Problem, UserError
+from .errors import storage_error
 
 
 def _umask() -> int:
@@ -37,8 +37,7 @@ def write_bytes_atomic(path: Path, data: bytes) -> Path:
             Path(tmp).unlink(missing_ok=True)
             raise
     except OSError as err:
-        raise UserError(Problem(str(path), "", f"cannot write: {err.strerror}; check the folder exists, is "
-                                "writable and has free space")) from None
+        raise storage_error(err, path) from None
     return path
 
 

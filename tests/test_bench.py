@@ -13,7 +13,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 NUMBERS = ("runner_overhead_ratio", "launch_latency_s", "prep_ratio_vs_axolotl", "prep_work_ratio_vs_axolotl",
            "prep_rows_per_s", "prep_runner_peak_mem_mb", "prep_axolotl_peak_mem_mb", "packing_efficiency",
-           "packing_efficiency_off", "packing_efficiency_varlen", "eval_batch_speedup")
+           "packing_efficiency_off", "packing_efficiency_cpu_sdpa", "eval_batch_speedup",
+           "eval_batch_speedup_tiny")
 GOALS = ("runner_overhead_ratio", "launch_latency_s", "prep_ratio_vs_axolotl", "packing_efficiency",
          "eval_batch_speedup")
 

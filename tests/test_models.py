@@ -118,6 +118,24 @@ def test_tiny_model_has_a_chatml_template(tiny):
     assert tokens.chat_template == tok.chat_template
 
 
+@pytest.mark.parametrize("which", ["tiny", "smollm"])
+def test_load_tokenizer_encodes_as_autotokenizer_does(which, tiny, smollm):
+    model_dir = tiny if which == "tiny" else smollm[1]
+    texts = ["<|im_start|>user\nSELECT  \"a\" FROM t;<|im_end|>\n", " leading space", "tabs\t\tand\n\nlines", "é ü 字"]
+    fast, auto = models.load_tokenizer(model_dir), AutoTokenizer.from_pretrained(model_dir)
+    assert fast(texts, add_special_tokens=False)["input_ids"] == auto(texts, add_special_tokens=False)["input_ids"]
+    assert models.tokenizer_tokens(model_dir, fast) == models.tokenizer_tokens(model_dir, auto)
+
+
+def test_load_tokenizer_uses_autotokenizer_for_model_specific_classes(tiny, tmp_path):
+    import shutil
+
+    copy = Path(shutil.copytree(tiny, tmp_path / "m"))
+    config = (copy / "tokenizer_config.json").read_text().replace('"TokenizersBackend"', '"GPT2Tokenizer"')
+    (copy / "tokenizer_config.json").write_text(config)
+    assert type(models.load_tokenizer(copy)).__name__ != "TokenizersBackend"
+
+
 def test_local_directory_resolves_to_itself(tiny):
     assert models.resolve_base(ModelSpec(base=str(tiny))) == tiny
 

@@ -2,6 +2,7 @@
 writers do not collide, an unwritable runs folder is a clear error, and planted secrets leak nowhere."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -157,6 +158,82 @@ def test_unwritable_runs_folder_is_a_clear_error_and_earlier_runs_survive(projec
     code, out, err = run_cli("train", "tiny-cpu")
     assert code == 2 and "cannot create the runs folder" in err and "RECIPE_RUNS_DIR" in err
     assert "Traceback" not in err and earlier.read_text() == "intact"
+
+
+FULL_DISK_SCRIPT = r"""
+set -u
+mount -t tmpfs -o size=64m tmpfs "$DISK"
+mkdir -p "$DISK/runs/tiny-cpu" && cp -a "$OUT/earlier" "$DISK/runs/tiny-cpu/earlier"
+ln -s earlier "$DISK/runs/tiny-cpu/latest"
+fill() { dd if=/dev/zero of="$DISK/filler" bs=1M 2>/dev/null; true; }
+# 1. the disk is full before the run starts
+fill
+"$PY" -m runner train tiny-cpu $ARGS >/dev/null 2>"$OUT/setup.err"; echo $? >"$OUT/setup.rc"
+ls "$DISK/runs/tiny-cpu" >"$OUT/setup.ls"; readlink "$DISK/runs/tiny-cpu/latest" >"$OUT/setup.latest"
+rm "$DISK/filler"
+# 2. the disk fills up once the run has saved its first checkpoint
+"$PY" -m runner train tiny-cpu $ARGS >/dev/null 2>"$OUT/mid.err" & pid=$!
+until ls "$DISK"/runs/tiny-cpu/2*/model/checkpoint-4/trainer_state.json >/dev/null 2>&1 || ! kill -0 $pid 2>/dev/null
+do sleep 0.02; done
+fill
+wait $pid; echo $? >"$OUT/mid.rc"
+cp "$DISK"/runs/tiny-cpu/2*/manifest.json "$OUT/mid-manifest.json"
+# 3. space is freed: --resume finishes the run
+rm "$DISK/filler"
+"$PY" -m runner train tiny-cpu $ARGS --resume >/dev/null 2>"$OUT/resume.err"; echo $? >"$OUT/resume.rc"
+cp "$DISK"/runs/tiny-cpu/2*/manifest.json "$OUT/resume-manifest.json"
+cp "$DISK"/runs/tiny-cpu/2*/metrics.jsonl "$OUT/metrics.jsonl"
+cp -a "$DISK/runs/tiny-cpu/earlier" "$OUT/earlier-after"
+"""
+
+
+def _private_mounts_work() -> bool:
+    try:
+        return subprocess.run(["unshare", "-m", "true"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _private_mounts_work(), reason="making a full disk needs a private mount namespace "
+                    "(unshare -m, root), which this machine refuses")
+def test_full_disk_is_a_clear_error_earlier_runs_survive_and_resume_finishes(session_dirs, tiny_model_dir, tmp_path):
+    """A real full disk (a 64 MiB tmpfs in a private mount namespace, filled with dd): full before the run, the
+    half-made run is removed and `latest` is unchanged; full mid-run, the trainer dies, the runner says why and
+    how to go on; with space freed, --resume reaches the final step. The earlier run is untouched throughout."""
+    out, disk = tmp_path / "out", tmp_path / "disk"
+    earlier = out / "earlier"
+    (earlier / "model").mkdir(parents=True)
+    (earlier / "manifest.json").write_text('{"status": "trained", "note": "an earlier run"}\n')
+    (earlier / "model" / "adapter_model.safetensors").write_bytes(os.urandom(4096))
+    disk.mkdir()
+    env = os.environ | {"DISK": str(disk), "OUT": str(out), "PY": sys.executable, "PYTHONPATH": str(ROOT),
+                        "RECIPE_RUNS_DIR": str(disk / "runs"), "RECIPE_CACHE_DIR": str(session_dirs / "cache"),
+                        "ARGS": "train.max_steps=24 train.save_steps=4 train.seed=21"}
+    subprocess.run(["unshare", "-m", "bash", "-c", FULL_DISK_SCRIPT], env=env, cwd=ROOT, timeout=900, check=True)
+    read = lambda name: (out / name).read_text()  # noqa: E731
+
+    assert read("setup.rc").strip() == "2", read("setup.err")[-2000:]
+    assert "No space left on device" in read("setup.err") and "RECIPE_RUNS_DIR" in read("setup.err")
+    assert "Traceback" not in read("setup.err")
+    assert read("setup.ls").split() == ["earlier", "latest"] and read("setup.latest").strip() == "earlier"
+
+    mid = read("mid.err")
+    assert read("mid.rc").strip() == "1", mid[-3000:]
+    failure = mid.split("failed:")[-1]
+    assert "is full; free space there" in failure and "--resume" in failure
+    assert "Traceback" not in mid.split("Last lines:")[0].split("failed:")[-1]
+    assert json.loads(read("mid-manifest.json"))["status"] in ("training", "failed")  # whole, never half-written
+
+    assert read("resume.rc").strip() == "0", read("resume.err")[-3000:]
+    manifest = json.loads(read("resume-manifest.json"))
+    assert manifest["status"] == "trained" and manifest["train"]["steps"] == 24
+    steps = [json.loads(line)["step"] for line in read("metrics.jsonl").splitlines() if '"loss"' in line]
+    assert steps[-1] == 24
+
+    assert (out / "earlier-after" / "manifest.json").read_bytes() == (earlier / "manifest.json").read_bytes()
+    assert (out / "earlier-after" / "model" / "adapter_model.safetensors").read_bytes() == \
+        (earlier / "model" / "adapter_model.safetensors").read_bytes()
 
 
 SECRETS = {"HF_TOKEN": "hf_PLANTEDsecretVALUE123", "WANDB_API_KEY": "wandbPLANTEDsecret456",

@@ -104,3 +104,18 @@ def test_template_using_an_undeclared_variable_is_rejected(project):
     (project / "templates" / "sloppy.jinja").write_text("{#-\nrequires: [instruction]\n-#}\n{{ instruction }}{{ x }}")
     with pytest.raises(UserError, match=r"uses \['x'\] but its header declares neither"):
         templates.load("sloppy")
+
+
+def test_nested_labeled_blocks_are_a_clear_error(project):
+    (project / "templates" / "nested.jinja").write_text(
+        "{#-\nrequires: [instruction]\n-#}\n{% filter labeled %}a{% filter labeled %}{{ instruction }}"
+        "{% endfilter %}{% endfilter %}")
+    with pytest.raises(UserError, match="nested or unbalanced"):
+        templates.render(templates.load("nested"), {"instruction": "x"}, TOKENS)
+
+
+def test_labeled_text_is_cut_at_the_markers():
+    segments = templates.render(templates.load("alpaca"), {"instruction": "Say hi", "input": "", "output": "hi"},
+                                TOKENS)
+    assert [s.label for s in segments] == [False, True]
+    assert segments[1].text.startswith("hi")
