@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """recipe-runner benchmark: five figures, each measured side by side in one run, written to bench/results.json.
 
-    .venv/bin/python bench/run.py            # full run (about 6 minutes on 2 quiet CPU cores)
+    .venv/bin/python bench/run.py            # full run (about 7 minutes on 2 quiet CPU cores; needs a demo run)
     .venv/bin/python bench/run.py --quick    # toy sizes, for the test (about 2 minutes)
     .venv/bin/python bench/run.py --only packing,demo --out /tmp/r.json
 
@@ -12,9 +12,10 @@ Figures (see bench/README.md for how each is measured):
   prep_ratio_vs_axolotl   runner preparing 15,000 alpaca-style rows / `axolotl preprocess` on the same rows
                           (type: alpaca), both end to end as subprocesses, alternated A,B,B,A
   packing_efficiency      real (non-pad) share of the tokens in training batches formed by axolotl's own
-                          MultipackBatchSampler + collator, with packing on and off
-  eval_batch_speedup      lm-eval generation throughput, batch size 8 / batch size 1, same items, through
-                          runner.evaluate, alternated 1,8,8,1
+                          MultipackBatchSampler + collator for the shipped packing recipes (lowest of them),
+                          with packing on and off; plus the CPU (sdpa) layout on tiny-cpu
+  eval_batch_speedup      lm-eval generation throughput on the demo model, its eval batch size (16) / batch
+                          size 1, same items, through runner.evaluate, alternated 1,16,16,1; plus tiny-cpu's
   demo_stage_seconds      stage timings of the newest smollm2-135m-sql-chatml run and /tmp/demo.* stamps
 
 Nothing here asserts on time. Every measurement runs in a subprocess; this process only starts, polls and
@@ -57,10 +58,12 @@ GOALS = {  # figure: (comparison, threshold)
 SIZES = {  # quick: toy sizes for the test; full: the real figures
     "quick": {"train_overrides": ["train.max_steps=1"], "order": "AB", "prep_rows": 200, "prep_order": "AB",
               "eval_items": 4, "eval_order": [1, 8], "packing_seeds": 1,
-              "packing_rows": 300, "packing_standin": str(ROOT / "models" / "tiny-llama"), "eval_demo_items": 0, "prep_tokenize": False},
+              "packing_rows": 300, "packing_standin": str(ROOT / "models" / "tiny-llama"), "eval_demo_items": 0,
+              "overhead_warmup": False, "prep_tokenize": False},
     "full": {"train_overrides": [], "order": "ABBA", "prep_rows": 15_000, "prep_order": "ABBA",
              "eval_items": 16, "eval_order": [1, 8, 8, 1], "packing_seeds": 5,
-             "packing_rows": 4000, "packing_standin": DEMO_RECIPE, "eval_demo_items": 32, "prep_tokenize": True},
+             "packing_rows": 4000, "packing_standin": DEMO_RECIPE, "eval_demo_items": 32,
+             "overhead_warmup": True, "prep_tokenize": True},
 }
 
 
@@ -257,6 +260,12 @@ def bench_overhead(tmp: Path, size: dict, logs: Path) -> tuple[dict, dict]:
     recipe_bin = str(VENV_BIN / "recipe")
     say("runner overhead: recipe prepare tiny-cpu (untimed)")
     timed("overhead-prepare", [recipe_bin, "prepare", "tiny-cpu", *overrides], cwd=ROOT, env=env, logs=logs)
+    if size["overhead_warmup"]:
+        # the first trainer start reads torch, transformers and axolotl from a cold page cache; without this
+        # untimed one-step run, that cost lands on whichever of A and B runs first
+        say("runner overhead: recipe train tiny-cpu train.max_steps=1 (untimed warm-up)")
+        timed("overhead-warmup", [recipe_bin, "train", "tiny-cpu", "train.max_steps=1"], cwd=ROOT,
+              env=env | {"HF_DATASETS_CACHE": str(tmp / "hf-datasets" / "warmup")}, logs=logs)
     recipe_runs = tmp / "runs" / "tiny-cpu"
     runner_runs, direct_runs, latencies, runner_timings, first_run = [], [], [], [], None
     runner_cpu, direct_cpu = [], []

@@ -118,7 +118,6 @@ def _stream(run: rundir.RunDir, env: dict) -> tuple[int, list[str]]:
             if log is not None:
                 try:
                     log.write(line)
-                    log.flush()
                 except OSError as err:
                     log = _close_quietly(log)
                     line += f"recipe: logs/train.log stopped here: {err.strerror}\n"
