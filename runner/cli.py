@@ -7,7 +7,7 @@ from pathlib import Path
 
 from . import lock, loading, paths
 from .plan import TARGETS
-from .errors import STORAGE_ERRNOS, RunFailed, UserError, storage_error
+from .errors import STORAGE_ERRNOS, Problem, RunFailed, UserError, storage_error
 
 EPILOG = """examples:
   recipe list
@@ -165,7 +165,12 @@ def cmd_generate(args) -> int:
     target = rundir.find(loaded.recipe.name, args.run) if args.run else loaded
     prompts = list(args.prompt or [])
     if args.file:
-        prompts += [line for line in Path(args.file).read_text(encoding="utf-8").splitlines() if line.strip()]
+        try:
+            text = Path(args.file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise UserError(Problem(args.file, "--file", f"cannot read the prompts file: "
+                                    f"{getattr(err, 'strerror', None) or err}")) from None
+        prompts += [line for line in text.splitlines() if line.strip()]
     if not prompts:
         raise UserError("generate: give --prompt TEXT (repeatable) or --file prompts.txt (one prompt a line)")
     print(generate.format_side_by_side(generate.generate(target, prompts, args.max_new_tokens)), end="")

@@ -6,17 +6,13 @@ Nothing here runs anything or reads the clock; paths inside a run directory are 
 from __future__ import annotations
 
 import shlex
-from typing import Literal
 
 from .schema import Recipe
 
-Target = Literal["local", "accelerate", "torchrun", "slurm"]
 TARGETS: tuple[str, ...] = ("local", "accelerate", "torchrun", "slurm")
 MAIN_PORT = 29500
 PLUGIN = "runner.axolotl_plugin.RecipeRunnerPlugin"
 ATTENTION = {"flash": "flash_attention_2", "sdpa": "sdpa", "eager": "eager"}
-SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant",
-             "constant_with_warmup": "constant_with_warmup"}
 
 
 def _dataset(path: str) -> dict:
@@ -41,7 +37,7 @@ def axolotl_config(recipe: Recipe, base_model: str, *, has_val: bool = True) -> 
         "micro_batch_size": train.micro_batch_size,
         "gradient_accumulation_steps": recipe.gradient_accumulation,
         "learning_rate": train.learning_rate,
-        "lr_scheduler": SCHEDULES[train.schedule],
+        "lr_scheduler": train.schedule,  # the schema allows only names axolotl knows
         "warmup_ratio": train.warmup_ratio,
         "weight_decay": train.weight_decay,
         "max_grad_norm": train.max_grad_norm,

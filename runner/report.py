@@ -402,9 +402,11 @@ def _id_order(item_id) -> tuple:
 def _answer(item: dict | None) -> str:
     if item is None:
         return "_(no sample)_"
-    prediction = item.get("prediction")
+    prediction = item.get("prediction", item.get("response"))  # generation tasks / standard lm-eval tasks
     text = _cell("" if prediction is None else prediction)
-    scores = [f"{key} {value:.3g}" for key, value in item.items()
+    # eval writes a row's scores under "scores"; flat rows (numbers beside the text) are read as they are
+    source = item["scores"] if isinstance(item.get("scores"), dict) else item
+    scores = [f"{key} {value:.3g}" for key, value in source.items()
               if key not in ID_KEYS + TEXT_KEYS and _number(value)]
     return text + (f"<br>({_cell(', '.join(scores), 0)})" if scores else "")
 

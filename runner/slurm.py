@@ -39,9 +39,9 @@ def job_state(job_id: str) -> tuple[str, int | None]:
     return (state.group(1) if state else "UNKNOWN", int(code.group(1)) if code else None)
 
 
-def wait(job_id: str, timeout_s: float | None = None) -> tuple[str, int | None]:
+def wait(job_id: str) -> tuple[str, int | None]:
     """Poll until the job is finished; prints state changes (progress) to stderr."""
-    started, last = time.monotonic(), None
+    last = None
     while True:
         state, code = job_state(job_id)
         if state != last:
@@ -49,8 +49,6 @@ def wait(job_id: str, timeout_s: float | None = None) -> tuple[str, int | None]:
             last = state
         if state not in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED"):
             return state, code
-        if timeout_s is not None and time.monotonic() - started > timeout_s:
-            return "TIMEOUT_WAITING", None
         time.sleep(POLL_S)
 
 

@@ -181,11 +181,11 @@ def render(template: Template, example: dict, tokens: TokenizerTokens) -> list[S
         if isinstance(value, str) and (_OPEN in value or _CLOSE in value):
             raise UserError(Problem(template.name, key, "contains a reserved private-use character U+E000/U+E001"))
     context = {name: None for name in template.optional} | example
-    if template.name == TOKENIZER_TEMPLATE:
-        return _chat_template_segments(context, tokens)
     context |= {"bos_token": tokens.bos_token, "eos_token": tokens.eos_token}
     context.setdefault("system", None)
     try:
+        if template.name == TOKENIZER_TEMPLATE:
+            return _chat_template_segments(context, tokens)
         segments = _split(_compiled(template.source).render(context))
     except jinja2.exceptions.SecurityError as err:
         raise UserError(Problem(f"templates/{template.name}.jinja", "", f"refused by the sandbox: {err}")) from None

@@ -138,6 +138,3 @@ def _current(out_dir: Path, want: str) -> bool:
     except (OSError, ValueError, KeyError, TypeError):
         return False
 
-
-if __name__ == "__main__":
-    print(build())

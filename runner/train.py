@@ -109,9 +109,13 @@ def _stream(run: rundir.RunDir, env: dict) -> tuple[int, list[str]]:
     except OSError as err:
         raise storage_error(err, log_path) from None
     tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+    try:
+        process = subprocess.Popen(["bash", "launch.sh"], cwd=run.path, env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.STDOUT, text=True, errors="replace")
+    except BaseException:
+        _close_quietly(log)
+        raise
     previous = signal.signal(signal.SIGTERM, _stop)
-    process = subprocess.Popen(["bash", "launch.sh"], cwd=run.path, env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, errors="replace")
     try:
         run.update(train_pid=process.pid)  # launch.sh execs the trainer, so this is the training process
         for line in process.stdout:
@@ -172,19 +176,30 @@ def _padding_waste(manifest: dict, steps: int, tokens_seen: int) -> float | None
     return round(max(0.0, 1 - steps * batch * mean / tokens_seen), 4)
 
 
+def _records(path: Path) -> list[dict]:
+    """The JSON lines of a metrics file; a line cut off mid-write (a killed trainer, a full disk) is skipped."""
+    records = []
+    for line in path.read_text(encoding="utf-8", errors="replace").split("\n"):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return [r for r in records if isinstance(r, dict)]
+
+
 def summarize_metrics(run: rundir.RunDir) -> dict:
     """Steps, tokens, throughput and final losses from metrics.jsonl."""
     path = run.file("metrics.jsonl")
     if not path.is_file():
         return {}
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = _records(path)
     losses = [r for r in records if "loss" in r]
     evals = [r for r in records if "eval_loss" in r]
     tokens = max((r.get("tokens_seen", 0) for r in records), default=0)
     elapsed = max((r.get("elapsed_s", 0) for r in records), default=0)
     ranks = {}
     for rank_file in sorted(run.file("ranks").glob("rank-*.jsonl")):
-        lines = [json.loads(line) for line in rank_file.read_text().splitlines() if line.strip()]
+        lines = _records(rank_file)
         engine_file = rank_file.with_suffix(".engine.json")
         if lines:
             ranks[rank_file.stem] = {"steps": len(lines), "last_step": lines[-1]["step"],

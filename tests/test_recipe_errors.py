@@ -177,3 +177,8 @@ def test_console_script_exits_2_without_traceback(write_recipe, project):
     result = subprocess.run([sys.executable, "-m", "runner", "validate", "demo"], capture_output=True, text=True)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr and "did you mean learning_rate?" in result.stderr
+
+
+def test_generate_with_a_missing_prompts_file_is_a_clear_error(run_cli, tmp_path):
+    code, out, err = run_cli("generate", "tiny-cpu", "--file", str(tmp_path / "missing.txt"))
+    assert code == 2 and "missing.txt: --file: cannot read the prompts file" in err and "Traceback" not in err

@@ -275,3 +275,11 @@ def test_wrong_types_everywhere_still_give_a_report(tmp_path):
     assert "## Failure\n\nStage `?` failed: boom" in text
     assert "`eval/samples-base-t.jsonl`: 1 unreadable line(s) skipped" in text
     assert run.file("plots", "eval.png").is_file()
+
+
+def test_sample_cells_show_the_scores_eval_writes_under_scores():
+    generation = {"doc_id": 0, "prompt": "q", "reference": "r", "prediction": "SELECT 1",
+                  "scores": {"sql_execution": 1.0, "sql_exact_match": 0.0}}
+    standard = {"doc_id": 1, "prompt": "q", "reference": "r", "response": ["B"], "scores": {"acc": 1.0}}
+    assert report._answer(generation) == "SELECT 1<br>(sql\\_execution 1, sql\\_exact\\_match 0)"
+    assert "acc 1" in report._answer(standard) and "B" in report._answer(standard)

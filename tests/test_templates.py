@@ -119,3 +119,9 @@ def test_labeled_text_is_cut_at_the_markers():
                                 TOKENS)
     assert [s.label for s in segments] == [False, True]
     assert segments[1].text.startswith("hi")
+
+
+def test_a_model_chat_template_that_fails_is_a_clear_error():
+    tokens = replace(TOKENS, chat_template="{{ raise_exception('System role not supported') }}")
+    with pytest.raises(UserError, match="System role not supported"):
+        templates.render(templates.load("tokenizer"), {"messages": [{"role": "assistant", "content": "x"}]}, tokens)

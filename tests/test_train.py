@@ -142,3 +142,13 @@ def test_stopping_the_runner_stops_its_trainer(session_dirs, tiny_model_dir):
     with pytest.raises(ProcessLookupError):
         os.kill(trainer, 0)  # no orphaned trainer
     assert run.manifest()["status"] == "failed" and run.manifest()["error"]["message"] == "stopped"
+
+
+def test_metrics_summary_skips_a_line_cut_off_mid_write(tmp_path):
+    from runner.train import summarize_metrics
+
+    run = rundir.RunDir(tmp_path)
+    run.update(status="failed")
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.5}\n{"step": 2, "loss": 2.1}\n{"step": 3, "lo')
+    summary = summarize_metrics(run)
+    assert summary["steps"] == 2 and summary["final_loss"] == 2.1 and summary["logged_steps"] == 2
