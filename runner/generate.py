@@ -13,6 +13,7 @@ from pathlib import Path
 
 from . import loading, models, paths, rundir, templates
 from .errors import Problem, UserError
+from .evaluate import check_trained
 from .metrics import clean_generation
 from .schema import Recipe
 from .yamlio import read_yaml
@@ -75,7 +76,7 @@ def generate(target: rundir.RunDir | loading.Loaded, prompts: list[str],
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     recipe, base_dir, run = _target(target)
-    manifest = run.manifest() if run else {}
+    manifest = check_trained(run) if run else {}  # before any generating: a run must have its model
     tokenizer = AutoTokenizer.from_pretrained(base_dir, trust_remote_code=recipe.model.trust_remote_code)
     tokens = models.tokenizer_tokens(Path(base_dir))
     rendered = [render_prompt(recipe, p, tokens) for p in prompts]
@@ -87,10 +88,6 @@ def generate(target: rundir.RunDir | loading.Loaded, prompts: list[str],
     finetuned: list[str | None] = [None] * len(prompts)
     if run is not None:
         model_dir = run.file(manifest.get("model_dir") or "model")
-        marker = "adapter_config.json" if manifest.get("adapter") else "config.json"
-        if not (model_dir / marker).is_file():
-            raise UserError(Problem(paths.display(run.path), "model", f"no trained model in "
-                                    f"{paths.display(model_dir)}; train it first: recipe train {recipe.name}"))
         if manifest.get("adapter"):
             from peft import PeftModel
 

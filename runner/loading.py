@@ -153,7 +153,7 @@ def parse_override(text: str) -> tuple[list[str], object]:
 
 
 def _apply_override(data: dict, keys: list[str], value) -> dict:
-    data = dict(data)
+    data = dict(data) if isinstance(data, dict) else {}  # a key below a scalar: the schema names the type error
     head, rest = keys[0], keys[1:]
     if isinstance(data.get(head), list) and rest and rest[0].isdigit():
         items = list(data[head])

@@ -17,15 +17,14 @@ def merge(run: rundir.RunDir) -> Path:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .evaluate import check_trained
+
     manifest = run.manifest()
     adapter_dir = run.file(manifest.get("model_dir", "model"))
     if not manifest.get("adapter"):
         raise UserError(Problem(paths.display(run.path), "method.kind", "this run is a full fine-tune; its model/ "
                                 "folder is already a complete model, there is no adapter to merge"))
-    if not (adapter_dir / "adapter_config.json").is_file():
-        raise UserError(Problem(paths.display(run.path), "", f"no trained adapter in {paths.display(adapter_dir)}"
-                                f" (status: {manifest.get('status')}); train it first: recipe train "
-                                f"{manifest.get('recipe')}"))
+    check_trained(run)  # the adapter and the base model it was trained on are both there
     print(f"merging {paths.display(adapter_dir)} into {manifest['base_model']}", file=sys.stderr)
     base = AutoModelForCausalLM.from_pretrained(manifest["base_model_dir"], dtype=torch.float32)
     merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()

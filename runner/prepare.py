@@ -73,7 +73,7 @@ def _examples(recipe: Recipe, template: templates.Template, read) -> tuple[list[
                 continue
             if recipe.data.system and not example.get("system"):
                 example["system"] = recipe.data.system
-            kept.append((rows.label, example, row, spec.use))
+            kept.append((rows.label, example, row, spec.use, index))
         if incomplete == len(rows.rows):
             top = reasons.most_common(1)[0][0]
             raise UserError(Problem(rows.label, f"data.datasets.{index}.fields", f"no usable rows: all "
@@ -106,12 +106,13 @@ def _split(items: list, recipe: Recipe) -> dict[str, list]:
     return splits
 
 
-def _weighted(train: list, recipe: Recipe, labels: list[str]) -> list:
-    """Mixing: each source contributes round(weight x its training rows), repeating rows when weight > 1."""
+def _weighted(train: list, recipe: Recipe) -> list:
+    """Mixing: each dataset contributes round(weight x its training rows), repeating rows when weight > 1.
+    Rows are told apart by dataset index, not source: one file may be listed twice (say, train and val)."""
     rng = random.Random(recipe.data.split.seed + 1)
     mixed = []
-    for label, spec in zip(labels, recipe.data.datasets):
-        rows = [item for item in train if item[0] == label]
+    for index, spec in enumerate(recipe.data.datasets):
+        rows = [item for item in train if item[4] == index]
         want = round(spec.weight * len(rows))
         mixed += (rows * (want // len(rows) + 1))[:want] if rows and want > len(rows) else rng.sample(rows, want)
     rng.shuffle(mixed)
@@ -161,7 +162,7 @@ def _render_split(name, items, template, tokens, tokenizer, recipe, stop) -> tup
     limit = recipe.data.max_seq_len
     progress = dict(desc=f"render {name}", unit="row", file=sys.stderr, leave=False, disable=len(items) < 200)
     rendered = [templates.render(template, item[1], tokens) for item in tqdm(items, **progress)]
-    for (label, _, original, _), segments, sizes in zip(items, rendered, _token_lengths(rendered, tokenizer)):
+    for (label, _, original, *_), segments, sizes in zip(items, rendered, _token_lengths(rendered, tokenizer)):
         total = sum(sizes)
         if total > limit:
             over += 1
@@ -220,8 +221,7 @@ def prepare(loaded: Loaded, quiet: bool = False) -> Prepared:
     items, source_report = _examples(recipe, template, read)
     unique, duplicates = _dedupe(items) if recipe.data.dedupe else (items, 0)
     splits = _split(unique, recipe)
-    labels = [r.label for r in read]
-    splits["train"] = _weighted(splits["train"], recipe, labels)
+    splits["train"] = _weighted(splits["train"], recipe)
     stop = tuple(t for t in (*template.stop, tokens.eos_token) if t)
 
     staging = Path(tempfile.mkdtemp(prefix=f".{key[:16]}.", dir=_ensure(target.parent)))

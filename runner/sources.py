@@ -4,6 +4,7 @@ Errors name the file (and line for JSONL) and the recipe key that points at it.
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import hashlib
 import io
@@ -24,7 +25,7 @@ class SourceRows:
 
 def _decode(raw: bytes, where: str, key: str) -> str:
     try:
-        return raw.decode("utf-8")
+        return raw.removeprefix(codecs.BOM_UTF8).decode("utf-8")  # spreadsheet exports start with a BOM
     except UnicodeDecodeError as err:
         line = raw[: err.start].count(b"\n") + 1
         raise UserError(Problem(where, key, f"line {line} is not UTF-8 (byte 0x{raw[err.start]:02x}); re-save the "

@@ -72,7 +72,7 @@ def _raise_exception(message: str):
 def _environment() -> ImmutableSandboxedEnvironment:
     # An empty loader: {% include %} / {% import %} of any file is refused (TemplateNotFound).
     env = ImmutableSandboxedEnvironment(loader=jinja2.DictLoader({}), undefined=jinja2.StrictUndefined,
-                                        keep_trailing_newline=True,
+                                        keep_trailing_newline=True, extensions=["jinja2.ext.loopcontrols"],
                                         trim_blocks=True, lstrip_blocks=True, autoescape=False)
     env.filters["labeled"] = _labeled
     env.globals["raise_exception"] = _raise_exception

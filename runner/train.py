@@ -245,7 +245,8 @@ def train(loaded: Loaded, target: str = "local", resume: str | None | bool = Fal
                                     f"resolved recipe ({previous.get('fingerprint', '?')[:12]} vs "
                                     f"{loaded.fingerprint[:12]} now); resume with the same recipe and overrides, "
                                     "or start a new run"))
-        print(f"resuming {paths.display(run.path)} from its newest checkpoint", file=sys.stderr)
+        target = previous.get("target", target)  # its launch.sh was written for that target and is reused
+        print(f"resuming {paths.display(run.path)} from its newest checkpoint ({target})", file=sys.stderr)
     else:
         base_model = base_model_for(loaded)
         run = rundir.create(recipe.name, loaded.fingerprint)

@@ -286,6 +286,26 @@ def test_run_without_a_trained_model_says_train_it_first(project):
     assert run.manifest()["status"] == "trained"  # a refused eval does not mark the run failed
 
 
+def test_generate_refuses_an_untrained_run_before_generating(project, monkeypatch):
+    from runner import generate
+
+    run, _ = make_run(adapter=False)
+    generated = []
+    monkeypatch.setattr(generate, "_generate_all", lambda *args: generated.append(args) or ["x"])
+    with pytest.raises(UserError, match="no trained model in"):
+        generate.generate(run, ["How many heads?"])
+    assert generated == []  # refused before the base model answered anything
+
+
+def test_merge_with_a_missing_base_model_is_a_clear_error(project):
+    from runner.merge import merge
+
+    run, _ = make_run(adapter=True)
+    run.update(base_model_dir=str(project / "models" / "gone"))
+    with pytest.raises(UserError, match="base model .* not found"):
+        merge(run)
+
+
 def test_unknown_suite_in_the_recipe_fails_before_any_work(project, evaluated):
     with pytest.raises(UserError) as caught:  # rejected when the recipe loads, before any evaluation
         loading.load("tiny-cpu", [*OVERRIDES, "eval.suite=heldout"])

@@ -99,16 +99,16 @@ def test_mental_health_regex_extracts_both_sides(recipe_for):
     assert "<HUMAN>" not in row["prompt"] and "###Question: " in row["prompt"] and "<ASSISTANT>" not in row["reference"]
 
 
-@pytest.mark.parametrize("suffix", ["json", "csv", "parquet"])
+@pytest.mark.parametrize("suffix", ["json", "csv", "bom.csv", "parquet"])
 def test_every_file_format_gives_the_same_rows_as_jsonl(recipe_for, project, suffix):
     rows = [json.loads(line) for line in (project / SAMPLES / "dolly15k-sample.jsonl").read_text().splitlines()]
     path = project / f"dolly.{suffix}"
     if suffix == "json":
         path.write_text(json.dumps(rows))
-    elif suffix == "csv":
+    elif suffix.endswith("csv"):  # bom.csv: as spreadsheets export it, with a UTF-8 byte-order mark
         import csv
 
-        with path.open("w", newline="") as handle:
+        with path.open("w", newline="", encoding="utf-8-sig" if suffix == "bom.csv" else "utf-8") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
@@ -189,6 +189,15 @@ def test_weights_mix_sources_by_count(recipe_for):
     # 312 rows, 8 held out; each source's remaining rows are scaled by its weight.
     assert prepared.info["counts"]["train"] == dolly + alpaca
     assert dolly >= 18 and alpaca <= 31
+
+
+def test_one_file_listed_twice_is_not_counted_twice(recipe_for):
+    alpaca = ("- source: file:data/samples/alpaca-sample.jsonl\n  fields: {instruction: instruction, input: input, "
+              "output: output}")
+    once = prepare.prepare(recipe_for(alpaca, split="{val: 0, test: 0, seed: 1}"), quiet=True).info["counts"]
+    twice = prepare.prepare(recipe_for(alpaca + "\n  use: train\n" + alpaca + "\n  use: val",
+                                       split="{val: 0, test: 0, seed: 1}", dedupe="false"), quiet=True).info["counts"]
+    assert twice["train"] == once["train"] and twice["val"] == once["train"]
 
 
 def test_overlength_rows_are_dropped_or_truncated(recipe_for):

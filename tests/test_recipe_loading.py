@@ -54,6 +54,12 @@ def test_overrides_are_typed_by_the_schema(write_recipe):
     assert recipe.hardware.gpus == 8 and recipe.data.datasets[0].weight == 2.0
 
 
+def test_override_below_a_scalar_list_item_is_a_schema_error(write_recipe, run_cli):
+    write_recipe("demo", VALID)
+    code, out, err = run_cli("show", "demo", "method.lora.target=[q_proj]", "method.lora.target.0.x=1")
+    assert code == 2 and "method.lora.target" in err and "valid string" in err and "Traceback" not in err
+
+
 def test_override_without_equals_is_a_user_error(write_recipe, run_cli):
     write_recipe("demo", VALID)
     code, out, err = run_cli("show", "demo", "train.learning_rate")

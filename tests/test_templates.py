@@ -121,6 +121,16 @@ def test_labeled_text_is_cut_at_the_markers():
     assert segments[1].text.startswith("hi")
 
 
+def test_model_chat_templates_may_use_loop_controls():
+    # transformers renders chat templates with jinja2.ext.loopcontrols; templates in the wild use {% break %}
+    tokens = replace(TOKENS, chat_template="{% for m in messages %}{% if m.role == 'assistant' %}{{ m.content }}"
+                                           "{% break %}{% endif %}{{ m.content }}{% endfor %}")
+    segments = templates.render(templates.load("tokenizer"), {"messages": [{"role": "user", "content": "hi "},
+                                                                          {"role": "assistant", "content": "yo"}]},
+                                tokens)
+    assert [(s.text, s.label) for s in segments] == [("hi ", False), ("yo", True)]
+
+
 def test_a_model_chat_template_that_fails_is_a_clear_error():
     tokens = replace(TOKENS, chat_template="{{ raise_exception('System role not supported') }}")
     with pytest.raises(UserError, match="System role not supported"):

@@ -95,6 +95,15 @@ def test_launch_sets_aside_checkpoints_cut_off_mid_write(tmp_path):
 
 
 @pytest.mark.slow
+def test_resume_uses_the_target_the_run_was_planned_for(trained_tiny_run):
+    from runner.train import train
+
+    run = train(loading.load("tiny-cpu"), target="slurm", resume=None)  # a local run: no sbatch involved
+    assert run.path == trained_tiny_run.path and run.manifest()["status"] == "trained"
+    assert run.manifest()["target"] == "local" and "slurm_job_id" not in run.manifest()
+
+
+@pytest.mark.slow
 def test_resume_refuses_a_changed_recipe(trained_tiny_run, run_cli):
     code, out, err = run_cli("train", "tiny-cpu", "train.seed=7", "--resume")
     assert code == 2 and "made from a different resolved recipe" in err
