@@ -17,6 +17,7 @@ import jinja2
 import yaml
 from jinja2 import meta
 from jinja2.sandbox import ImmutableSandboxedEnvironment
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from . import paths
 from .errors import Problem, UserError, unknown_name
@@ -87,7 +88,18 @@ def available() -> list[str]:
     return sorted([p.stem for p in paths.templates_dir().glob("*.jinja")] + [TOKENIZER_TEMPLATE])
 
 
-def _parse_header(name: str, source: str, where: str) -> dict:
+class TemplateHeader(BaseModel):
+    """The YAML header comment of a template file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    description: str = ""
+    requires: list[str] = []
+    optional: list[str] = []
+    special_tokens: list[str] = []  # must each be one token of the model's tokenizer
+    stop: list[str] = []  # where a generated answer ends
+
+
+def _parse_header(source: str, where: str) -> TemplateHeader:
     match = _HEADER.match(source)
     if not match:
         raise UserError(Problem(where, "", "a template opens with a {#- ... -#} header naming its variables "
@@ -96,11 +108,11 @@ def _parse_header(name: str, source: str, where: str) -> dict:
         header = yaml.safe_load(match.group(1)) or {}
     except yaml.YAMLError as err:
         raise UserError(Problem(where, "", f"the header comment is not valid YAML: {err}")) from None
-    allowed = {"description", "requires", "optional", "special_tokens", "stop"}
-    unknown = set(header) - allowed
-    if unknown:
-        raise UserError(Problem(where, "", f"unknown header keys {sorted(unknown)} (allowed: {sorted(allowed)})"))
-    return header
+    try:
+        return TemplateHeader.model_validate(header)
+    except ValidationError as err:
+        raise UserError([Problem(where, ".".join(["header", *map(str, e["loc"])]), e["msg"])
+                         for e in err.errors()]) from None
 
 
 @lru_cache(maxsize=64)
@@ -114,19 +126,18 @@ def load(name: str) -> Template:
         raise UserError(Problem("data.template", "", unknown_name("template", name, available())))
     where = paths.display(path)
     source = path.read_text(encoding="utf-8")
-    header = _parse_header(name, source, where)
+    header = _parse_header(source, where)
     try:
         used = meta.find_undeclared_variables(ENV.parse(source)) - {"raise_exception"}
     except jinja2.TemplateSyntaxError as err:
         raise UserError(Problem(where, "", f"template syntax error: {err.message}", err.lineno)) from None
-    requires, optional = frozenset(header.get("requires", [])), frozenset(header.get("optional", []))
+    requires, optional = frozenset(header.requires), frozenset(header.optional)
     undeclared = used - requires - optional - BUILTIN_VARIABLES
     if undeclared:
         raise UserError(Problem(where, "", f"uses {sorted(undeclared)} but its header declares neither; add them "
                                 "to requires or optional"))
-    return Template(name=name, source=source, description=header.get("description", ""), requires=requires,
-                    optional=optional, special_tokens=tuple(header.get("special_tokens", [])),
-                    stop=tuple(header.get("stop", [])))
+    return Template(name=name, source=source, description=header.description, requires=requires,
+                    optional=optional, special_tokens=tuple(header.special_tokens), stop=tuple(header.stop))
 
 
 def _split(rendered: str) -> list[Segment]:

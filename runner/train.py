@@ -76,7 +76,8 @@ def _manifest_base(loaded: Loaded, run: rundir.RunDir, target: str, base_model: 
             "packages": provenance.package_versions(), "hardware": provenance.hardware(recipe),
             "seeds": {"train": recipe.train.seed, "split": recipe.data.split.seed},
             "batch": {"micro": recipe.train.micro_batch_size, "accumulation": recipe.gradient_accumulation,
-                      "world_size": recipe.hardware.world_size, "global": recipe.global_batch},
+                      "world_size": recipe.hardware.world_size, "global": recipe.global_batch,
+                      "packing": recipe.data.packing},
             "command": plan.launch_command(target, paths.display(run.path)), "error": None, "timings": {}}
 
 
@@ -171,7 +172,7 @@ def _padding_waste(manifest: dict, steps: int, tokens_seen: int) -> float | None
     1 - (rows consumed x mean real tokens per row) / tokens seen, where rows consumed = steps x global batch."""
     mean = manifest.get("data", {}).get("stats", {}).get("train", {}).get("tokens_per_row", {}).get("mean")
     batch = manifest.get("batch", {}).get("global")
-    if not (mean and batch and tokens_seen):
+    if manifest.get("batch", {}).get("packing") or not (mean and batch and tokens_seen):  # a packed row holds many
         return None
     return round(max(0.0, 1 - steps * batch * mean / tokens_seen), 4)
 

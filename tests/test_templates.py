@@ -106,6 +106,18 @@ def test_template_using_an_undeclared_variable_is_rejected(project):
         templates.load("sloppy")
 
 
+@pytest.mark.parametrize("header, key, message", [
+    ('stop: "###"', "header.stop", "valid list"),             # a string is not a list of stop strings
+    ("requires: [instruction]\nrequired: [x]", "header.required", "Extra inputs"),
+    ("5", "header", "valid dictionary"),
+])
+def test_template_header_is_type_checked(project, header, key, message):
+    (project / "templates" / "bad.jinja").write_text(f"{{#-\n{header}\n-#}}\n{{{{ instruction }}}}")
+    with pytest.raises(UserError) as caught:
+        templates.load("bad")
+    assert key in str(caught.value) and message in str(caught.value)
+
+
 def test_nested_labeled_blocks_are_a_clear_error(project):
     (project / "templates" / "nested.jinja").write_text(
         "{#-\nrequires: [instruction]\n-#}\n{% filter labeled %}a{% filter labeled %}{{ instruction }}"

@@ -153,6 +153,16 @@ def test_stopping_the_runner_stops_its_trainer(session_dirs, tiny_model_dir):
     assert run.manifest()["status"] == "failed" and run.manifest()["error"]["message"] == "stopped"
 
 
+def test_padding_waste_is_estimated_only_for_unpacked_runs():
+    from runner.train import _padding_waste
+
+    manifest = {"data": {"stats": {"train": {"tokens_per_row": {"mean": 100.0}}}},
+                "batch": {"global": 4, "packing": False}}
+    assert _padding_waste(manifest, steps=10, tokens_seen=5000) == 0.2  # 4,000 real of 5,000 processed
+    manifest["batch"]["packing"] = True  # tokens seen count whole packed rows: rows x mean says nothing
+    assert _padding_waste(manifest, steps=10, tokens_seen=5000) is None
+
+
 def test_metrics_summary_skips_a_line_cut_off_mid_write(tmp_path):
     from runner.train import summarize_metrics
 
