@@ -98,7 +98,7 @@ def test_launch_sets_aside_checkpoints_cut_off_mid_write(tmp_path):
 def test_resume_uses_the_target_the_run_was_planned_for(trained_tiny_run):
     from runner.train import train
 
-    run = train(loading.load("tiny-cpu"), target="slurm", resume=None)  # a local run: no sbatch involved
+    run = train(loading.load("tiny-cpu"), target="slurm", resume=trained_tiny_run.run_id)  # a local run
     assert run.path == trained_tiny_run.path and run.manifest()["status"] == "trained"
     assert run.manifest()["target"] == "local" and "slurm_job_id" not in run.manifest()
 
