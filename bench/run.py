@@ -546,7 +546,7 @@ data:
 
 
 def _packing_recipes() -> list[str]:
-    from runner import loading
+    from runner.recipe import loading
 
     names = []
     for path in sorted((ROOT / "recipes").glob("*.yaml")):
@@ -575,13 +575,16 @@ def worker_packing(seeds: int, rows_per_recipe: int, standin: str, work: str) ->
     from axolotl.utils.schemas.enums import ATTN_IMPLS_SUPPORTING_PACKING
     from torch.utils.data import BatchSampler, RandomSampler
 
-    from runner import loading, models, plan, prepare
+    from runner.recipe import loading
+    from runner.models import resolve
+    from runner.train import engine
+    from runner.data import prepare
 
     def measure(loaded) -> dict:
         recipe = loaded.recipe
         prepared = prepare.prepare(loaded, quiet=True)
         rows = [json.loads(x) for x in prepared.split("train").read_text().splitlines() if x.strip()]
-        tokenizer = models.load_tokenizer(models.resolve_base(recipe.model))
+        tokenizer = resolve.load_tokenizer(resolve.resolve_base(recipe.model))
         if tokenizer.pad_token is None:  # only the pad id differs; padding is counted by attention_mask
             tokenizer.pad_token = tokenizer.eos_token
         seq_len, micro = recipe.data.max_seq_len, recipe.train.micro_batch_size
@@ -593,7 +596,7 @@ def worker_packing(seeds: int, rows_per_recipe: int, standin: str, work: str) ->
             tokenized["position_ids"] = list(range(len(tokenized["input_ids"])))
             features.append(tokenized)
         lengths = np.array([len(f["input_ids"]) for f in features])
-        attention = plan.ATTENTION[recipe.hardware.attention]
+        attention = engine.ATTENTION[recipe.hardware.attention]
         varlen = attention in ATTN_IMPLS_SUPPORTING_PACKING
         # causal builder: pad_to_sequence_len true (the runner sets it = packing) -> multiple of 64*ceil(seq/64)
         multiple = 64 * _math.ceil(seq_len / 64)
@@ -648,7 +651,7 @@ def worker_packing(seeds: int, rows_per_recipe: int, standin: str, work: str) ->
 
     work_dir = Path(work)
     work_dir.mkdir(parents=True, exist_ok=True)
-    standin_dir = models.resolve_base(loading.load(standin).recipe.model) if not Path(standin).exists() \
+    standin_dir = resolve.resolve_base(loading.load(standin).recipe.model) if not Path(standin).exists() \
         else Path(standin)
     results = {"standin_tokenizer": str(standin), "seeds": seeds, "rows_per_recipe": rows_per_recipe,
                "recipes": {}}
@@ -690,7 +693,9 @@ def bench_packing(tmp: Path, size: dict, logs: Path) -> tuple[dict, dict]:
 def worker_eval(run_path: str, recipe_name: str, order: list[int], max_items: int) -> dict:
     import lm_eval.models.huggingface as hf
 
-    from runner import evaluate, loading, rundir
+    from runner.evaluate import evaluation
+    from runner.recipe import loading
+    from runner.runs import rundir
 
     clock = {"s": 0.0, "cpu": 0.0, "items": 0, "outputs": []}
     original = hf.HFLM.generate_until
@@ -715,7 +720,7 @@ def worker_eval(run_path: str, recipe_name: str, order: list[int], max_items: in
                                            f"eval.max_items={2 if warmup else max_items}", "eval.compare_base=false"])
         clock.update(s=0.0, cpu=0.0, items=0, outputs=[])
         started = time.perf_counter()
-        evaluate.evaluate(run, loaded.recipe)
+        evaluation.evaluate(run, loaded.recipe)
         total = time.perf_counter() - started
         tokenizer = None
         try:
@@ -791,7 +796,7 @@ def bench_eval(tmp: Path, size: dict, logs: Path, trained: Path | None) -> tuple
         demo = _demo_run_copy(tmp)
         if demo is None:
             raise Failed(f"no trained runs/{DEMO_RECIPE}/latest to evaluate: run `make demo` first")
-        from runner import loading
+        from runner.recipe import loading
 
         batched = loading.load(DEMO_RECIPE).recipe.eval.batch_size  # what the demo evaluates with
         details[DEMO_RECIPE] = _measure_eval(tmp, logs, demo, DEMO_RECIPE, [1, batched, batched, 1],

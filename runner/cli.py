@@ -5,9 +5,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import lock, loading, paths
-from .plan import TARGETS
-from .errors import STORAGE_ERRNOS, Problem, RunFailed, UserError, storage_error
+from runner.recipe import snapshots
+from runner.recipe import loading
+from runner.core import paths
+from runner.train.engine import TARGETS
+from runner.core.errors import STORAGE_ERRNOS, Problem, RunFailed, UserError, storage_error
 
 EPILOG = """examples:
   recipe list
@@ -43,7 +45,7 @@ def cmd_validate(args) -> int:
             except UserError as err:
                 problems += err.problems
     else:
-        from . import suites
+        from runner.recipe import suites
 
         problems = loading.validate_all() + suites.validate_all()
     if problems:
@@ -61,45 +63,45 @@ def cmd_show(args) -> int:
 
 
 def cmd_schema(args) -> int:
-    print(lock.json_schema(), end="")
+    print(snapshots.json_schema(), end="")
     return 0
 
 
 def cmd_lock(args) -> int:
     if args.check:
-        stale = lock.check()
+        stale = snapshots.check()
         if stale:
             print("\n".join(stale), file=sys.stderr)
             print("resolved recipes are stale: run `make lock` and commit the result", file=sys.stderr)
             return 1
         print("ok: resolved recipes are current")
         return 0
-    changed = lock.write()
+    changed = snapshots.write()
     print("\n".join(f"wrote {paths.display(p)}" for p in changed) or "ok: nothing to change")
     return 0
 
 
 def cmd_diff(args) -> int:
-    print(lock.diff(args.a, args.b) or "no differences", end="")
+    print(snapshots.diff(args.a, args.b) or "no differences", end="")
     return 0
 
 
 def cmd_render(args) -> int:
-    from .preview import render_preview
+    from runner.data.render import render_preview
 
     print(render_preview(loading.load(args.recipe, args.overrides), args.n))
     return 0
 
 
 def cmd_tiny_model(args) -> int:
-    from . import tiny_model
+    from runner.models import tiny
 
-    print(paths.display(tiny_model.build(args.out)))  # None: models/tiny-llama
+    print(paths.display(tiny.build(args.out)))  # None: models/tiny-llama
     return 0
 
 
 def cmd_prepare(args) -> int:
-    from .prepare import prepare
+    from runner.data.prepare import prepare
 
     prepared = prepare(loading.load(args.recipe, args.overrides))
     info = prepared.info
@@ -114,7 +116,7 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_plan(args) -> int:
-    from .train import plan_run
+    from runner.train.launch import plan_run
 
     run = plan_run(loading.load(args.recipe, args.overrides), args.target)
     print(f"planned {paths.display(run.path)}:")
@@ -125,7 +127,7 @@ def cmd_plan(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from .train import train
+    from runner.train.launch import train
 
     resume = False if args.resume is None else args.resume
     run = train(loading.load(args.recipe, args.overrides), args.target, resume, detach=args.detach)
@@ -139,27 +141,31 @@ def cmd_train(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    from . import rundir
-    from .merge import merge
+    from runner.runs import rundir
+    from runner.train.merge import merge
 
     print(f"merged model: {paths.display(merge(rundir.find(args.recipe, args.run)))}")
     return 0
 
 
 def cmd_eval(args) -> int:
-    from . import evaluate, report, rundir, suites
+    from runner.evaluate import evaluation
+    from runner.report import markdown
+    from runner.runs import rundir
+    from runner.recipe import suites
 
     loaded = loading.load(args.recipe, args.overrides)
     run = rundir.find(loaded.recipe.name, args.run)
     suite = (suites.load(args.suite, key="--suite") if args.suite
              else suites.for_recipe(loaded.recipe, paths.display(loaded.path)))
-    print(evaluate.format_summary(evaluate.evaluate(run, loaded.recipe, suite)), end="")
-    print(f"report: {paths.display(report.write_report(run))}")
+    print(evaluation.format_summary(evaluation.evaluate(run, loaded.recipe, suite)), end="")
+    print(f"report: {paths.display(markdown.write_report(run))}")
     return 0
 
 
 def cmd_generate(args) -> int:
-    from . import generate, rundir
+    from runner.evaluate import generate
+    from runner.runs import rundir
 
     loaded = loading.load(args.recipe, args.overrides)
     target = rundir.find(loaded.recipe.name, args.run) if args.run else loaded
@@ -178,9 +184,10 @@ def cmd_generate(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from . import report, rundir
+    from runner.report import markdown
+    from runner.runs import rundir
 
-    print(f"wrote {paths.display(report.write_report(rundir.find(args.recipe, args.run)))}")
+    print(f"wrote {paths.display(markdown.write_report(rundir.find(args.recipe, args.run)))}")
     return 0
 
 

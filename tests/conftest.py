@@ -11,7 +11,8 @@ import deepspeed  # noqa: F401  (see below)
 import pytest
 from absl import logging as absl_logging
 
-from runner import cli, templates
+from runner import cli
+from runner.recipe import templates
 
 # deepspeed attaches a logging handler to the sys.stdout of the moment it is first imported. Imported inside a
 # test that uses capsys, that handler would keep a stream pytest closes after the test, and a later log line
@@ -64,9 +65,9 @@ def run_cli(capsys):
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> Path:
     """The tiny random-init Llama in models/tiny-llama (built once; a no-op when current)."""
-    from runner import tiny_model
+    from runner.models import tiny
 
-    return tiny_model.build()
+    return tiny.build()
 
 
 @pytest.fixture(scope="session")
@@ -85,7 +86,7 @@ def session_dirs(tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained_tiny_run(session_dirs, tiny_model_dir):
     """One real `recipe train tiny-cpu` through axolotl on CPU, shared by the tests that need a trained run."""
-    from runner import loading
-    from runner.train import train
+    from runner.recipe import loading
+    from runner.train.launch import train
 
     return train(loading.load("tiny-cpu"))

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from runner import loading
-from runner.train import train
+from runner.recipe import loading
+from runner.train.launch import train
 
 
 @pytest.mark.slow

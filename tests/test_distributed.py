@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from runner import loading
-from runner.train import train
+from runner.recipe import loading
+from runner.train.launch import train
 
 
 @pytest.mark.slow
@@ -37,7 +37,7 @@ def test_two_process_run_resumes_on_both_ranks(session_dirs, tiny_model_dir):
     import sys
     import time
 
-    from runner import rundir
+    from runner.runs import rundir
 
     overrides = ["hardware.gpus=2", "train.max_steps=24", "train.save_steps=8", "train.seed=21"]
     fingerprint = loading.load("tiny-cpu", overrides).fingerprint

@@ -19,9 +19,17 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read by huggingface_hub/datasets at import time
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from runner import evaluate, generate, lm_eval_metrics, lm_eval_tasks, loading, prepare, rundir, suites  # noqa: E402
-from runner import templates, tiny_model  # noqa: E402
-from runner.errors import UserError  # noqa: E402
+from runner.evaluate import evaluation
+from runner.evaluate import generate
+from runner.evaluate import task_hooks
+from runner.evaluate import tasks
+from runner.recipe import loading
+from runner.data import prepare
+from runner.runs import rundir
+from runner.recipe import suites  # noqa: E402
+from runner.recipe import templates
+from runner.models import tiny  # noqa: E402
+from runner.core.errors import UserError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 OVERRIDES = ["eval.max_items=6", "eval.max_new_tokens=12", "eval.batch_size=4"]
@@ -40,7 +48,7 @@ def project(tmp_path_factory):
         shutil.copytree(ROOT / folder, root / folder)
     (root / "data").symlink_to(ROOT / "data")
     (root / "models").mkdir()
-    (root / "models" / "tiny-llama").symlink_to(tiny_model.build(ROOT / "models" / "tiny-llama"))
+    (root / "models" / "tiny-llama").symlink_to(tiny.build(ROOT / "models" / "tiny-llama"))
     with pytest.MonkeyPatch.context() as mp:
         for name, value in {"RECIPE_RUNNER_HOME": root, "RECIPE_RUNS_DIR": root / "runs",
                             "RECIPE_CACHE_DIR": root / ".cache", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
@@ -86,7 +94,7 @@ def make_run(adapter: bool = True) -> tuple[rundir.RunDir, object]:
 def evaluated(project):
     """The tiny run evaluated once on the test-chat suite (held-out metrics + a local tiny judge)."""
     run, recipe = make_run()
-    summary = evaluate.evaluate(run, recipe, suites.load("test-chat"))
+    summary = evaluation.evaluate(run, recipe, suites.load("test-chat"))
     return run, recipe, summary
 
 
@@ -98,16 +106,16 @@ def test_generated_task_yamls_load_in_lm_eval_task_manager(evaluated):
     from lm_eval.tasks import TaskManager
 
     run, recipe, _ = evaluated
-    held = lm_eval_tasks.write_tasks(run, recipe, suites.load("heldout-qa"))
-    assert held.names == [lm_eval_tasks.GENERATE_TASK, lm_eval_tasks.PERPLEXITY_TASK]
+    held = tasks.write_tasks(run, recipe, suites.load("heldout-qa"))
+    assert held.names == [tasks.GENERATE_TASK, tasks.PERPLEXITY_TASK]
     assert (held.n_items, held.limit) == (6, 6)
     assert not set(held.names) & suites.builtin_task_names()  # never shadowed by one of lm-eval's own tasks
-    data_file = held.dir / lm_eval_tasks.ITEMS_FILE
-    assert f"test: {data_file.resolve()}" in (held.dir / f"{lm_eval_tasks.GENERATE_TASK}.yaml").read_text()
+    data_file = held.dir / tasks.ITEMS_FILE
+    assert f"test: {data_file.resolve()}" in (held.dir / f"{tasks.GENERATE_TASK}.yaml").read_text()
 
     manager = TaskManager(include_path=str(held.dir), include_defaults=False)
     loaded = manager.load_task_or_group(held.names)
-    gen, ppl = loaded[lm_eval_tasks.GENERATE_TASK], loaded[lm_eval_tasks.PERPLEXITY_TASK]
+    gen, ppl = loaded[tasks.GENERATE_TASK], loaded[tasks.PERPLEXITY_TASK]
     test_rows = _read_jsonl(run.file("data", "test.jsonl"))
     doc = gen.eval_docs[0]
     assert gen.OUTPUT_TYPE == "generate_until" and ppl.OUTPUT_TYPE == "loglikelihood"
@@ -139,17 +147,17 @@ def test_evaluate_writes_summary_for_base_and_finetuned(evaluated):
     assert ppl["base"] > 1 and ppl["finetuned"] > 1 and ppl["base"] != ppl["finetuned"]
 
     results = json.loads(run.file("eval", "results-finetuned.json").read_text())["heldout"]
-    assert results["results"][lm_eval_tasks.PERPLEXITY_TASK]["perplexity,none"] == pytest.approx(ppl["finetuned"])
+    assert results["results"][tasks.PERPLEXITY_TASK]["perplexity,none"] == pytest.approx(ppl["finetuned"])
     assert results["config"]["model_args"]["peft"] == str(run.file("model"))
-    for task in (lm_eval_tasks.GENERATE_TASK, lm_eval_tasks.PERPLEXITY_TASK):
+    for task in (tasks.GENERATE_TASK, tasks.PERPLEXITY_TASK):
         base, ft = (_read_jsonl(run.file("eval", f"samples-{m}-{task}.jsonl")) for m in ("base", "finetuned"))
         assert [r["doc_id"] for r in base] == [r["doc_id"] for r in ft] == list(range(6))
         assert [r["prompt"] for r in base] == [r["prompt"] for r in ft]
-    sample = _read_jsonl(run.file("eval", f"samples-finetuned-{lm_eval_tasks.GENERATE_TASK}.jsonl"))[0]
+    sample = _read_jsonl(run.file("eval", f"samples-finetuned-{tasks.GENERATE_TASK}.jsonl"))[0]
     assert set(sample) == {"doc_id", "prompt", "reference", "prediction", "scores"}
     assert "</s>" not in sample["prediction"] and set(sample["scores"]) == set(HELDOUT) - {"perplexity"}
 
-    table = evaluate.format_summary(summary)
+    table = evaluation.format_summary(summary)
     assert "perplexity" in table and "judge (local models/tiny-llama): fine-tuned" in table
 
     manifest = run.manifest()
@@ -199,7 +207,7 @@ def test_openai_compatible_judge(evaluated, monkeypatch):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     _Judge.calls.clear()
     try:
-        result = evaluate.judge_run(run, recipe, _suite({
+        result = evaluation.judge_run(run, recipe, _suite({
             "kind": "openai", "model": "judge-1", "url": f"http://127.0.0.1:{server.server_port}/v1",
             "api_key_env": "TEST_JUDGE_KEY", "max_items": 3}))
     finally:
@@ -226,7 +234,7 @@ def _closed_port() -> int:
 ])
 def test_unavailable_judge_is_skipped_not_a_crash(evaluated, judge, reason):
     run, recipe, _ = evaluated
-    result = evaluate.judge_run(run, recipe, _suite(judge))
+    result = evaluation.judge_run(run, recipe, _suite(judge))
     assert reason in result["skipped"]
     assert json.loads(run.file("eval", "judge.json").read_text())["skipped"] == result["skipped"]
 
@@ -254,7 +262,7 @@ def standard_eval(project):
     (project / "eval_suites" / "test-standard.yaml").write_text(
         "suite: 1\nversion: 1.0.0\nlm_eval_tasks: [arc_easy, demo_mc]\nlm_eval_include: [lm_tasks]\n")
     run, recipe = make_run()
-    return run, evaluate.evaluate(run, recipe, suites.load("test-standard"))
+    return run, evaluation.evaluate(run, recipe, suites.load("test-standard"))
 
 
 def test_local_multiple_choice_task_runs_through_the_runner(standard_eval):
@@ -280,14 +288,14 @@ def test_offline_standard_task_is_skipped_with_its_reason(standard_eval):
 def test_run_without_a_trained_model_says_train_it_first(project):
     run, recipe = make_run(adapter=False)
     with pytest.raises(UserError) as caught:
-        evaluate.evaluate(run, recipe, suites.load("heldout-qa"))
+        evaluation.evaluate(run, recipe, suites.load("heldout-qa"))
     assert caught.value.exit_code == 2
     assert "no trained model in" in str(caught.value) and "train it first: recipe train tiny-cpu" in str(caught.value)
     assert run.manifest()["status"] == "trained"  # a refused eval does not mark the run failed
 
 
 def test_generate_refuses_an_untrained_run_before_generating(project, monkeypatch):
-    from runner import generate
+    from runner.evaluate import generate
 
     run, _ = make_run(adapter=False)
     generated = []
@@ -298,7 +306,7 @@ def test_generate_refuses_an_untrained_run_before_generating(project, monkeypatc
 
 
 def test_merge_with_a_missing_base_model_is_a_clear_error(project):
-    from runner.merge import merge
+    from runner.train.merge import merge
 
     run, _ = make_run(adapter=True)
     run.update(base_model_dir=str(project / "models" / "gone"))
@@ -316,7 +324,7 @@ def test_unknown_suite_in_the_recipe_fails_before_any_work(project, evaluated):
 
 def test_sql_metrics_score_by_execution(project):
     database = str(project / "data" / "sql-demo" / "{db}.sql")
-    score = lm_eval_metrics.generation_scorer(["sql_execution", "sql_exact_match"], ["</s>"], database)
+    score = task_hooks.generation_scorer(["sql_execution", "sql_exact_match"], ["</s>"], database)
     doc = {"reference": "SELECT name FROM customers WHERE city = 'Vienna'", "db": "shop"}
     same_rows = score(doc, ["SELECT name FROM customers WHERE 'Vienna' = city</s>junk"])
     assert same_rows == {"sql_execution": 1.0, "sql_exact_match": 0.0,

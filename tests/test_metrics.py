@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 import sacrebleu
 
-from runner import judge, metrics, stats
-from runner.judge import JudgeUnavailable
+from runner.evaluate import judge
+from runner.evaluate import metrics
+from runner.evaluate import stats
+from runner.evaluate.judge import JudgeUnavailable
 
 # ---------------------------------------------------------------- metrics
 

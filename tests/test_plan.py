@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from runner import loading, plan
-from runner.train import engine_files
+from runner.recipe import loading
+from runner.train import engine
+from runner.train.launch import engine_files
 
 GOLDEN = Path(__file__).parent / "golden" / "plan"
 # 2 x p4d.24xlarge: 16 A100s, ZeRO-3 as in recipes/_base/hardware/p4d-24xlarge-x2.yaml
@@ -115,7 +116,7 @@ def test_deepspeed_accepts_the_config_and_the_batch_adds_up(case, rank_zero):
 def test_deepspeed_rejects_inconsistent_batch_keys(rank_zero):
     from deepspeed.runtime.config import DeepSpeedConfig
 
-    data = plan.deepspeed_config(loading.load("mistral7b-text-to-sql").recipe) | {"train_batch_size": 100}
+    data = engine.deepspeed_config(loading.load("mistral7b-text-to-sql").recipe) | {"train_batch_size": 100}
     with pytest.raises(AssertionError):
         DeepSpeedConfig(data, mpu=_DataParallel(8))
 

@@ -9,8 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from runner import loading, prepare
-from runner.errors import UserError
+from runner.recipe import loading
+from runner.data import prepare
+from runner.core.errors import UserError
 
 SAMPLES = "data/samples"
 

@@ -158,7 +158,7 @@ def test_sequence_length_within_model_limit(write_recipe, run_cli):
 
 
 def test_trust_remote_code_is_off_and_needs_a_real_boolean(write_recipe, run_cli, project):
-    from runner import loading
+    from runner.recipe import loading
 
     write_recipe("demo", VALID)
     assert loading.load("demo").recipe.model.trust_remote_code is False

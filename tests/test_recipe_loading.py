@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from runner import loading, lock, paths
+from runner.recipe import loading
+from runner.recipe import snapshots
+from runner.core import paths
 
 from .test_recipe_errors import VALID
 
@@ -23,7 +25,7 @@ def test_every_file_under_recipes_validates():
 
 
 def test_resolved_snapshots_are_current():
-    assert lock.check() == []
+    assert snapshots.check() == []
 
 
 def test_extends_deep_merges_mappings_and_replaces_lists(write_recipe):

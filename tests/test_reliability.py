@@ -15,8 +15,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runner import loading, rundir
-from runner.errors import UserError
+from runner.recipe import loading
+from runner.runs import rundir
+from runner.core.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))  # `make fuzz` raises this
@@ -260,7 +261,7 @@ def test_planted_tokens_reach_no_file_under_runs(session_dirs, tiny_model_dir):
 
 
 def test_written_files_get_the_usual_permissions(tmp_path):
-    from runner.writing import write_json_atomic
+    from runner.core.atomic import write_json_atomic
 
     mask = os.umask(0o022)
     try:

@@ -15,9 +15,9 @@ import pytest
 from matplotlib import image
 from PIL import Image
 
-from runner import report
-from runner.errors import UserError
-from runner.rundir import RunDir
+from runner.report import markdown
+from runner.core.errors import UserError
+from runner.runs.rundir import RunDir
 
 GOLDEN = Path(__file__).parent / "golden" / "report" / "report.md"
 RUN_ID = "20261122-101500-3f2a9c1d"
@@ -149,7 +149,7 @@ def build_run(folder: Path, manifest: dict = MANIFEST, evaluated: bool = True) -
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> RunDir:
     run = build_run(tmp_path_factory.mktemp("runs") / RUN_ID)
-    report.write_report(run)
+    markdown.write_report(run)
     return run
 
 
@@ -182,8 +182,8 @@ def test_plots_are_real_pngs(finished, name):
 
 def test_same_inputs_same_bytes(tmp_path):
     first, second = build_run(tmp_path / "a" / RUN_ID), build_run(tmp_path / "b" / RUN_ID)
-    report.write_report(first)
-    report.write_report(second)
+    markdown.write_report(first)
+    markdown.write_report(second)
     for name in ("report.md", "plots/loss.png", "plots/lr.png", "plots/eval.png"):
         assert first.file(name).read_bytes() == second.file(name).read_bytes(), name
 
@@ -195,7 +195,7 @@ def test_failed_partial_run_says_what_failed_and_what_is_missing(tmp_path):
     run = build_run(tmp_path / RUN_ID, manifest, evaluated=False)
     lines = metrics_lines()[:13]  # steps 1-12 and the eval at step 10
     _write(run.file("metrics.jsonl"), _jsonl(lines) + '{"step": 13, "lo')  # killed mid-write
-    text = report.write_report(run).read_text(encoding="utf-8")
+    text = markdown.write_report(run).read_text(encoding="utf-8")
     assert "· failed" in text.splitlines()[0]
     assert "## Failure\n\nStage `train` failed: CUDA out of memory \\| step 13" in text
     assert "````\nstep 12 loss 0.91\n```\nRuntimeError: CUDA out of memory\n````" in text
@@ -211,7 +211,7 @@ def test_failed_partial_run_says_what_failed_and_what_is_missing(tmp_path):
 
 def test_bare_manifest_gives_a_report(tmp_path):
     _write(tmp_path / "r1" / "manifest.json", "{}")
-    text = report.write_report(RunDir(tmp_path / "r1")).read_text(encoding="utf-8")
+    text = markdown.write_report(RunDir(tmp_path / "r1")).read_text(encoding="utf-8")
     assert text.startswith("# unknown recipe (version missing) · fingerprint (missing) · status missing\n")
     for expected in ("`recipe.resolved.yaml` (written by `recipe plan`)", "`metrics.jsonl` (written by `recipe train`)",
                      "`fingerprint`", "`recipe`", "`recipe_version`", "`status`", "`train.steps`"):
@@ -222,15 +222,15 @@ def test_bare_manifest_gives_a_report(tmp_path):
 def test_unreadable_manifest_is_a_user_error(tmp_path):
     _write(tmp_path / "r2" / "manifest.json", '{"status": ')
     with pytest.raises(UserError, match="manifest.json: not valid JSON"):
-        report.write_report(RunDir(tmp_path / "r2"))
+        markdown.write_report(RunDir(tmp_path / "r2"))
 
 
 def test_sample_cells_escape_pipes_newlines_and_html(finished):
-    assert report._cell("a | b\nc <|im_end|> *x*", 0) == "a \\| b<br>c &lt;\\|im\\_end\\|&gt; \\*x\\*"
+    assert markdown._cell("a | b\nc <|im_end|> *x*", 0) == "a \\| b<br>c &lt;\\|im\\_end\\|&gt; \\*x\\*"
     text = finished.file("report.md").read_text(encoding="utf-8")
     samples = text.split("## Samples", 1)[1].split("\n## ", 1)[0]
     rows = [line for line in samples.splitlines() if line.startswith("|")]
-    assert len(rows) == 2 + report.SAMPLES_SHOWN
+    assert len(rows) == 2 + markdown.SAMPLES_SHOWN
     for row in rows:  # five columns: no stray pipe or newline splits a cell
         assert len(re.split(r"(?<!\\)\|", row)) == 7, row
     assert "first \\|\\| ' ' \\|\\| last<br>FROM customers" in samples
@@ -238,9 +238,9 @@ def test_sample_cells_escape_pipes_newlines_and_html(finished):
 
 def test_long_text_is_cut_in_the_middle():
     text = "BEGIN " + "x" * 1000 + " END"
-    cell = report._cell(text)
+    cell = markdown._cell(text)
     assert cell.startswith("BEGIN") and cell.endswith("END") and "characters cut" in cell
-    assert len(cell) < report.CELL_CHARS + 40
+    assert len(cell) < markdown.CELL_CHARS + 40
 
 
 @pytest.mark.parametrize("name, metric, verdict", [
@@ -253,12 +253,12 @@ def test_long_text_is_cut_in_the_middle():
     ("exact_match", {"delta": 0.1, "ci95": None, "p_sign": 0.4}, "within noise (sign test)"),
 ])
 def test_verdict_in_plain_words(name, metric, verdict):
-    assert report._verdict(name, metric) == verdict
+    assert markdown._verdict(name, metric) == verdict
 
 
 def test_golden_copy_is_not_tied_to_the_run_folder(tmp_path, finished):
     moved = Path(shutil.copytree(finished.path, tmp_path / "elsewhere"))
-    text = report.write_report(RunDir(moved)).read_text(encoding="utf-8")
+    text = markdown.write_report(RunDir(moved)).read_text(encoding="utf-8")
     assert text == finished.file("report.md").read_text(encoding="utf-8")
 
 
@@ -270,7 +270,7 @@ def test_wrong_types_everywhere_still_give_a_report(tmp_path):
                                                           "ci95": [1]}, "f1": "high"}, "judge": "yes",
                                                           "skipped": ["a"]}))
     _write(run.file("eval", "samples-base-t.jsonl"), '{"doc_id": [1], "prediction": null}\n[1, 2]\n')
-    text = report.write_report(run).read_text(encoding="utf-8")
+    text = markdown.write_report(run).read_text(encoding="utf-8")
     assert text.startswith("# odd (version missing)")
     assert "## Failure\n\nStage `?` failed: boom" in text
     assert "`eval/samples-base-t.jsonl`: 1 unreadable line(s) skipped" in text
@@ -281,5 +281,5 @@ def test_sample_cells_show_the_scores_eval_writes_under_scores():
     generation = {"doc_id": 0, "prompt": "q", "reference": "r", "prediction": "SELECT 1",
                   "scores": {"sql_execution": 1.0, "sql_exact_match": 0.0}}
     standard = {"doc_id": 1, "prompt": "q", "reference": "r", "response": ["B"], "scores": {"acc": 1.0}}
-    assert report._answer(generation) == "SELECT 1<br>(sql\\_execution 1, sql\\_exact\\_match 0)"
-    assert "acc 1" in report._answer(standard) and "B" in report._answer(standard)
+    assert markdown._answer(generation) == "SELECT 1<br>(sql\\_execution 1, sql\\_exact\\_match 0)"
+    assert "acc 1" in markdown._answer(standard) and "B" in markdown._answer(standard)

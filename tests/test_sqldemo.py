@@ -9,8 +9,8 @@ from collections import Counter
 
 import pytest
 
-from runner import sqldemo
-from runner.sql_metrics import clean_sql, execution_match, normalized_sql_match
+import sqldemo
+from runner.evaluate.sql import clean_sql, execution_match, normalized_sql_match
 
 DATA = sqldemo.DEFAULT_OUT
 

@@ -5,8 +5,9 @@ import textwrap
 
 import pytest
 
-from runner import loading, suites
-from runner.errors import UserError
+from runner.recipe import loading
+from runner.recipe import suites
+from runner.core.errors import UserError
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from runner import templates
-from runner.errors import UserError
+from runner.recipe import templates
+from runner.core.errors import UserError
 
 GOLDEN = Path(__file__).parent / "golden" / "templates"
 TOKENS = templates.TokenizerTokens(bos_token="<s>", eos_token="</s>")

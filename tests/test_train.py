@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from runner import loading, rundir
+from runner.recipe import loading
+from runner.runs import rundir
 
 
 
@@ -81,7 +82,7 @@ def test_killed_trainer_fails_cleanly_then_resumes_to_the_same_final_step(sessio
 
 
 def test_launch_sets_aside_checkpoints_cut_off_mid_write(tmp_path):
-    from runner.plan import CHECKPOINT_GUARD
+    from runner.train.engine import CHECKPOINT_GUARD
 
     for name, complete in (("checkpoint-10", True), ("checkpoint-20", False)):
         (tmp_path / "model" / name).mkdir(parents=True)
@@ -96,7 +97,7 @@ def test_launch_sets_aside_checkpoints_cut_off_mid_write(tmp_path):
 
 @pytest.mark.slow
 def test_resume_uses_the_target_the_run_was_planned_for(trained_tiny_run):
-    from runner.train import train
+    from runner.train.launch import train
 
     run = train(loading.load("tiny-cpu"), target="slurm", resume=trained_tiny_run.run_id)  # a local run
     assert run.path == trained_tiny_run.path and run.manifest()["status"] == "trained"
@@ -115,7 +116,7 @@ def test_merge_gives_the_same_logits_as_base_plus_adapter(trained_tiny_run):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from runner.merge import merge
+    from runner.train.merge import merge
 
     run = trained_tiny_run
     merged_dir = merge(run)
@@ -154,7 +155,7 @@ def test_stopping_the_runner_stops_its_trainer(session_dirs, tiny_model_dir):
 
 
 def test_padding_waste_is_estimated_only_for_unpacked_runs():
-    from runner.train import _padding_waste
+    from runner.train.launch import _padding_waste
 
     manifest = {"data": {"stats": {"train": {"tokens_per_row": {"mean": 100.0}}}},
                 "batch": {"global": 4, "packing": False}}
@@ -164,7 +165,7 @@ def test_padding_waste_is_estimated_only_for_unpacked_runs():
 
 
 def test_metrics_summary_skips_a_line_cut_off_mid_write(tmp_path):
-    from runner.train import summarize_metrics
+    from runner.train.launch import summarize_metrics
 
     run = rundir.RunDir(tmp_path)
     run.update(status="failed")

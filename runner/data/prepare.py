@@ -1,0 +1,265 @@
+"""Data preparation: datasets -> template variables -> rendered segments -> train/val/test JSONL + stats.
+
+The output lives in the cache under a hash of everything that shapes it (source bytes or hub revision,
+field mapping, template text, system prompt, tokenizer, split and length settings), so identical
+input is reused without work and any change re-prepares. It is published atomically: a folder is
+either complete or absent.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+import sys
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from runner.data import fields
+from runner.models import resolve
+from runner.core import paths
+from runner.data import sources
+from runner.recipe import templates
+from runner.core.errors import Problem, UserError
+from runner.recipe.loading import Loaded
+from runner.recipe.schema import Recipe
+
+FORMAT_VERSION = 1  # bump when the prepared layout or rendering rules change
+SPLITS = ("train", "val", "test")
+DONE = "data.json"  # written last: its presence means the folder is complete
+
+
+@dataclass(frozen=True)
+class Prepared:
+    dir: Path
+    key: str
+    info: dict  # the contents of data.json: counts, stats, fingerprints
+
+    def split(self, name: str) -> Path:
+        return self.dir / f"{name}.jsonl"
+
+
+def _count(spec: float, total: int) -> int:
+    """A split size: a fraction (< 1) of the rows, or a row count (>= 1)."""
+    return round(spec * total) if spec < 1 else min(int(spec), total)
+
+
+def cache_key(recipe: Recipe, fingerprints: list[str], template: templates.Template, tokenizer_id: str) -> str:
+    """Hash of every input that shapes the prepared data."""
+    data = recipe.data
+    shaping = {"format": FORMAT_VERSION, "sources": fingerprints, "template": template.source or template.name,
+               "datasets": [d.model_dump(mode="json", exclude={"source"}) for d in data.datasets],
+               "system": data.system, "max_seq_len": data.max_seq_len, "overlength": data.overlength,
+               "incomplete": data.incomplete, "dedupe": data.dedupe, "split": data.split.model_dump(mode="json"),
+               "tokenizer": tokenizer_id}
+    return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
+
+
+def _examples(recipe: Recipe, template: templates.Template, read) -> tuple[list[tuple], dict]:
+    """(source label, example, original row, use) for every usable row, and per-source counts of what was
+    dropped."""
+    kept, report = [], {}
+    for index, (spec, rows) in enumerate(zip(recipe.data.datasets, read)):
+        incomplete, reasons = 0, Counter()
+        for number, row in enumerate(rows.rows, start=1):
+            try:
+                example = fields.to_example(row, spec, template)
+            except fields.IncompleteRow as err:
+                if recipe.data.incomplete == "error":
+                    raise UserError(Problem(rows.label, f"data.datasets.{index}.fields", f"row {number}: {err} "
+                                            "(set data.incomplete: drop to skip such rows)")) from None
+                incomplete += 1
+                reasons[str(err)] += 1
+                continue
+            if recipe.data.system and not example.get("system"):
+                example["system"] = recipe.data.system
+            kept.append((rows.label, example, row, spec.use, index))
+        if incomplete == len(rows.rows):
+            top = reasons.most_common(1)[0][0]
+            raise UserError(Problem(rows.label, f"data.datasets.{index}.fields", f"no usable rows: all "
+                                    f"{incomplete} are incomplete (e.g. {top}); check the field mapping against "
+                                    f"the columns {sorted(rows.rows[0])}"))
+        report[rows.label] = {"rows": len(rows.rows), "incomplete": incomplete,
+                              "incomplete_reasons": dict(reasons.most_common(3))}
+    return kept, report
+
+
+def _dedupe(items: list[tuple]) -> tuple[list[tuple], int]:
+    seen, unique = set(), []
+    for item in items:
+        key = json.dumps(item[1], sort_keys=True, ensure_ascii=False)
+        if key not in seen:
+            seen.add(key)
+            unique.append(item)
+    return unique, len(items) - len(unique)
+
+
+def _split(items: list, recipe: Recipe) -> dict[str, list]:
+    """Rows of `use: split` datasets are shuffled and divided by data.split; the others go whole to their split."""
+    order = [item for item in items if item[3] == "split"]
+    random.Random(recipe.data.split.seed).shuffle(order)
+    n_test = _count(recipe.data.split.test, len(order))
+    n_val = _count(recipe.data.split.val, len(order) - n_test)
+    splits = {"test": order[:n_test], "val": order[n_test:n_test + n_val], "train": order[n_test + n_val:]}
+    for name in SPLITS:
+        splits[name] += [item for item in items if item[3] == name]
+    return splits
+
+
+def _weighted(train: list, recipe: Recipe) -> list:
+    """Mixing: each dataset contributes round(weight x its training rows), repeating rows when weight > 1.
+    Rows are told apart by dataset index, not source: one file may be listed twice (say, train and val)."""
+    rng = random.Random(recipe.data.split.seed + 1)
+    mixed = []
+    for index, spec in enumerate(recipe.data.datasets):
+        rows = [item for item in train if item[4] == index]
+        want = round(spec.weight * len(rows))
+        mixed += (rows * (want // len(rows) + 1))[:want] if rows and want > len(rows) else rng.sample(rows, want)
+    rng.shuffle(mixed)
+    return mixed
+
+
+def _token_lengths(rendered: list[list[templates.Segment]], tokenizer) -> list[list[int]]:
+    """Token count of every segment, each tokenized on its own as axolotl's input_output strategy does;
+    one batched call (the fast tokenizers encode a batch in parallel)."""
+    texts = [segment.text for segments in rendered for segment in segments]
+    sizes = []
+    for start in range(0, len(texts), 2048):  # in chunks: the ids of a whole split at once cost hundreds of MB
+        chunk = tokenizer(texts[start:start + 2048], add_special_tokens=False, return_attention_mask=False,
+                          return_token_type_ids=False)["input_ids"]
+        sizes += [len(ids) for ids in chunk]
+    flat = iter(sizes)
+    return [[next(flat) for _ in segments] for segments in rendered]
+
+
+def _fit(segments, lengths, limit: int, tokenizer):
+    """Truncate segments to `limit` tokens (the tail is cut); None when nothing labeled survives."""
+    kept, used = [], 0
+    for segment, length in zip(segments, lengths):
+        if used + length <= limit:
+            kept.append(segment)
+            used += length
+            continue
+        room = limit - used
+        if room > 0:
+            ids = tokenizer(segment.text, add_special_tokens=False)["input_ids"][:room]
+            kept.append(templates.Segment(tokenizer.decode(ids), segment.label))
+        break
+    return kept if any(s.label for s in kept) else None
+
+
+def _percentiles(values: list[int]) -> dict:
+    if not values:
+        return {}
+    ordered = sorted(values)
+    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
+    return {"min": ordered[0], "p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "max": ordered[-1],
+            "mean": round(sum(ordered) / len(ordered), 1)}
+
+
+def _render_split(name, items, template, tokens, tokenizer, recipe, stop) -> tuple[list[dict], dict]:
+    rows, lengths, over, dropped, by_source = [], [], 0, 0, Counter()
+    limit = recipe.data.max_seq_len
+    progress = dict(desc=f"render {name}", unit="row", file=sys.stderr, leave=False, disable=len(items) < 200)
+    rendered = [templates.render(template, item[1], tokens) for item in tqdm(items, **progress)]
+    for (label, _, original, *_), segments, sizes in zip(items, rendered, _token_lengths(rendered, tokenizer)):
+        total = sum(sizes)
+        if total > limit:
+            over += 1
+            segments = _fit(segments, sizes, limit, tokenizer) if recipe.data.overlength == "truncate" else None
+            if segments is None:
+                dropped += 1
+                continue
+            total = min(total, limit)
+        lengths.append(total)
+        by_source[label] += 1
+        row = {"segments": [s.as_dict() for s in segments]}
+        if name == "test":
+            prompt, reference = templates.prompt_and_reference(segments, stop)
+            row |= {"prompt": prompt, "reference": reference, "source": label, "row": original}
+        rows.append(row)
+    stats = {"rows": len(rows), "tokens": sum(lengths), "tokens_per_row": _percentiles(lengths),
+             "over_max_seq_len": over, "overlength_action": recipe.data.overlength, "dropped_overlength": dropped,
+             "rows_by_source": dict(by_source)}
+    return rows, stats
+
+
+def _check_special_tokens(template: templates.Template, tokenizer, model: str) -> None:
+    for token in template.special_tokens:
+        ids = tokenizer(token, add_special_tokens=False)["input_ids"]
+        if len(ids) != 1:
+            raise UserError(Problem("recipe", "data.template", f"template {template.name!r} uses {token!r}, which "
+                                    f"the tokenizer of {model} splits into {len(ids)} tokens; use template "
+                                    "'tokenizer' (the model's own chat format) or a model that has these tokens"))
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    with path.open("w", encoding="utf-8") as handle:
+        for row in rows:
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def prepare(loaded: Loaded, quiet: bool = False) -> Prepared:
+    """Prepare (or reuse from the cache) the recipe's data; returns where it is and its stats."""
+    recipe = loaded.recipe
+    template = templates.load(recipe.data.template)
+    model_dir = resolve.resolve_base(recipe.model)
+    read = [sources.read(spec, index) for index, spec in enumerate(recipe.data.datasets)]
+    key = cache_key(recipe, [r.fingerprint for r in read], template, resolve.model_fingerprint(model_dir))
+    target = paths.cache_dir() / "data" / key[:16]
+    if (target / DONE).is_file():
+        info = json.loads((target / DONE).read_text())
+        if not quiet:
+            print(f"prepare: cache hit {paths.display(target)} ({info['counts']})", file=sys.stderr)
+        return Prepared(target, key, info)
+
+    # after the cache check: a hit needs neither transformers nor a tokenizer
+    tokenizer = resolve.load_tokenizer(model_dir, trust_remote_code=recipe.model.trust_remote_code)
+    tokens = resolve.tokenizer_tokens(model_dir, tokenizer)
+    tokenizer.model_max_length = 1 << 30  # lengths are checked here against data.max_seq_len, not the model's
+    _check_special_tokens(template, tokenizer, recipe.model.base)
+    items, source_report = _examples(recipe, template, read)
+    unique, duplicates = _dedupe(items) if recipe.data.dedupe else (items, 0)
+    splits = _split(unique, recipe)
+    splits["train"] = _weighted(splits["train"], recipe)
+    stop = tuple(t for t in (*template.stop, tokens.eos_token) if t)
+
+    staging = Path(tempfile.mkdtemp(prefix=f".{key[:16]}.", dir=_ensure(target.parent)))
+    try:
+        stats, counts, by_source = {}, {}, {}
+        for name in SPLITS:
+            rows, stats[name] = _render_split(name, splits[name], template, tokens, tokenizer, recipe, stop)
+            counts[name] = len(rows)
+            by_source[name] = stats[name]["rows_by_source"]
+            _write_jsonl(staging / f"{name}.jsonl", rows)
+        if counts["train"] == 0:
+            raise UserError(Problem("recipe", "data", "no training rows left after splitting and length "
+                                    f"filtering ({stats['train']['dropped_overlength']} dropped as longer than "
+                                    f"data.max_seq_len={recipe.data.max_seq_len}); raise max_seq_len, set "
+                                    "data.overlength: truncate, or lower data.split.val/test"))
+        info = {"key": key, "counts": counts, "rows_by_source": by_source, "sources": source_report,
+                "fingerprints": {r.label: r.fingerprint for r in read}, "duplicates_removed": duplicates,
+                "template": template.name, "stop": list(stop), "stats": stats, "format": FORMAT_VERSION}
+        (staging / DONE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+        try:
+            staging.rename(target)
+        except OSError:  # another process published the same key first; theirs is identical
+            shutil.rmtree(staging, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if not quiet:
+        print(f"prepare: wrote {paths.display(target)} {counts}", file=sys.stderr)
+    return Prepared(target, key, info)
+
+
+def _ensure(folder: Path) -> Path:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(Problem(str(folder), "", f"cannot create the cache folder: {err.strerror}")) from None
+    return folder

@@ -1,0 +1,41 @@
+"""`recipe render`: the first rows of a recipe's data as its template renders them, trained text marked."""
+from __future__ import annotations
+
+from runner.data import fields
+from runner.data import sources
+from runner.recipe import templates
+from runner.core.errors import UserError
+from runner.recipe.loading import Loaded
+
+PLACEHOLDER_TOKENS = templates.TokenizerTokens(bos_token="<bos>", eos_token="<eos>")
+
+
+def _tokens(loaded: Loaded) -> tuple[templates.TokenizerTokens, str]:
+    """The model's special tokens when the model is available here, else visible placeholders (and a note)."""
+    from runner.models import resolve
+
+    try:
+        return resolve.tokenizer_tokens(resolve.resolve_base(loaded.recipe.model)), ""
+    except UserError as err:
+        return PLACEHOLDER_TOKENS, f"# note: model not available here, showing <bos>/<eos> placeholders ({err})\n"
+
+
+def render_preview(loaded: Loaded, count: int) -> str:
+    """Text of `count` rendered examples from the recipe's first dataset."""
+    recipe = loaded.recipe
+    template = templates.load(recipe.data.template)
+    tokens, note = _tokens(loaded)
+    spec = recipe.data.datasets[0]
+    rows = sources.read(spec, 0).rows
+    blocks = []
+    for number, row in enumerate(rows[:count], start=1):
+        try:
+            example = fields.to_example(row, spec, template)
+        except fields.IncompleteRow as err:
+            blocks.append(f"--- example {number}: skipped ({err})")
+            continue
+        if recipe.data.system:
+            example.setdefault("system", recipe.data.system)
+        segments = templates.render(template, example, tokens)
+        blocks.append(f"--- example {number} ({template.name}; trained text between [[ ]])\n{templates.show(segments)}")
+    return note + "\n".join(blocks)

@@ -1,0 +1,125 @@
+"""`recipe generate`: answer ad-hoc prompts with the base and the fine-tuned model, side by side.
+
+Each prompt becomes a single user turn rendered by the recipe's own template (the format the model
+was trained in), is tokenized exactly as rendered (no extra BOS), and is decoded greedily with
+transformers (+ peft for an adapter), cut at the first stop string.
+"""
+from __future__ import annotations
+
+import shutil
+import sys
+import textwrap
+from pathlib import Path
+
+from runner.recipe import loading
+from runner.models import resolve
+from runner.core import paths
+from runner.runs import rundir
+from runner.recipe import templates
+from runner.core.errors import Problem, UserError
+from runner.evaluate.evaluation import check_trained
+from runner.evaluate.metrics import clean_generation
+from runner.recipe.schema import Recipe
+from runner.core.yamlio import read_yaml
+
+
+def render_prompt(recipe: Recipe, text: str, tokens: templates.TokenizerTokens) -> str:
+    """The prompt text for one user turn, rendered by the recipe's template up to where the model answers."""
+    template = templates.load(recipe.data.template)
+    for answer in ("", "answer"):  # "" unless the template then renders no labeled part at all
+        if "messages" in template.requires:
+            example = {"messages": [{"role": "user", "content": text}, {"role": "assistant", "content": answer}]}
+        else:
+            example = {"instruction": text, "output": answer} | ({"input": ""} if "input" in template.variables else {})
+        if recipe.data.system:
+            example["system"] = recipe.data.system
+        segments = templates.render(template, example, tokens)
+        if any(s.label for s in segments):
+            return templates.prompt_and_reference(segments)[0]
+    raise UserError(Problem(f"templates/{template.name}.jinja", "", "renders no labeled answer part"))
+
+
+def _target(target: rundir.RunDir | loading.Loaded) -> tuple[Recipe, str, rundir.RunDir | None]:
+    """(recipe, base model dir, trained run or None) for a run directory or a loaded recipe."""
+    if isinstance(target, rundir.RunDir):
+        resolved = target.file("recipe.resolved.yaml")
+        if resolved.is_file():
+            recipe = Recipe.model_validate(read_yaml(resolved)[0])
+        else:  # a run written before its resolved snapshot existed: the recipe as it is now
+            recipe = loading.load(target.manifest()["recipe"]).recipe
+        return recipe, target.manifest()["base_model_dir"], target
+    recipe = target.recipe
+    base = str(resolve.resolve_base(recipe.model, paths.display(target.path)))
+    try:
+        run = rundir.find(recipe.name)
+    except UserError:
+        print(f"generate: {recipe.name} has no trained run yet; showing the base model only", file=sys.stderr)
+        return recipe, base, None
+    return recipe, run.manifest().get("base_model_dir") or base, run
+
+
+def _generate_all(model, tokenizer, prompts: list[str], stop: list[str], max_new_tokens: int) -> list[str]:
+    import torch
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    answers = []
+    for prompt in prompts:
+        ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")
+        with torch.no_grad():
+            out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
+                                 stop_strings=stop or None, tokenizer=tokenizer)
+        text = tokenizer.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=False)
+        answers.append(clean_generation(text, stop))
+    return answers
+
+
+def generate(target: rundir.RunDir | loading.Loaded, prompts: list[str],
+             max_new_tokens: int | None = None) -> list[dict]:
+    """[{prompt, base, finetuned}] for each prompt (finetuned is None when the recipe has no trained run)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    recipe, base_dir, run = _target(target)
+    manifest = check_trained(run) if run else {}  # before any generating: a run must have its model
+    tokenizer = AutoTokenizer.from_pretrained(base_dir, trust_remote_code=recipe.model.trust_remote_code)
+    tokens = resolve.tokenizer_tokens(Path(base_dir))
+    rendered = [render_prompt(recipe, p, tokens) for p in prompts]
+    stop = manifest.get("stop") or [s for s in (*templates.load(recipe.data.template).stop, tokens.eos_token) if s]
+    limit = max_new_tokens or recipe.eval.max_new_tokens
+    load = dict(dtype=torch.float32, trust_remote_code=recipe.model.trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, **load).eval()
+    base = _generate_all(model, tokenizer, rendered, stop, limit)
+    finetuned: list[str | None] = [None] * len(prompts)
+    if run is not None:
+        model_dir = run.file(manifest.get("model_dir") or "model")
+        if manifest.get("adapter"):
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, model_dir).eval()  # wraps the base weights loaded above
+        else:
+            model = AutoModelForCausalLM.from_pretrained(model_dir, **load).eval()
+        finetuned = _generate_all(model, tokenizer, rendered, stop, limit)
+    return [{"prompt": p, "rendered": r, "base": b, "finetuned": f}
+            for p, r, b, f in zip(prompts, rendered, base, finetuned)]
+
+
+def format_side_by_side(results: list[dict], width: int | None = None) -> str:
+    """The answers in two columns (base | fine-tuned) under each prompt, for the terminal."""
+    width = width or shutil.get_terminal_size((100, 20)).columns
+    column = max(20, (width - 3) // 2)
+    blocks = []
+    for result in results:
+        left = _wrap(result["base"], column)
+        right = _wrap(result["finetuned"] if result["finetuned"] is not None else "(no trained run)", column)
+        lines = [f"{'base'.ljust(column)} | fine-tuned", f"{'-' * column}-+-{'-' * column}"]
+        lines += [f"{a.ljust(column)} | {b}".rstrip() for a, b in zip(left + [""] * (len(right) - len(left)),
+                                                                     right + [""] * (len(left) - len(right)))]
+        blocks.append("\n".join([f"> {line}" for line in result["prompt"].splitlines() or [""]] + lines))
+    return "\n\n".join(blocks) + "\n"
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    lines = []
+    for paragraph in (text or "(empty)").splitlines() or [""]:
+        lines += textwrap.wrap(paragraph, width, replace_whitespace=False, drop_whitespace=True) or [""]
+    return lines

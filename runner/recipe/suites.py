@@ -1,0 +1,278 @@
+"""Eval suites: eval_suites/<name>.yaml -> validated, frozen Suite.
+
+A suite says what to measure on a run: generation metrics on the recipe's held-out test split,
+perplexity of the reference answers, SQL metrics, standard lm-eval tasks by name, and an optional
+pairwise judge. Files are read with the same safe YAML loader as recipes; every problem names the
+file, the key and its line, with a did-you-mean for unknown keys, metrics and lm-eval task names.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import typing
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from runner.core import paths
+from runner.core.errors import Problem, UserError, did_you_mean, unknown_name
+from runner.recipe.schema import SemVer
+from runner.core.atomic import write_json_atomic
+from runner.core.yamlio import read_yaml
+
+SUITE_VERSION = 1
+DEFAULT_SUITE = "heldout-qa"  # used when a recipe names no eval.suite
+Metric = Literal["exact_match", "token_f1", "bleu", "rouge_l", "perplexity", "sql_execution", "sql_exact_match"]
+METRICS: tuple[str, ...] = typing.get_args(Metric)
+GENERATION_METRICS = ("exact_match", "token_f1", "bleu", "rouge_l", "sql_execution", "sql_exact_match")
+SQL_METRICS = ("sql_execution", "sql_exact_match")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class JudgeSpec(Section):
+    """A pairwise judge: a local causal LM (a model dir, .gguf, pkg:// file or cached hub id) or an
+    OpenAI-compatible chat endpoint."""
+
+    kind: Literal["local", "openai"]
+    model: str = Field(min_length=1, description="local: model dir/.gguf/pkg:// ; openai: the model name")
+    url: str | None = Field(None, description="openai: base URL, e.g. https://api.openai.com/v1")
+    api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the API key")
+    max_items: int | None = Field(None, gt=0, description="judge at most this many items")
+    max_new_tokens: int = Field(256, gt=0, description="local judge: tokens to generate per verdict")
+
+    @model_validator(mode="after")
+    def _openai_needs_url(self):
+        if self.kind == "openai" and not self.url:
+            raise ValueError("judge.kind openai needs judge.url (the endpoint's base URL, e.g. "
+                             "http://127.0.0.1:8000/v1)")
+        return self
+
+
+class SqlSpec(Section):
+    database: str = Field(description="SQL dump per test row, {db} filled from the row's db column, e.g. "
+                          "data/sql-demo/{db}.sql (relative to the project)")
+
+
+class Suite(Section):
+    suite: Literal[1] = Field(description="eval-suite language version")
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    version: SemVer
+    description: str = ""
+    metrics: list[Metric] = Field(default_factory=list, description="metrics on the recipe's held-out test split")
+    lm_eval_tasks: list[str] = Field(default_factory=list, description="standard lm-eval task or group names")
+    lm_eval_include: list[str] = Field(default_factory=list, description="extra folders of lm-eval task YAMLs")
+    judge: JudgeSpec | None = None
+    sql: SqlSpec | None = None
+
+    @field_validator("metrics", "lm_eval_tasks")
+    @classmethod
+    def _unique(cls, items: list) -> list:
+        repeated = sorted({x for x in items if items.count(x) > 1})
+        if repeated:
+            raise ValueError(f"lists {', '.join(repeated)} more than once")
+        return items
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if any(m in SQL_METRICS for m in self.metrics) and self.sql is None:
+            raise ValueError("sql_execution / sql_exact_match need an `sql:` section naming the database, e.g. "
+                             "sql: {database: data/sql-demo/{db}.sql}")
+        if not (self.metrics or self.lm_eval_tasks or self.judge):
+            raise ValueError("the suite measures nothing: list metrics, lm_eval_tasks or a judge")
+        return self
+
+    @property
+    def generation_metrics(self) -> list[str]:
+        """The metrics scored on generated answers (all but perplexity)."""
+        return [m for m in self.metrics if m in GENERATION_METRICS]
+
+    @property
+    def needs_generation(self) -> bool:
+        """Held-out generation runs for generation metrics and for the judge (it compares answers)."""
+        return bool(self.generation_metrics or self.judge)
+
+    def include_dirs(self) -> list[Path]:
+        """The lm_eval_include folders as absolute paths (relative ones are under the project)."""
+        return [paths.resolve_local(d) for d in self.lm_eval_include]
+
+
+# ---------------------------------------------------------------- lm-eval's task index
+
+
+def _lm_eval_version() -> str:
+    from importlib.metadata import version
+
+    return version("lm_eval")
+
+
+@lru_cache(maxsize=1)
+def builtin_task_names() -> frozenset[str]:
+    """Names of lm-eval's own tasks, groups and tags; indexing takes ~10 s, so it is cached on disk."""
+    import lm_eval
+
+    tasks_dir = Path(lm_eval.__file__).parent / "tasks"
+    key = hashlib.sha256(f"{_lm_eval_version()}\0{tasks_dir}".encode()).hexdigest()[:16]
+    cache = paths.cache_dir() / "lm-eval" / f"task-names-{key}.json"
+    try:
+        return frozenset(json.loads(cache.read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        pass
+    print("indexing lm-eval's tasks (once; about 10 s)", file=sys.stderr, flush=True)
+    from lm_eval.tasks import TaskManager
+
+    names = sorted(TaskManager().all_tasks)
+    try:
+        write_json_atomic(cache, names)
+    except UserError:  # an unwritable cache only costs time
+        pass
+    return frozenset(names)
+
+
+@lru_cache(maxsize=16)
+def include_task_names(dirs: tuple[str, ...]) -> frozenset[str]:
+    """Task names defined by YAMLs in extra include folders (indexed without lm-eval's own tasks: fast)."""
+    if not dirs:
+        return frozenset()
+    from lm_eval.tasks import TaskManager
+
+    return frozenset(TaskManager(include_path=list(dirs), include_defaults=False).all_tasks)
+
+
+def task_names(include: list[Path] = ()) -> frozenset[str]:
+    """Every lm-eval task name a suite may use: lm-eval's own plus those in its include folders."""
+    return builtin_task_names() | include_task_names(tuple(str(d) for d in include))
+
+
+# ---------------------------------------------------------------- loading
+
+
+def available() -> list[str]:
+    """Suite names in eval_suites/."""
+    return sorted(p.stem for p in paths.eval_suites_dir().glob("*.yaml"))
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    current: typing.Any = Suite
+    for part in loc:
+        field = current.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            return None
+        args = [a for a in typing.get_args(field.annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+        current = args[0] if args else field.annotation
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+    return current
+
+
+def _describe(error: dict) -> tuple[str, str]:
+    loc = tuple(error["loc"])
+    key = ".".join(str(p) for p in loc)
+    if error["type"] == "extra_forbidden":
+        parent = _model_at(loc[:-1])
+        valid = list(parent.model_fields) if parent else []
+        return key, f"unknown key{did_you_mean(str(loc[-1]), valid)}; valid keys here: {', '.join(valid)}"
+    if error["type"] == "missing":
+        return key, "required key is missing"
+    if error["type"] == "literal_error" and loc[:1] == ("metrics",):
+        value = str(error.get("input"))
+        return key, f"unknown metric {value!r}{did_you_mean(value, METRICS)}; available: {', '.join(METRICS)}"
+    message = error["msg"].removeprefix("Value error, ")
+    if "input" in error and not isinstance(error["input"], (dict, list)) and error["type"] != "value_error":
+        message += f" (got {error['input']!r})"
+    return key, message
+
+
+def _line(key: str, lines: dict[str, int]) -> int | None:
+    parts = key.split(".")
+    while parts:
+        if ".".join(parts) in lines:
+            return lines[".".join(parts)]
+        parts.pop()
+    return None
+
+
+def _task_problems(suite: Suite, where: str, lines: dict[str, int]) -> list[Problem]:
+    if not suite.lm_eval_tasks:
+        return []
+    problems = []
+    missing = [d for d in suite.lm_eval_include if not paths.resolve_local(d).is_dir()]
+    for index, folder in enumerate(suite.lm_eval_include):
+        if folder in missing:
+            problems.append(Problem(where, f"lm_eval_include.{index}", f"folder {folder!r} does not exist",
+                                    _line("lm_eval_include", lines)))
+    if problems:
+        return problems
+    known = task_names(suite.include_dirs())
+    for index, name in enumerate(suite.lm_eval_tasks):
+        if name not in known:
+            problems.append(Problem(where, f"lm_eval_tasks.{index}", f"unknown lm-eval task {name!r}"
+                                    f"{did_you_mean(name, known)}; `lm-eval ls tasks` lists the "
+                                    f"{len(known):,} known names", _line("lm_eval_tasks", lines)))
+    return problems
+
+
+def load_file(path: Path) -> Suite:
+    """Read and validate one suite file; a UserError lists every problem with its key and line."""
+    where = paths.display(path)
+    data, lines = read_yaml(path, where)
+    data.setdefault("name", path.stem)
+    if "suite" not in data:
+        raise UserError(Problem(where, "suite", f"missing; a suite starts with `suite: {SUITE_VERSION}` "
+                                "(the eval-suite language version)"))
+    if type(data["suite"]) is not int or data["suite"] != SUITE_VERSION:
+        raise UserError(Problem(where, "suite", f"eval-suite language version {data['suite']!r} is not supported "
+                                f"(this runner reads version {SUITE_VERSION})", _line("suite", lines)))
+    problems = []
+    if data["name"] != path.stem:
+        problems.append(Problem(where, "name", f"{data['name']!r} differs from the file name {path.stem!r}; "
+                                "rename one", _line("name", lines)))
+    try:
+        suite = Suite.model_validate(data)
+    except ValidationError as err:
+        for error in err.errors():
+            key, message = _describe(error)
+            problems.append(Problem(where, key, message, _line(key, lines)))
+        raise UserError(problems) from None
+    problems += _task_problems(suite, where, lines)
+    if problems:
+        raise UserError(problems)
+    return suite
+
+
+def load(name: str, key: str = "", where: str | None = None) -> Suite:
+    """The suite eval_suites/<name>.yaml; an unknown name is reported at where/key (e.g. a recipe's eval.suite)."""
+    path = paths.eval_suites_dir() / f"{name}.yaml"
+    if not path.is_file():
+        raise UserError(Problem(where or paths.display(paths.eval_suites_dir()), key,
+                                unknown_name("eval suite", name, available())))
+    return load_file(path)
+
+
+def for_recipe(recipe, where: str = "recipe") -> Suite:
+    """The suite a recipe names in eval.suite (heldout-qa when it names none)."""
+    return load(recipe.eval.suite or DEFAULT_SUITE, key="eval.suite", where=where)
+
+
+def recipe_problems(recipe) -> list[tuple[str, str]]:
+    """Cross-check for recipe validation: eval.suite must name an existing suite; (key, message) pairs."""
+    name = recipe.eval.suite
+    if name is None or (paths.eval_suites_dir() / f"{name}.yaml").is_file():
+        return []
+    return [("eval.suite", unknown_name("eval suite", name, available()))]
+
+
+def validate_all() -> list[Problem]:
+    """Problems across every suite in eval_suites/ (empty when all are valid)."""
+    problems: list[Problem] = []
+    for path in sorted(paths.eval_suites_dir().glob("*.yaml")):
+        try:
+            load_file(path)
+        except UserError as err:
+            problems += err.problems
+    return problems

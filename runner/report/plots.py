@@ -1,0 +1,123 @@
+"""The report's figures as PNG files: loss curve, learning rate, and base-vs-fine-tuned eval bars.
+
+Reproducible by construction: matplotlib's default style (a user's matplotlibrc is ignored), the Agg
+canvas only (no pyplot, no GUI backend), a fixed size and dpi, and no "Software" tag in the PNG, so
+the same inputs give the same bytes on the same matplotlib. Files are written atomically.
+"""
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+from matplotlib import style
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from runner.core.atomic import write_bytes_atomic
+
+DPI = 100
+METADATA = {"Software": None}  # matplotlib otherwise stamps its version into every PNG
+BASE_COLOR, FT_COLOR, EVAL_COLOR = "#9e9e9e", "#1f77b4", "#d62728"
+PANELS_PER_ROW = 4
+
+
+def series(records: list[dict], key: str) -> tuple[list, list]:
+    """(steps, values) of one metrics.jsonl field, sorted by step; a resumed run re-logs steps, the last wins."""
+    by_step = {}
+    for record in records:
+        step, value = record.get("step"), record.get(key)
+        if _number(step) and _number(value):
+            by_step[step] = value
+    steps = sorted(by_step)
+    return steps, [by_step[s] for s in steps]
+
+
+def loss_figure(records: list[dict]) -> Figure | None:
+    """Train loss and eval (validation) loss against step on the same axes; None when neither was logged."""
+    train, evals = series(records, "loss"), series(records, "eval_loss")
+    if not train[0] and not evals[0]:
+        return None
+    fig, ax = _figure(7, 4)
+    if train[0]:
+        ax.plot(*train, color=FT_COLOR, linewidth=1.5, label="train loss")
+    if evals[0]:
+        ax.plot(*evals, color=EVAL_COLOR, marker="o", linewidth=1.5, label="eval loss (val split)")
+    ax.set(xlabel="step", ylabel="loss", title="Loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return fig
+
+
+def lr_figure(records: list[dict]) -> Figure | None:
+    """Learning rate against step; None when it was not logged."""
+    steps, lrs = series(records, "lr")
+    if not steps:
+        return None
+    fig, ax = _figure(7, 2.8)
+    ax.plot(steps, lrs, color=FT_COLOR, linewidth=1.5)
+    ax.set(xlabel="step", ylabel="learning rate", title="Learning rate")
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def eval_figure(metrics: dict[str, dict], lower_is_better: frozenset[str] = frozenset()) -> Figure | None:
+    """One panel per metric (own scale): base and fine-tuned bars, the fine-tuned bar's error bar is base + delta CI."""
+    shown = {name: m for name, m in metrics.items() if _number(m.get("base")) and _number(m.get("finetuned"))}
+    if not shown:
+        return None
+    cols = min(len(shown), PANELS_PER_ROW)
+    rows = math.ceil(len(shown) / cols)
+    fig = Figure(figsize=(2.6 * cols + 0.4, 3.0 * rows), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    for index, (name, m) in enumerate(shown.items()):
+        ax = fig.add_subplot(rows, cols, index + 1)
+        base, ft = m["base"], m["finetuned"]
+        ax.bar([0, 1], [base, ft], color=[BASE_COLOR, FT_COLOR], width=0.6)
+        ci = m.get("ci95")
+        if isinstance(ci, list) and len(ci) == 2 and all(_number(x) for x in ci):
+            # The CI is of the paired delta; anchored at the base mean it brackets the fine-tuned bar.
+            low, high = base + ci[0], base + ci[1]
+            ax.errorbar([1], [ft], yerr=[[max(ft - low, 0)], [max(high - ft, 0)]], color="black", capsize=6)
+        ax.axhline(base, color=BASE_COLOR, linestyle="--", linewidth=1)
+        delta = m.get("delta")
+        subtitle = f"\nΔ {delta:+.3g}" if _number(delta) else ""
+        direction = " (lower is better)" if name in lower_is_better else ""
+        label = name.replace("$", r"\$")  # a bare $ would start matplotlib mathtext
+        ax.set_title(f"{label}{direction}{subtitle}", fontsize=9)
+        ax.set_xticks([0, 1], [f"base\n{base:.3g}", f"fine-tuned\n{ft:.3g}"], fontsize=8)
+        ax.tick_params(axis="y", labelsize=8)
+        ax.set_xlim(-0.6, 1.6)
+        ax.margins(y=0.15)
+    fig.suptitle("Base vs fine-tuned (error bar: 95% CI of the paired delta)", fontsize=10)
+    return fig
+
+
+def write_plots(folder: Path, records: list[dict], eval_metrics: dict[str, dict] | None,
+                lower_is_better: frozenset[str] = frozenset()) -> dict[str, str]:
+    """Write the figures that have data under folder; returns {name: file name}; stale ones are removed."""
+    with style.context("default"):
+        figures = {"loss": loss_figure(records), "lr": lr_figure(records),
+                   "eval": eval_figure(eval_metrics, lower_is_better) if eval_metrics else None}
+        written = {}
+        for name, fig in figures.items():
+            path = Path(folder) / f"{name}.png"
+            if fig is None:
+                path.unlink(missing_ok=True)  # an old plot must not outlive the data it showed
+                continue
+            buffer = io.BytesIO()
+            fig.savefig(buffer, format="png", dpi=DPI, metadata=METADATA)
+            write_bytes_atomic(path, buffer.getvalue())
+            written[name] = path.name
+    return written
+
+
+def _figure(width: float, height: float):
+    fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
