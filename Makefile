@@ -13,7 +13,7 @@ export DO_NOT_TRACK := 1
 export WANDB_MODE ?= disabled
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test validate lock golden render show tiny-model prepare plan train merge eval report demo bench fuzz test-distributed test-slurm
+.PHONY: help setup test test-fast validate lock golden render show tiny-model prepare plan train merge eval report demo bench fuzz test-distributed test-slurm
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -31,6 +31,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 test: setup ## run the test suite (trains and evaluates tiny models on CPU), then the SLURM cluster test
 	$(PY) -m pytest -q -m "not slurm"
 	$(MAKE) --no-print-directory test-slurm
+
+test-fast: setup ## the edit loop (under a minute): ruff, then every test that runs no model and no trainer
+	$(VENV)/bin/ruff check runner tests bench tools
+	$(PY) -m pytest -q -m "not model and not slurm"
 
 validate: setup ## validate every recipe and base under recipes/ (or recipe=NAME)
 	$(RECIPE) validate $(if $(filter command line,$(origin recipe)),$(recipe))

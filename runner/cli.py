@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from runner.train.engine import TARGETS
 from runner.core.errors import STORAGE_ERRNOS, Problem, RunFailed, UserError, storage_error
 
 EPILOG = """examples:
+  recipe init my-repo                   # a starter workspace: recipes/my-model.yaml, data, README, .gitignore
   recipe list
   recipe validate                       # every recipe and base under recipes/
   recipe show tiny-cpu train.learning_rate=1e-3 hardware.gpus=2
@@ -26,32 +28,84 @@ EPILOG = """examples:
 """
 
 
+def _origin(path: Path) -> str:
+    """A file and where it came from: `recipes/x.yaml (workspace)`, `/.../x.yaml (library)`."""
+    return f"{paths.display(path)} ({paths.origin(path)})"
+
+
 def cmd_list(args) -> int:
-    for name, path in sorted(loading.recipe_files().items()):
-        try:
-            description = loading.load(path).recipe.description
-        except UserError:
-            description = "(invalid: run `recipe validate " + name + "`)"
-        print(f"{name:34} {description}")
+    layers = loading.recipe_layers()
+    first: dict[str, Path] = {}
+    for index, (root, files) in enumerate(layers):
+        if index == 0:
+            also = " (the checkout: also the shipped library)" if root == paths.library_root() else ""
+            print(f"workspace {root}{also}")
+        else:
+            print(f"library {root} (shipped with recipe-runner; runnable by name)")
+        if not files:
+            print("  (no recipes; `recipe init DIR` writes a starter workspace)")
+        for name, path in sorted(files.items()):
+            if name in first:
+                description = f"(not used: the workspace's {paths.display(first[name])} has this name)"
+            else:
+                try:
+                    description = loading.load(path).recipe.description
+                except UserError:
+                    description = "(invalid: run `recipe validate " + name + "`)"
+                first[name] = path
+            print(f"  {name:32} {description}  [{path.relative_to(root)}]")
     return 0
 
 
+def _files_of(loaded: loading.Loaded) -> list[tuple[str, Path]]:
+    """(role, file) for every file a recipe is made of: itself, its bases, its template and its eval suite."""
+    from runner.recipe import suites, templates
+
+    found = [("recipe" if index == 0 else "extends", path) for index, path in enumerate(loaded.chain)]
+    template = templates.path_of(loaded.recipe.data.template)
+    suite = suites.path_of(loaded.recipe.eval.suite or suites.DEFAULT_SUITE)
+    return found + [(role, path) for role, path in (("template", template), ("suite", suite)) if path is not None]
+
+
 def cmd_validate(args) -> int:
+    from runner.recipe import suites
+
     if args.recipes:
-        problems = []
+        problems, done = [], []
         for name in args.recipes:
             try:
-                loading.load(name)
+                done.append(loading.load(name))
             except UserError as err:
                 problems += err.problems
-    else:
-        from runner.recipe import suites
-
-        problems = loading.validate_all() + suites.validate_all()
+        if problems:
+            raise UserError(problems)
+        for loaded in done:
+            print(f"ok: {loaded.recipe.name}")
+            for role, path in _files_of(loaded):
+                print(f"  {role:9} {_origin(path)}")
+        return 0
+    problems = loading.validate_all() + suites.validate_all()
     if problems:
         raise UserError(problems)
-    count = len(args.recipes) or len(loading.recipe_files()) + len(loading.base_files())
-    print(f"ok: {count} file(s) valid")
+    checked = [*loading.recipe_files(library=False).values(), *loading.base_files(),
+               *sorted(paths.eval_suites_dir().glob("*.yaml"))]
+    for path in checked:
+        print(f"  {_origin(path)}")
+    print(f"ok: {len(checked)} file(s) valid in the workspace {paths.workspace()}")
+    if paths.library_root() != paths.workspace():
+        print(f"(the shipped library {paths.library_root()} is not checked here; `recipe validate NAME` checks "
+              "one of its recipes with every file it uses)")
+    return 0
+
+
+def cmd_init(args) -> int:
+    from runner.recipe import starter
+
+    written = starter.init(args.dir, args.name)
+    for path in written:
+        print(f"wrote {path}")
+    print(f"next (about 5 minutes on 2 CPU cores):\n  cd {args.dir}\n  recipe validate {args.name}\n"
+          f"  recipe train {args.name}\n  recipe eval {args.name}")
     return 0
 
 
@@ -106,23 +160,24 @@ def cmd_prepare(args) -> int:
     prepared = prepare(loading.load(args.recipe, args.overrides))
     info = prepared.info
     print(f"prepared {paths.display(prepared.dir)}")
-    print(f"  rows: {info['counts']}  duplicates removed: {info['duplicates_removed']}")
-    for source, report in info["sources"].items():
-        print(f"  {source}: {report['rows']} rows, {report['incomplete']} incomplete")
-    for split, stats in info["stats"].items():
-        print(f"  {split}: {stats['rows']} rows, {stats['tokens']} tokens, per row {stats['tokens_per_row']}, "
-              f"{stats['over_max_seq_len']} over max_seq_len ({stats['overlength_action']})")
+    print(f"  rows: {info.counts}  duplicates removed: {info.duplicates_removed}")
+    for source, report in info.sources.items():
+        print(f"  {source}: {report.rows} rows, {report.incomplete} incomplete")
+    for split, stats in info.stats.items():
+        per_row = stats.tokens_per_row.model_dump() if stats.tokens_per_row else {}
+        print(f"  {split}: {stats.rows} rows, {stats.tokens} tokens, per row {per_row}, "
+              f"{stats.over_max_seq_len} over max_seq_len ({stats.overlength_action})")
     return 0
 
 
 def cmd_plan(args) -> int:
-    from runner.train.launch import plan_run
+    from runner.train.plan import plan_run
 
     run = plan_run(loading.load(args.recipe, args.overrides), args.target)
     print(f"planned {paths.display(run.path)}:")
     for file in sorted(run.path.iterdir()):
         print(f"  {file.name}")
-    print(f"start it with:\n  {run.manifest()['command']}")
+    print(f"start it with:\n  {run.manifest().command}")
     return 0
 
 
@@ -131,34 +186,45 @@ def cmd_train(args) -> int:
 
     resume = False if args.resume is None else args.resume
     run = train(loading.load(args.recipe, args.overrides), args.target, resume, detach=args.detach)
-    if run.manifest()["status"] == "submitted":
-        print(f"submitted {paths.display(run.path)} as slurm job {run.manifest()['slurm_job_id']}")
+    manifest = run.manifest()
+    if manifest.status.value == "submitted":
+        print(f"submitted {paths.display(run.path)} as slurm job {manifest.slurm_job_id}")
         return 0
-    summary = run.manifest().get("train", {})
-    print(f"trained {paths.display(run.path)}: {summary.get('steps')} steps, loss {summary.get('first_loss')} -> "
-          f"{summary.get('final_loss')}")
+    summary = manifest.train
+    loss = f"loss {_figure(summary.first_loss)} -> {_figure(summary.final_loss)}" if summary else "no metrics logged"
+    print(f"trained {paths.display(run.path)}: {summary.steps if summary else 0} steps, {loss}")
     return 0
+
+
+def _figure(value: float | None) -> str:
+    """A figure for people: four significant digits."""
+    return "-" if value is None else f"{value:.4g}"
 
 
 def cmd_merge(args) -> int:
     from runner.runs import rundir
     from runner.train.merge import merge
 
-    print(f"merged model: {paths.display(merge(rundir.find(args.recipe, args.run)))}")
+    print(f"merged model: {paths.display(merge(rundir.find(loading.recipe_name(args.recipe), args.run)))}")
     return 0
 
 
 def cmd_eval(args) -> int:
-    from runner.evaluate import evaluation
+    from runner.evaluate import evaluation, summary
     from runner.report import markdown
     from runner.runs import rundir
     from runner.recipe import suites
 
     loaded = loading.load(args.recipe, args.overrides)
     run = rundir.find(loaded.recipe.name, args.run)
+    recipe, changed = rundir.recipe_for_eval(run, loaded.recipe)
+    if changed:
+        print(f"note: {paths.display(loaded.path)} differs from the recipe run {run.run_id} was trained with "
+              f"({', '.join(changed)}); evaluating with the run's recipe ({run.run_id}/recipe.resolved.yaml) and "
+              "the current eval settings", file=sys.stderr)
     suite = (suites.load(args.suite, key="--suite") if args.suite
-             else suites.for_recipe(loaded.recipe, paths.display(loaded.path)))
-    print(evaluation.format_summary(evaluation.evaluate(run, loaded.recipe, suite)), end="")
+             else suites.for_recipe(recipe, paths.display(loaded.path)))
+    print(summary.format_summary(evaluation.evaluate(run, recipe, suite)), end="")
     print(f"report: {paths.display(markdown.write_report(run))}")
     return 0
 
@@ -187,7 +253,7 @@ def cmd_report(args) -> int:
     from runner.report import markdown
     from runner.runs import rundir
 
-    print(f"wrote {paths.display(markdown.write_report(rundir.find(args.recipe, args.run)))}")
+    print(f"wrote {paths.display(markdown.write_report(rundir.find(loading.recipe_name(args.recipe), args.run)))}")
     return 0
 
 
@@ -206,9 +272,13 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("overrides", nargs="*", metavar="key=value", help="overrides, e.g. train.learning_rate=1e-4")
         return sub
 
-    verb("list", cmd_list, "list recipes")
-    verb("validate", cmd_validate, "validate recipes (all under recipes/ when none named)").add_argument(
-        "recipes", nargs="*", metavar="NAME|PATH")
+    verb("list", cmd_list, "list recipes: the workspace's, then the shipped library's, each with its file")
+    verb("validate", cmd_validate, "validate recipes (all of the workspace's when none named), saying where each "
+         "file came from").add_argument("recipes", nargs="*", metavar="NAME|PATH")
+    init = verb("init", cmd_init, "write a starter workspace (a recipe extending the shipped bases, small data, "
+                "README, .gitignore) that trains and evaluates on CPU as it is; never overwrites a file")
+    init.add_argument("dir", type=Path, help="the folder (made if missing)")
+    init.add_argument("--name", default="my-model", help="the recipe's name (default my-model)")
     with_recipe(verb("show", cmd_show, "print the resolved recipe as canonical YAML"))
     verb("schema", cmd_schema, "print the recipe JSON Schema")
     verb("lock", cmd_lock, "write recipes/resolved/ snapshots").add_argument(
@@ -255,8 +325,43 @@ def _report(err: UserError) -> int:
     return err.exit_code
 
 
+OVERRIDE = re.compile(r"^[A-Za-z_][\w-]*(\.[\w-]+)*=")
+
+
+def _overrides_after_recipe(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """Move `key=value` overrides written after an option (`plan X --target slurm hardware.nodes=2`) to just after
+    the recipe, where argparse takes them; an option's own value (`--prompt a=b`) stays where it is."""
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    if not argv or argv[0] not in subparsers.choices:
+        return argv
+    sub = subparsers.choices[argv[0]]
+    if not any(a.dest == "overrides" for a in sub._actions):
+        return argv
+    takes_value = {s for a in sub._actions if a.option_strings and a.nargs != 0 and a.nargs != "?"
+                   for s in a.option_strings}
+    rest, overrides, recipe_at, skip = [], [], None, False
+    for token in argv[1:]:
+        if skip:
+            rest.append(token)
+            skip = False
+        elif token in takes_value:
+            rest.append(token)
+            skip = True
+        elif recipe_at is not None and OVERRIDE.match(token):
+            overrides.append(token)
+        else:
+            if recipe_at is None and not token.startswith("-"):
+                recipe_at = len(rest)
+            rest.append(token)
+    if recipe_at is None:
+        return argv
+    return [argv[0], *rest[:recipe_at + 1], *overrides, *rest[recipe_at + 1:]]
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(_overrides_after_recipe(parser, argv))
     try:
         return args.func(args)
     except UserError as err:

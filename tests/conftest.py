@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import shutil
+import sys
 import textwrap
 from pathlib import Path
-
-import sys
 
 import deepspeed  # noqa: F401  (see below)
 import pytest
@@ -90,3 +89,44 @@ def trained_tiny_run(session_dirs, tiny_model_dir):
     from runner.train.launch import train
 
     return train(loading.load("tiny-cpu"))
+
+
+@pytest.fixture
+def own_run(tmp_path, monkeypatch):
+    """own_run(run) -> a private copy of a shared run (session or module scoped), for a test that writes into it.
+
+    The copy keeps the run's layout, <tmp>/runs/<recipe>/<run id> with `latest` pointing at it, and RECIPE_RUNS_DIR
+    points at <tmp>/runs for the test, so `rundir.find` and --resume by id or latest find the copy, never the shared
+    run. A run folder names its own files by relative paths (its data/ files are hard links into the cache), so
+    the copy is complete."""
+    from runner.runs import rundir
+
+    runs = tmp_path / "runs"
+    monkeypatch.setenv("RECIPE_RUNS_DIR", str(runs))
+
+    def copy(run):
+        target = runs / run.path.parent.name / run.run_id
+        shutil.copytree(run.path, target)  # links followed: nothing in the copy points back at the shared run
+        copied = rundir.RunDir(target)
+        rundir.point_latest(copied)
+        return copied
+
+    return copy
+
+
+@pytest.fixture
+def own_trained_run(trained_tiny_run, own_run):
+    """A private copy of trained_tiny_run (see own_run): for tests that resume, merge or otherwise change it."""
+    return own_run(trained_tiny_run)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items):
+    """`model` (runs a model or a trainer) and `slow` go together, before -m selects: a `model` test is also `slow`,
+    so `-m "not slow"` still skips every model test, and a `slow` test is a `model` test (every slow test trains,
+    converts or evaluates one), so `make test-fast` (-m "not model") skips a slow test not marked `model` yet."""
+    for item in items:
+        if item.get_closest_marker("model") and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.slow)
+        elif item.get_closest_marker("slow") and not item.get_closest_marker("model"):
+            item.add_marker(pytest.mark.model)

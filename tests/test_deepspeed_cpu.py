@@ -6,6 +6,8 @@ import pytest
 from runner.recipe import loading
 from runner.train.launch import train
 
+pytestmark = pytest.mark.model
+
 
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", ["zero2", "zero3"])

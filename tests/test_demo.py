@@ -9,14 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from runner.recipe import loading
-from runner.recipe import suites
 from runner.evaluate.evaluation import evaluate
+from runner.recipe import loading, suites
 from runner.report.markdown import write_report
 from runner.train.launch import train
 
 SHORT = ["train.max_steps=2", "train.save_steps=2", "train.logging_steps=1", "data.split.val=4",
          "eval.max_items=4", "eval.max_new_tokens=24", "eval.batch_size=4"]
+
+pytestmark = pytest.mark.model
 
 
 @pytest.mark.slow

@@ -8,6 +8,8 @@ import pytest
 from runner.recipe import loading
 from runner.train.launch import train
 
+pytestmark = pytest.mark.model
+
 
 @pytest.mark.slow
 def test_two_processes_train_data_parallel_on_cpu(session_dirs, tiny_model_dir):
@@ -58,7 +60,7 @@ def test_two_process_run_resumes_on_both_ranks(session_dirs, tiny_model_dir):
     assert run is not None and process.returncode == 1
     resumed = subprocess.run([*argv, "--resume"], capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    ranks = run.manifest()["train"]["ranks"]
+    ranks = run.manifest().to_json()["train"]["ranks"]
     for rank in ("rank-0", "rank-1"):
         steps = [json.loads(line)["step"] for line in run.file("ranks", f"{rank}.jsonl").read_text().splitlines()]
         # both ranks continued from the checkpoint: steps run on without a restart or a repeat to the end.
@@ -66,4 +68,4 @@ def test_two_process_run_resumes_on_both_ranks(session_dirs, tiny_model_dir):
         # (A step or two after the checkpoint may be logged twice: run before the kill, rerun after resume.)
         assert steps.count(1) == 1 and sorted(set(steps)) == list(range(1, steps[-1] + 1)) and steps[-1] in (24, 25)
         assert ranks[rank]["last_step"] == steps[-1]
-    assert run.manifest()["status"] == "trained"
+    assert run.manifest().status == "trained"

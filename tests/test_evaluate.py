@@ -1,7 +1,8 @@
 """The eval stage end to end on the tiny model: real lm-eval, transformers and peft, no mocks.
 
 One module-scoped run directory is built by hand (tiny Llama, tiny-cpu's prepared data, an untrained
-but non-zero LoRA adapter saved by peft) and evaluated once; the other tests read what that wrote.
+but non-zero LoRA adapter saved by peft) and evaluated once; the other tests read what that wrote, and those
+that write into the run (task files, judge.json) get their own copy of it (own_evaluated).
 """
 from __future__ import annotations
 
@@ -19,17 +20,16 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read by huggingface_hub/datasets at import time
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
-from runner.evaluate import evaluation
-from runner.evaluate import generate
-from runner.evaluate import task_hooks
-from runner.evaluate import tasks
-from runner.recipe import loading
+from runner.core.errors import UserError
 from runner.data import prepare
+from runner.evaluate import evaluation, generate, task_hooks, tasks
+from runner.evaluate.judge_run import judge_run
+from runner.evaluate.summary import EvalSummary, format_summary
+from runner.models import tiny
+from runner.recipe import loading, suites, templates
 from runner.runs import rundir
-from runner.recipe import suites  # noqa: E402
-from runner.recipe import templates
-from runner.models import tiny  # noqa: E402
-from runner.core.errors import UserError  # noqa: E402
+from runner.runs.manifest import Status
+from runner.train import plan
 
 ROOT = Path(__file__).resolve().parent.parent
 OVERRIDES = ["eval.max_items=6", "eval.max_new_tokens=12", "eval.batch_size=4"]
@@ -84,8 +84,8 @@ def make_run(adapter: bool = True) -> tuple[rundir.RunDir, object]:
         # init_lora_weights=False: random, non-zero B, so the "fine-tuned" model really differs from the base
         config = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False)
         get_peft_model(model, config).save_pretrained(run.file("model"))
-    run.update(recipe="tiny-cpu", fingerprint=loaded.fingerprint, base_model_dir=str(base), model_dir="model",
-               adapter=True, stop=prepared.info["stop"], status="trained", timings={"train_s": 1.0})
+    manifest = plan.new_manifest(loaded, run, "local", str(base), Status.TRAINED, data=prepared.info)
+    manifest.model_copy(update={"timings": {"train_s": 1.0}}).write(run.manifest_path)
     rundir.point_latest(run)
     return run, loaded.recipe
 
@@ -95,17 +95,25 @@ def evaluated(project):
     """The tiny run evaluated once on the test-chat suite (held-out metrics + a local tiny judge)."""
     run, recipe = make_run()
     summary = evaluation.evaluate(run, recipe, suites.load("test-chat"))
-    return run, recipe, summary
+    return run, recipe, summary.to_json()
+
+
+@pytest.fixture
+def own_evaluated(evaluated, own_run):
+    """`evaluated` with a private copy of its run, for a test that writes into it (eval/tasks/, eval/judge.json)."""
+    run, recipe, summary = evaluated
+    return own_run(run), recipe, summary
 
 
 def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_generated_task_yamls_load_in_lm_eval_task_manager(evaluated):
+@pytest.mark.model
+def test_generated_task_yamls_load_in_lm_eval_task_manager(own_evaluated):
     from lm_eval.tasks import TaskManager
 
-    run, recipe, _ = evaluated
+    run, recipe, _ = own_evaluated
     held = tasks.write_tasks(run, recipe, suites.load("heldout-qa"))
     assert held.names == [tasks.GENERATE_TASK, tasks.PERPLEXITY_TASK]
     assert (held.n_items, held.limit) == (6, 6)
@@ -131,6 +139,7 @@ def test_generated_task_yamls_load_in_lm_eval_task_manager(evaluated):
     assert ppl.process_results(doc, [(-3.0, False)]) == {"perplexity": (-3.0, doc["n_tokens"])}
 
 
+@pytest.mark.model
 def test_evaluate_writes_summary_for_base_and_finetuned(evaluated):
     run, _, summary = evaluated
     assert json.loads(run.file("eval", "summary.json").read_text()) == summary
@@ -157,18 +166,19 @@ def test_evaluate_writes_summary_for_base_and_finetuned(evaluated):
     assert set(sample) == {"doc_id", "prompt", "reference", "prediction", "scores"}
     assert "</s>" not in sample["prediction"] and set(sample["scores"]) == set(HELDOUT) - {"perplexity"}
 
-    table = evaluation.format_summary(summary)
+    table = format_summary(EvalSummary.model_validate(summary))
     assert "perplexity" in table and "judge (local models/tiny-llama): fine-tuned" in table
 
     manifest = run.manifest()
-    assert manifest["status"] == "evaluated" and manifest["eval"]["suite"] == "test-chat"
-    assert {"eval_s", "eval_base_s", "eval_finetuned_s", "judge_s", "train_s"} <= set(manifest["timings"])
+    assert manifest.status == "evaluated" and manifest.eval.suite == "test-chat"
+    assert {"eval_s", "eval_base_s", "eval_finetuned_s", "judge_s", "train_s"} <= set(manifest.timings)
 
 
+@pytest.mark.model
 def test_local_judge_end_to_end(evaluated):
     run, _, summary = evaluated
     judge = summary["judge"]
-    assert "skipped" not in judge, judge
+    assert judge["skipped"] is None, judge
     assert judge["n"] == 2 and judge["wins"] + judge["ties"] + judge["losses"] == 2
     written = json.loads(run.file("eval", "judge.json").read_text())
     assert [i["doc_id"] for i in written["items"]] == [0, 1]
@@ -200,20 +210,21 @@ def _suite(judge: dict) -> suites.Suite:
                                         "judge": judge})
 
 
-def test_openai_compatible_judge(evaluated, monkeypatch):
-    run, recipe, _ = evaluated
+@pytest.mark.model
+def test_openai_compatible_judge(own_evaluated, monkeypatch):
+    run, recipe, _ = own_evaluated
     monkeypatch.setenv("TEST_JUDGE_KEY", "sk-test-123")
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Judge)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     _Judge.calls.clear()
     try:
-        result = evaluation.judge_run(run, recipe, _suite({
+        result = judge_run(run, recipe, _suite({
             "kind": "openai", "model": "judge-1", "url": f"http://127.0.0.1:{server.server_port}/v1",
             "api_key_env": "TEST_JUDGE_KEY", "max_items": 3}))
     finally:
         server.shutdown()
         server.server_close()
-    assert result["wins"] == 3 and result["n"] == 3 and result["win_rate"] == 1.0
+    assert result.wins == 3 and result.n == 3 and result.win_rate == 1.0
     assert len(_Judge.calls) == 6
     path, auth, body = _Judge.calls[0]
     assert path == "/v1/chat/completions" and auth == "Bearer sk-test-123" and body["model"] == "judge-1"
@@ -228,13 +239,14 @@ def _closed_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.model
 @pytest.mark.parametrize("judge, reason", [
     ({"kind": "openai", "model": "m", "url": f"http://127.0.0.1:{_closed_port()}/v1"}, "is unreachable"),
     ({"kind": "local", "model": "models/no-such-judge"}, "does not exist"),
 ])
-def test_unavailable_judge_is_skipped_not_a_crash(evaluated, judge, reason):
-    run, recipe, _ = evaluated
-    result = evaluation.judge_run(run, recipe, _suite(judge))
+def test_unavailable_judge_is_skipped_not_a_crash(own_evaluated, judge, reason):
+    run, recipe, _ = own_evaluated
+    result = judge_run(run, recipe, _suite(judge)).model_dump()
     assert reason in result["skipped"]
     assert json.loads(run.file("eval", "judge.json").read_text())["skipped"] == result["skipped"]
 
@@ -262,9 +274,10 @@ def standard_eval(project):
     (project / "eval_suites" / "test-standard.yaml").write_text(
         "suite: 1\nversion: 1.0.0\nlm_eval_tasks: [arc_easy, demo_mc]\nlm_eval_include: [lm_tasks]\n")
     run, recipe = make_run()
-    return run, evaluation.evaluate(run, recipe, suites.load("test-standard"))
+    return run, evaluation.evaluate(run, recipe, suites.load("test-standard")).to_json()
 
 
+@pytest.mark.model
 def test_local_multiple_choice_task_runs_through_the_runner(standard_eval):
     run, summary = standard_eval
     acc = summary["metrics"]["demo_mc/acc"]
@@ -276,6 +289,7 @@ def test_local_multiple_choice_task_runs_through_the_runner(standard_eval):
     assert rows[0]["scores"] == {"acc": rows[0]["scores"]["acc"]}
 
 
+@pytest.mark.model
 def test_offline_standard_task_is_skipped_with_its_reason(standard_eval):
     run, summary = standard_eval
     assert set(summary["skipped"]) == {"arc_easy"}
@@ -291,7 +305,7 @@ def test_run_without_a_trained_model_says_train_it_first(project):
         evaluation.evaluate(run, recipe, suites.load("heldout-qa"))
     assert caught.value.exit_code == 2
     assert "no trained model in" in str(caught.value) and "train it first: recipe train tiny-cpu" in str(caught.value)
-    assert run.manifest()["status"] == "trained"  # a refused eval does not mark the run failed
+    assert run.manifest().status == "trained"  # a refused eval does not mark the run failed
 
 
 def test_generate_refuses_an_untrained_run_before_generating(project, monkeypatch):
@@ -305,6 +319,7 @@ def test_generate_refuses_an_untrained_run_before_generating(project, monkeypatc
     assert generated == []  # refused before the base model answered anything
 
 
+@pytest.mark.model
 def test_merge_with_a_missing_base_model_is_a_clear_error(project):
     from runner.train.merge import merge
 
@@ -314,7 +329,7 @@ def test_merge_with_a_missing_base_model_is_a_clear_error(project):
         merge(run)
 
 
-def test_unknown_suite_in_the_recipe_fails_before_any_work(project, evaluated):
+def test_unknown_suite_in_the_recipe_fails_before_any_work(project):
     with pytest.raises(UserError) as caught:  # rejected when the recipe loads, before any evaluation
         loading.load("tiny-cpu", [*OVERRIDES, "eval.suite=heldout"])
     message = str(caught.value)
@@ -333,6 +348,7 @@ def test_sql_metrics_score_by_execution(project):
     assert score(doc, ["DROP TABLE customers"])["sql_execution"] == 0.0
 
 
+@pytest.mark.model
 def test_generate_answers_with_both_models(evaluated):
     run, recipe, _ = evaluated
     results = generate.generate(run, ["Name three colors.", "What is 2 + 2?"], max_new_tokens=8)

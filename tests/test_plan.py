@@ -11,7 +11,7 @@ import yaml
 
 from runner.recipe import loading
 from runner.train import engine
-from runner.train.launch import engine_files
+from runner.train.plan import engine_files
 
 GOLDEN = Path(__file__).parent / "golden" / "plan"
 # 2 x p4d.24xlarge: 16 A100s, ZeRO-3 as in recipes/_base/hardware/p4d-24xlarge-x2.yaml
@@ -145,8 +145,31 @@ def test_plan_verb_writes_a_run_directory_and_prints_the_command(project, run_cl
     code, out, err = run_cli("plan", "gemma7b-dolly-chatml", "--target", "slurm")
     assert code == 0, err
     (run,) = [p for p in (project / "runs" / "gemma7b-dolly-chatml").iterdir()]
-    assert {"axolotl.yaml", "launch.sh", "manifest.json", "recipe.resolved.yaml", "logs"} <= {p.name for p in run.iterdir()}
+    written = {p.name for p in run.iterdir()}
+    assert {"axolotl.yaml", "launch.sh", "manifest.json", "recipe.resolved.yaml", "logs"} <= written
     assert f"(cd runs/gemma7b-dolly-chatml/{run.name} && sbatch launch.sh)" in out
     assert json.loads((run / "manifest.json").read_text())["status"] == "planned"
     # a plan is not a training run: `latest` (what eval and report default to) does not move
     assert not (project / "runs" / "gemma7b-dolly-chatml" / "latest").exists()
+
+
+@pytest.mark.parametrize("name", sorted(loading.recipe_files()))
+def test_every_shipped_recipe_saves_checkpoints_to_resume_from(name):
+    # A requeued or resumed run goes on from the newest checkpoint; a config with save_strategy 'no' has none,
+    # and the sbatch script's "--requeue ... resume from the last checkpoint" would be false.
+    loaded = loading.load(name)
+    files = engine_files(loaded, "slurm", loaded.recipe.model.base, has_val=True)
+    config = yaml.safe_load(files["axolotl.yaml"])
+    assert config["save_strategy"] == "steps" and config["save_steps"] > 0, name
+    assert 0 < config["save_total_limit"] <= 5, name  # bounded: old checkpoints are deleted
+    assert config["auto_resume_from_checkpoints"] is True
+    if loaded.recipe.train.max_steps:  # at least one checkpoint before the end
+        assert config["save_steps"] < loaded.recipe.train.max_steps, name
+    assert f"resume from the last checkpoint (one every {config['save_steps']} steps)" in files["launch.sh"]
+
+
+def test_a_recipe_that_turns_checkpoints_off_does_not_promise_a_resume():
+    loaded = loading.load("gemma7b-dolly-chatml", ["train.save_steps=null"])
+    files = engine_files(loaded, "slurm", loaded.recipe.model.base, has_val=True)
+    assert yaml.safe_load(files["axolotl.yaml"])["save_strategy"] == "no"
+    assert "resume from the last checkpoint" not in files["launch.sh"] and "start over" in files["launch.sh"]

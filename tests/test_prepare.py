@@ -9,9 +9,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from runner.recipe import loading
-from runner.data import prepare
 from runner.core.errors import UserError
+from runner.data import prepare
+from runner.recipe import loading
 
 SAMPLES = "data/samples"
 
@@ -67,7 +67,7 @@ def _labeled(row) -> str:
 def test_real_samples_prepare_through_their_field_mapping(recipe_for, dataset, template, expected_trained):
     loaded = recipe_for(dataset, template)
     prepared = prepare.prepare(loaded, quiet=True)
-    info = prepared.info
+    info = prepared.info.to_json()
     source = next(iter(info["sources"].values()))
     assert source["rows"] == expected_trained
     # Every row is accounted for: written, incomplete, duplicate, or too long even when truncated.
@@ -162,7 +162,7 @@ def test_changed_dataset_bytes_re_prepare(recipe_for, project):
 
 def test_split_is_deterministic_and_disjoint(recipe_for):
     prepared = prepare.prepare(recipe_for(DOLLY), quiet=True)
-    info = prepared.info
+    info = prepared.info.to_json()
     assert info["counts"]["val"] == info["counts"]["test"] == 4
     assert info["counts"]["train"] + info["stats"]["train"]["dropped_overlength"] == 4
     assert prepare.prepare(recipe_for(DOLLY, split="{val: 4, test: 4, seed: 1}"), quiet=True).key == prepared.key
@@ -175,7 +175,7 @@ def test_duplicates_are_removed_and_counted(recipe_for, project):
     lines = (project / SAMPLES / "dolly15k-sample.jsonl").read_text().splitlines()
     path.write_text("\n".join(lines + lines[:3]) + "\n")
     prepared = prepare.prepare(recipe_for(DOLLY.replace(f"{SAMPLES}/dolly15k-sample.jsonl", str(path))), quiet=True)
-    info = prepared.info
+    info = prepared.info.to_json()
     dropped = sum(stats["dropped_overlength"] for stats in info["stats"].values())
     assert info["duplicates_removed"] == 3 and sum(info["counts"].values()) + dropped == 12
 
@@ -184,26 +184,26 @@ def test_weights_mix_sources_by_count(recipe_for):
     dataset = DOLLY + "\n  weight: 2.0\n" + ("- source: file:data/samples/alpaca-sample.jsonl\n  fields: {instruction: "
                                              "instruction, input: input, output: output}\n  weight: 0.1")
     prepared = prepare.prepare(recipe_for(dataset), quiet=True)
-    by_source = prepared.info["rows_by_source"]["train"]
+    by_source = prepared.info.to_json()["rows_by_source"]["train"]
     dolly = next(n for label, n in by_source.items() if label.endswith("dolly15k-sample.jsonl"))
     alpaca = next(n for label, n in by_source.items() if label.endswith("alpaca-sample.jsonl"))
     # 312 rows, 8 held out; each source's remaining rows are scaled by its weight.
-    assert prepared.info["counts"]["train"] == dolly + alpaca
+    assert prepared.info.to_json()["counts"]["train"] == dolly + alpaca
     assert dolly >= 18 and alpaca <= 31
 
 
 def test_one_file_listed_twice_is_not_counted_twice(recipe_for):
     alpaca = ("- source: file:data/samples/alpaca-sample.jsonl\n  fields: {instruction: instruction, input: input, "
               "output: output}")
-    once = prepare.prepare(recipe_for(alpaca, split="{val: 0, test: 0, seed: 1}"), quiet=True).info["counts"]
+    once = prepare.prepare(recipe_for(alpaca, split="{val: 0, test: 0, seed: 1}"), quiet=True).info.to_json()["counts"]
     twice = prepare.prepare(recipe_for(alpaca + "\n  use: train\n" + alpaca + "\n  use: val",
-                                       split="{val: 0, test: 0, seed: 1}", dedupe="false"), quiet=True).info["counts"]
+                                       split="{val: 0, test: 0, seed: 1}", dedupe="false"), quiet=True).info.to_json()["counts"]
     assert twice["train"] == once["train"] and twice["val"] == once["train"]
 
 
 def test_overlength_rows_are_dropped_or_truncated(recipe_for):
-    dropped = prepare.prepare(recipe_for(DOLLY, max_seq_len=96, overlength="drop"), quiet=True).info["stats"]["train"]
-    truncated = prepare.prepare(recipe_for(DOLLY, max_seq_len=96), quiet=True).info["stats"]["train"]
+    dropped = prepare.prepare(recipe_for(DOLLY, max_seq_len=96, overlength="drop"), quiet=True).info.to_json()["stats"]["train"]
+    truncated = prepare.prepare(recipe_for(DOLLY, max_seq_len=96), quiet=True).info.to_json()["stats"]["train"]
     assert dropped["over_max_seq_len"] > 0 and dropped["dropped_overlength"] == dropped["over_max_seq_len"]
     assert truncated["tokens_per_row"]["max"] <= 96 and truncated["rows"] > dropped["rows"]
 
@@ -235,19 +235,36 @@ def test_mapping_that_matches_no_row_lists_the_columns(recipe_for, run_cli):
 
 def test_empty_dataset(recipe_for, run_cli, project):
     (project / "empty.jsonl").write_text("\n")
-    err = _prepare_error(run_cli, recipe_for(DOLLY.replace(f"{SAMPLES}/dolly15k-sample.jsonl", str(project / "empty.jsonl"))))
+    dataset = DOLLY.replace(f"{SAMPLES}/dolly15k-sample.jsonl", str(project / "empty.jsonl"))
+    err = _prepare_error(run_cli, recipe_for(dataset))
     assert "the dataset is empty" in err
 
 
 def test_malformed_jsonl_line_names_file_and_line(recipe_for, run_cli, project):
     lines = (project / SAMPLES / "dolly15k-sample.jsonl").read_text().splitlines()
     (project / "bad.jsonl").write_text("\n".join([*lines[:4], '{"instruction": "x",', *lines[4:]]) + "\n")
-    err = _prepare_error(run_cli, recipe_for(DOLLY.replace(f"{SAMPLES}/dolly15k-sample.jsonl", str(project / "bad.jsonl"))))
+    dataset = DOLLY.replace(f"{SAMPLES}/dolly15k-sample.jsonl", str(project / "bad.jsonl"))
+    err = _prepare_error(run_cli, recipe_for(dataset))
     assert "bad.jsonl:5: data.datasets.0.source: line 5 is not valid JSON" in err
 
 
+def test_csv_cut_short_is_an_error_not_29_rows(recipe_for, run_cli, project):
+    # A 60-row spreadsheet export with an unterminated quote on data row 30 (file line 31): csv.DictReader read
+    # it as one field running to the end of the file, and prepare trained on the 29 rows before it.
+    rows = [json.loads(line) for line in (project / SAMPLES / "alpaca-sample.jsonl").read_text().splitlines()][:60]
+    rows = [{key: " ".join(str(value).replace('"', "").split()) for key, value in row.items()} for row in rows]
+    lines = ["instruction,input,output", *(",".join(f'"{v}"' for v in row.values()) for row in rows)]
+    lines[30] = lines[30][: lines[30].rindex('"')]  # the closing quote of the last field is gone
+    (project / "cut.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    dataset = (f"- source: file:{project / 'cut.csv'}\n"
+               "  fields: {instruction: instruction, input: input, output: output}")
+    err = _prepare_error(run_cli, recipe_for(dataset))
+    assert "cut.csv:31: data.datasets.0.source: line 31: " in err and "never closed" in err
+
+
 def test_non_utf8_dataset(recipe_for, run_cli, project):
-    (project / "latin1.jsonl").write_bytes('{"instruction": "caf\xe9", "context": "", "response": "x"}\n'.encode("latin-1"))
+    row = '{"instruction": "caf\xe9", "context": "", "response": "x"}\n'
+    (project / "latin1.jsonl").write_bytes(row.encode("latin-1"))
     err = _prepare_error(run_cli, recipe_for(DOLLY.replace(f"{SAMPLES}/dolly15k-sample.jsonl",
                                                            str(project / "latin1.jsonl"))))
     assert "latin1.jsonl:1: data.datasets.0.source: line 1 is not UTF-8 (byte 0xe9)" in err

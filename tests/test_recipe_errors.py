@@ -111,7 +111,8 @@ def test_extends_cycle_is_printed(write_recipe, run_cli):
 def test_batch_arithmetic_shows_the_numbers(write_recipe, run_cli):
     text = VALID + "train:\n  micro_batch_size: 4\n  gradient_accumulation_steps: 2\n  global_batch_size: 16\n"
     code, err = _validate(write_recipe, run_cli, text)
-    assert code == 2 and "16 != micro_batch_size x gradient_accumulation_steps x gpus x nodes = 4 x 2 x 1 x 1 = 8" in err
+    assert code == 2
+    assert "16 != micro_batch_size x gradient_accumulation_steps x gpus x nodes = 4 x 2 x 1 x 1 = 8" in err
 
 
 def test_global_batch_must_divide(write_recipe, run_cli):

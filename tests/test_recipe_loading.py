@@ -5,9 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.recipe import loading
-from runner.recipe import snapshots
 from runner.core import paths
+from runner.recipe import loading, snapshots
 
 from .test_recipe_errors import VALID
 
@@ -29,7 +28,8 @@ def test_resolved_snapshots_are_current():
 
 
 def test_extends_deep_merges_mappings_and_replaces_lists(write_recipe):
-    write_recipe("parent", VALID.replace("name: demo\n", "name: parent\n") + "train:\n  seed: 7\n  learning_rate: 0.5\n")
+    write_recipe("parent",
+                 VALID.replace("name: demo\n", "name: parent\n") + "train:\n  seed: 7\n  learning_rate: 0.5\n")
     child = """\
     schema: 1
     name: child

@@ -15,9 +15,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from runner.core.errors import UserError
 from runner.recipe import loading
 from runner.runs import rundir
-from runner.core.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
 FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))  # `make fuzz` raises this
@@ -120,6 +120,7 @@ def test_concurrent_runs_get_distinct_directories(project):
 
 
 @pytest.mark.slow
+@pytest.mark.model
 def test_two_concurrent_trains_of_one_recipe(project, tiny_model_dir):
     """Two `recipe train tiny-cpu` at once on an empty cache: both train, in distinct run directories, and one
     intact prepared-data entry remains (atomic publish; the loser of the race discards its copy)."""
@@ -196,6 +197,7 @@ def _private_mounts_work() -> bool:
 
 
 @pytest.mark.slow
+@pytest.mark.model
 @pytest.mark.skipif(not _private_mounts_work(), reason="making a full disk needs a private mount namespace "
                     "(unshare -m, root), which this machine refuses")
 def test_full_disk_is_a_clear_error_earlier_runs_survive_and_resume_finishes(session_dirs, tiny_model_dir, tmp_path):
@@ -242,6 +244,7 @@ SECRETS = {"HF_TOKEN": "hf_PLANTEDsecretVALUE123", "WANDB_API_KEY": "wandbPLANTE
 
 
 @pytest.mark.slow
+@pytest.mark.model
 def test_planted_tokens_reach_no_file_under_runs(session_dirs, tiny_model_dir):
     """Train and evaluate with tokens in the environment; no file the runner or its engines wrote contains them."""
     env = os.environ | SECRETS

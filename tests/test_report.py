@@ -15,8 +15,10 @@ import pytest
 from matplotlib import image
 from PIL import Image
 
-from runner.report import markdown
 from runner.core.errors import UserError
+from runner.report import cells, markdown
+from runner.evaluate.summary import EvalSummary
+from runner.runs.manifest import Manifest
 from runner.runs.rundir import RunDir
 
 GOLDEN = Path(__file__).parent / "golden" / "report" / "report.md"
@@ -25,28 +27,33 @@ CHATML = "<|im_start|>system\nYou translate questions into SQLite.<|im_end|>\n<|
          "<|im_start|>assistant\n"
 
 MANIFEST = {
-    "run_id": RUN_ID, "recipe": "mistral7b-text-to-sql", "recipe_version": "1.2.0",
+    "run_id": RUN_ID, "recipe": "mistral7b-text-to-sql", "recipe_version": "1.2.0", "target": "torchrun",
     "fingerprint": "3f2a9c1d4e5b6a7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f7", "status": "evaluated",
     "error": None, "base_model": "mistralai/Mistral-7B-v0.1",
     "base_model_dir": "/home/ml/.cache/huggingface/hub/models--mistralai--Mistral-7B-v0.1/snapshots/7231864",
     "adapter": True, "git_commit": "ddcf9631b2e4",
     "packages": {"torch": "2.13.0", "axolotl": "0.19.0", "transformers": "5.16.1", "peft": "0.20.0",
                  "accelerate": "1.13.0", "deepspeed": "0.18.9", "lm_eval": "0.4.11"},
-    "hardware": {"device": "cuda", "profile": "a100-80g", "gpus": 4, "nodes": 1, "world_size": 4,
-                 "gpu_model": "NVIDIA A100-SXM4-80GB", "cpu_count": 96, "platform": "Linux-5.15.0-x86_64-with-glibc2.35"},
-    "data": {"counts": {"train": 7840, "val": 160, "test": 200},
-             "fingerprints": {"hf:b-mc2/sql-create-context": "9c1e4f0a7b3d2e6f5a8c9b0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f"},
+    "hardware": {"device": "cuda", "profile": "a100-80g", "gpus": 4, "nodes": 1, "world_size": 4, "deepspeed": "zero2",
+                 "gpu_model": "NVIDIA A100-SXM4-80GB", "cpu_count": 96,
+                 "platform": "Linux-5.15.0-x86_64-with-glibc2.35"},
+    "data": {"format": 1, "key": "5e1f", "template": "alpaca", "stop": ["</s>"], "rows_by_source": {},
+             "sources": {"hf:b-mc2/sql-create-context": {"rows": 8212, "incomplete": 0}},
+             "counts": {"train": 7840, "val": 160, "test": 200},
+             "fingerprints": {
+                 "hf:b-mc2/sql-create-context": "9c1e4f0a7b3d2e6f5a8c9b0d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f"},
              "duplicates_removed": 12,
              "stats": {split: {"rows": rows, "tokens": rows * 142,
                                "tokens_per_row": {"min": 61, "p50": 131, "p90": 198, "p99": 301, "max": 512,
                                                   "mean": 142.0},
-                               "over_max_seq_len": over, "dropped_overlength": over}
+                               "over_max_seq_len": over, "dropped_overlength": over, "overlength_action": "drop"}
                        for split, rows, over in (("train", 7840, 3), ("val", 160, 0), ("test", 200, 0))}},
     "seeds": {"train": 42, "split": 7},
-    "batch": {"micro": 4, "accumulation": 4, "world_size": 4, "global": 64},
+    "batch": {"micro": 4, "accumulation": 4, "world_size": 4, "global": 64, "packing": False},
     "timings": {"prepare_s": 41.7, "train_s": 95.1, "eval_s": 812.9},
     "train": {"steps": 30, "tokens": 272640, "tokens_per_s": 2931.6, "padding_waste": 0.183, "final_loss": 0.4127,
-              "final_eval_loss": 0.5031, "params": 7241732096},
+              "final_eval_loss": 0.5031, "params_total": 7241732096, "params_trainable": 41943040,
+              "flops_per_token": 29050810368.0, "tflops": 85.17, "peak_tflops": 312.0, "mfu": 0.06824},
 }
 
 RESOLVED = """\
@@ -61,7 +68,7 @@ eval: {suite: sql-heldout, compare_base: true}
 """
 
 SUMMARY = {
-    "suite": "sql-heldout", "suite_version": 2, "n_items": 200,
+    "suite": "sql-heldout", "suite_version": "2.0.0", "n_items": 200,
     "metrics": {
         "exact_match": {"base": 0.105, "finetuned": 0.62, "delta": 0.515, "ci95": [0.445, 0.585], "n": 200,
                         "p_sign": 0.0},
@@ -136,11 +143,13 @@ def _jsonl(rows: list[dict]) -> str:
 
 
 def build_run(folder: Path, manifest: dict = MANIFEST, evaluated: bool = True) -> RunDir:
-    _write(folder / "manifest.json", json.dumps(manifest, indent=2))
+    """A run directory whose files are written through the contracts every writer uses."""
+    folder.mkdir(parents=True, exist_ok=True)
+    Manifest.model_validate(manifest).write(folder / "manifest.json")
     _write(folder / "recipe.resolved.yaml", RESOLVED)
     _write(folder / "metrics.jsonl", _jsonl(metrics_lines()))
     if evaluated:
-        _write(folder / "eval" / "summary.json", json.dumps(SUMMARY, indent=2))
+        EvalSummary.model_validate(SUMMARY).write(folder / "eval" / "summary.json")
         for side in ("base", "finetuned"):
             _write(folder / "eval" / f"samples-{side}-sql_heldout.jsonl", _jsonl(samples(side)))
     return RunDir(folder)
@@ -190,8 +199,9 @@ def test_same_inputs_same_bytes(tmp_path):
 
 def test_failed_partial_run_says_what_failed_and_what_is_missing(tmp_path):
     manifest = {k: v for k, v in MANIFEST.items() if k not in ("train", "timings")}
-    manifest |= {"status": "failed", "error": {"stage": "train", "message": "CUDA out of memory | step 13",
-                                               "log_tail": ["step 12 loss 0.91", "```", "RuntimeError: CUDA out of memory"]}}
+    manifest |= {"status": "failed", "error": {
+        "stage": "train", "message": "CUDA out of memory | step 13",
+        "log_tail": ["step 12 loss 0.91", "```", "RuntimeError: CUDA out of memory"]}}
     run = build_run(tmp_path / RUN_ID, manifest, evaluated=False)
     lines = metrics_lines()[:13]  # steps 1-12 and the eval at step 10
     _write(run.file("metrics.jsonl"), _jsonl(lines) + '{"step": 13, "lo')  # killed mid-write
@@ -200,23 +210,34 @@ def test_failed_partial_run_says_what_failed_and_what_is_missing(tmp_path):
     assert "## Failure\n\nStage `train` failed: CUDA out of memory \\| step 13" in text
     assert "````\nstep 12 loss 0.91\n```\nRuntimeError: CUDA out of memory\n````" in text
     missing = text.split("## Missing", 1)[1].split("\n## ", 1)[0]
-    for expected in ("`eval/summary.json` (written by `recipe eval`)", "`train.steps`", "`timings`",
+    for expected in ("`eval/summary.json` (written by `recipe eval`)", "`train.steps`", "`timings.train_s`",
                      "`metrics.jsonl`: 1 unreadable line(s) skipped"):
         assert expected in missing
-    assert "timings.train_s" not in missing  # implied by `timings`
-    assert f"_Not evaluated: no readable `eval/summary.json`; run `recipe eval mistral7b-text-to-sql --run {RUN_ID}`._" in text
+    assert (f"_Not evaluated: no readable `eval/summary.json`; run `recipe eval mistral7b-text-to-sql "
+            f"--run {RUN_ID}`._") in text
     assert "the last is step 12" in text
     assert sorted(p.name for p in run.file("plots").glob("*.png")) == ["loss.png", "lr.png"]
 
 
-def test_bare_manifest_gives_a_report(tmp_path):
-    _write(tmp_path / "r1" / "manifest.json", "{}")
-    text = markdown.write_report(RunDir(tmp_path / "r1")).read_text(encoding="utf-8")
-    assert text.startswith("# unknown recipe (version missing) · fingerprint (missing) · status missing\n")
-    for expected in ("`recipe.resolved.yaml` (written by `recipe plan`)", "`metrics.jsonl` (written by `recipe train`)",
-                     "`fingerprint`", "`recipe`", "`recipe_version`", "`status`", "`train.steps`"):
-        assert expected in text
-    assert "_No loss was logged" in text and not (tmp_path / "r1" / "plots" / "loss.png").exists()
+def test_a_manifest_that_no_writer_writes_is_a_clear_error(tmp_path):
+    _write(tmp_path / "r1" / "manifest.json", json.dumps(MANIFEST | {"version": 1, "train": {"params": 7}}))
+    with pytest.raises(UserError) as caught:
+        markdown.write_report(RunDir(tmp_path / "r1"))
+    assert "manifest.json: train.params: unknown key" in str(caught.value)
+    assert not (tmp_path / "r1" / "report.md").exists()
+
+
+def test_a_manifest_from_a_newer_runner_is_a_clear_error(tmp_path):
+    _write(tmp_path / "r3" / "manifest.json", json.dumps(MANIFEST | {"version": 9}))
+    with pytest.raises(UserError, match="Manifest version 9 is newer than this recipe-runner"):
+        markdown.write_report(RunDir(tmp_path / "r3"))
+
+
+def test_an_unversioned_manifest_is_migrated(tmp_path):
+    old = {k: v for k, v in MANIFEST.items() if k != "data"} | {"status": "prepared", "stop": ["</s>"]}
+    _write(tmp_path / "r4" / "manifest.json", json.dumps(old))
+    text = markdown.write_report(RunDir(tmp_path / "r4")).read_text(encoding="utf-8")
+    assert "· planned" in text.splitlines()[0]
 
 
 def test_unreadable_manifest_is_a_user_error(tmp_path):
@@ -226,7 +247,7 @@ def test_unreadable_manifest_is_a_user_error(tmp_path):
 
 
 def test_sample_cells_escape_pipes_newlines_and_html(finished):
-    assert markdown._cell("a | b\nc <|im_end|> *x*", 0) == "a \\| b<br>c &lt;\\|im\\_end\\|&gt; \\*x\\*"
+    assert cells.cell("a | b\nc <|im_end|> *x*", 0) == "a \\| b<br>c &lt;\\|im\\_end\\|&gt; \\*x\\*"
     text = finished.file("report.md").read_text(encoding="utf-8")
     samples = text.split("## Samples", 1)[1].split("\n## ", 1)[0]
     rows = [line for line in samples.splitlines() if line.startswith("|")]
@@ -238,9 +259,9 @@ def test_sample_cells_escape_pipes_newlines_and_html(finished):
 
 def test_long_text_is_cut_in_the_middle():
     text = "BEGIN " + "x" * 1000 + " END"
-    cell = markdown._cell(text)
+    cell = cells.cell(text)
     assert cell.startswith("BEGIN") and cell.endswith("END") and "characters cut" in cell
-    assert len(cell) < markdown.CELL_CHARS + 40
+    assert len(cell) < cells.CELL_CHARS + 40
 
 
 @pytest.mark.parametrize("name, metric, verdict", [
@@ -262,19 +283,13 @@ def test_golden_copy_is_not_tied_to_the_run_folder(tmp_path, finished):
     assert text == finished.file("report.md").read_text(encoding="utf-8")
 
 
-def test_wrong_types_everywhere_still_give_a_report(tmp_path):
-    manifest = {"recipe": {"name": "odd"}, "hardware": "a100", "data": [], "train": 5, "packages": ["torch"],
-                "batch": {"micro": "4"}, "timings": {"train_s": "long"}, "status": "failed", "error": "boom"}
-    run = build_run(tmp_path / "odd", manifest, evaluated=False)
-    _write(run.file("eval", "summary.json"), json.dumps({"metrics": {"em $x$": {"base": 0.1, "finetuned": 0.2,
-                                                          "ci95": [1]}, "f1": "high"}, "judge": "yes",
-                                                          "skipped": ["a"]}))
+def test_damaged_eval_files_still_give_a_report(tmp_path):
+    run = build_run(tmp_path / "odd", evaluated=False)
+    _write(run.file("eval", "summary.json"), json.dumps({"version": 1, "metrics": {"f1": "high"}}))
     _write(run.file("eval", "samples-base-t.jsonl"), '{"doc_id": [1], "prediction": null}\n[1, 2]\n')
     text = markdown.write_report(run).read_text(encoding="utf-8")
-    assert text.startswith("# odd (version missing)")
-    assert "## Failure\n\nStage `?` failed: boom" in text
     assert "`eval/samples-base-t.jsonl`: 1 unreadable line(s) skipped" in text
-    assert run.file("plots", "eval.png").is_file()
+    assert "`eval/summary.json`: " in text and "_Not evaluated" in text
 
 
 def test_sample_cells_show_the_scores_eval_writes_under_scores():

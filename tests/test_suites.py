@@ -5,9 +5,8 @@ import textwrap
 
 import pytest
 
-from runner.recipe import loading
-from runner.recipe import suites
 from runner.core.errors import UserError
+from runner.recipe import loading, suites
 
 
 @pytest.fixture

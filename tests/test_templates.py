@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.recipe import templates
 from runner.core.errors import UserError
+from runner.recipe import templates
 
 GOLDEN = Path(__file__).parent / "golden" / "templates"
 TOKENS = templates.TokenizerTokens(bos_token="<s>", eos_token="</s>")
@@ -68,7 +68,7 @@ def test_only_responses_are_labeled_and_end_with_an_end_marker(name):
         labeled = [s.text for s in segments if s.label]
         answers = [m["content"] for m in example.get("messages", []) if m["role"] == "assistant"] or [example["output"]]
         assert len(labeled) == len(answers)
-        for text, answer in zip(labeled, answers):
+        for text, answer in zip(labeled, answers, strict=True):
             assert text.startswith(answer) and text.rstrip().endswith(("</s>", "<|im_end|>"))
 
 
@@ -147,3 +147,69 @@ def test_a_model_chat_template_that_fails_is_a_clear_error():
     tokens = replace(TOKENS, chat_template="{{ raise_exception('System role not supported') }}")
     with pytest.raises(UserError, match="System role not supported"):
         templates.render(templates.load("tokenizer"), {"messages": [{"role": "assistant", "content": "x"}]}, tokens)
+
+
+# ---------------------------------------------------------------- a template that trains on nothing
+
+NO_LABEL = ("{#-\nrequires: [instruction, output]\noptional: [input]\n-#}\n"
+            "### Q: {{ instruction }}\n### A: {{ output }}\n")
+LABEL_IF_INPUT = ("{#-\nrequires: [instruction, output]\noptional: [input]\n-#}\n{{ instruction }}\n"
+                  "{% if input %}{{ input }}\n{% filter labeled %}{{ output }}{{ eos_token }}{% endfilter %}"
+                  "{% else %}{{ output }}{% endif %}")
+RECIPE = """\
+schema: 1
+name: {name}
+version: 1.0.0
+extends: [_base/method/lora.yaml, _base/hardware/cpu.yaml]
+model: {{base: {model}}}
+data:
+  datasets:
+    - source: file:data/samples/alpaca-sample.jsonl
+      fields: {{instruction: instruction, input: input, output: output}}
+  template: {template}
+  split: {{val: 2, test: 2, seed: 1}}
+"""
+
+
+def test_template_with_no_labeled_part_is_rejected_when_loaded(project):
+    (project / "templates" / "nolabel.jinja").write_text(NO_LABEL)
+    with pytest.raises(UserError) as caught:
+        templates.load("nolabel")
+    message = str(caught.value)
+    assert message.startswith("templates/nolabel.jinja: template 'nolabel' renders with every variable set with no "
+                              "labeled part, so a recipe using it would train on nothing")
+    assert "{% filter labeled %}{{ output }}{{ eos_token }}{% endfilter %}" in message
+
+
+def test_template_that_labels_only_when_an_optional_variable_is_set_is_rejected(project):
+    (project / "templates" / "ifinput.jinja").write_text(LABEL_IF_INPUT)
+    with pytest.raises(UserError, match=r"renders with the optional variables \['input'\] left out with no labeled"):
+        templates.load("ifinput")
+
+
+@pytest.mark.parametrize("verb", ["validate", "prepare"])
+def test_recipe_with_a_template_that_labels_nothing_exits_2_naming_the_template(project, write_recipe, run_cli, verb):
+    (project / "templates" / "nolabel.jinja").write_text(NO_LABEL)
+    write_recipe("nolabel-demo", RECIPE.format(name="nolabel-demo", model="models/tiny-llama", template="nolabel"))
+    code, out, err = run_cli(verb, "nolabel-demo")
+    assert code == 2 and "Traceback" not in err and "ValueError" not in err, err
+    assert "recipes/nolabel-demo.yaml:10: data.template: in templates/nolabel.jinja: template 'nolabel' renders " \
+           "with every variable set with no labeled part" in err
+    assert "{% filter labeled %}" in err
+
+
+def test_rows_that_render_with_no_labeled_part_stop_prepare(project, write_recipe, run_cli, tiny_model_dir,
+                                                            monkeypatch):
+    # The placeholder check passes (it labels when the instruction starts with "<"); real rows do not.
+    monkeypatch.setenv("RECIPE_CACHE_DIR", str(project / "cache"))
+    (project / "templates" / "odd.jinja").write_text(
+        "{#-\nrequires: [instruction, output]\noptional: [input]\n-#}\n{{ instruction }}\n"
+        "{% if instruction.startswith('<') %}{% filter labeled %}{{ output }}{% endfilter %}{% else %}{{ output }}"
+        "{% endif %}")
+    write_recipe("odd-demo", RECIPE.format(name="odd-demo", model=tiny_model_dir, template="odd"))
+    assert run_cli("validate", "odd-demo")[0] == 0
+    code, out, err = run_cli("prepare", "odd-demo")
+    assert code == 2 and "Traceback" not in err, err
+    assert "templates/odd.jinja: data.template: a row of " in err
+    assert "alpaca-sample.jsonl renders with no labeled part, so it would train on nothing" in err
+    assert "{% filter labeled %}" in err

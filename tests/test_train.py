@@ -11,9 +11,10 @@ import time
 import pytest
 
 from runner.recipe import loading
+from runner.data.info import DataInfo, SplitStats, TokenPercentiles
 from runner.runs import rundir
-
-
+from runner.runs.manifest import Batch, Hardware, Manifest, Status
+from runner.train import summary
 
 
 def _metrics(run) -> list[dict]:
@@ -21,9 +22,10 @@ def _metrics(run) -> list[dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.model
 def test_tiny_cpu_trains_end_to_end(trained_tiny_run):
     run = trained_tiny_run
-    manifest = run.manifest()
+    manifest = run.manifest().to_json()
     assert manifest["status"] == "trained" and manifest["error"] is None
     losses = [m["loss"] for m in _metrics(run) if "loss" in m]
     assert len(losses) == 30
@@ -44,6 +46,7 @@ def test_tiny_cpu_trains_end_to_end(trained_tiny_run):
 
 
 @pytest.mark.slow
+@pytest.mark.model
 def test_killed_trainer_fails_cleanly_then_resumes_to_the_same_final_step(session_dirs, tiny_model_dir):
     """SIGKILL the training process after its first checkpoint; the run is `failed` with the log tail, exit
     non-zero, checkpoints intact; `--resume` continues from the checkpoint to the same final step."""
@@ -56,7 +59,7 @@ def test_killed_trainer_fails_cleanly_then_resumes_to_the_same_final_step(sessio
         latest = session_dirs / "runs" / "tiny-cpu" / "latest"
         if latest.exists():
             candidate = rundir.RunDir(latest.resolve())
-            manifest = candidate.manifest()
+            manifest = candidate.manifest().to_json()
             complete = candidate.file("model", "checkpoint-10", "trainer_state.json").is_file()
             if manifest.get("status") == "training" and complete \
                     and manifest["fingerprint"] == loading.load("tiny-cpu", argv[5:]).fingerprint:
@@ -68,13 +71,13 @@ def test_killed_trainer_fails_cleanly_then_resumes_to_the_same_final_step(sessio
     assert run is not None, f"no checkpoint appeared: {err[-2000:]}"
     assert process.returncode == 1 and "Traceback (most recent call last)" not in err.split("failed:")[-1]
     assert "the training process exited with code -9" in err
-    manifest = run.manifest()
+    manifest = run.manifest().to_json()
     assert manifest["status"] == "failed" and manifest["error"]["log_tail"]
     assert run.file("data", "train.jsonl").is_file() and run.file("model", "checkpoint-10").is_dir()
 
     resumed = subprocess.run([*argv, "--resume"], env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    manifest = run.manifest()
+    manifest = run.manifest().to_json()
     assert manifest["status"] == "trained" and manifest["train"]["steps"] == 40
     steps = [m["step"] for m in _metrics(run) if "loss" in m]
     assert steps[-1] == 40 and min(s for s in steps if s > 10) >= 11  # continued, not restarted from 1
@@ -96,42 +99,48 @@ def test_launch_sets_aside_checkpoints_cut_off_mid_write(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_uses_the_target_the_run_was_planned_for(trained_tiny_run):
+@pytest.mark.model
+def test_resume_uses_the_target_the_run_was_planned_for(own_trained_run):
     from runner.train.launch import train
 
-    run = train(loading.load("tiny-cpu"), target="slurm", resume=trained_tiny_run.run_id)  # a local run
-    assert run.path == trained_tiny_run.path and run.manifest()["status"] == "trained"
-    assert run.manifest()["target"] == "local" and "slurm_job_id" not in run.manifest()
+    run = train(loading.load("tiny-cpu"), target="slurm", resume=own_trained_run.run_id)  # a local run
+    assert run.path == own_trained_run.path and run.manifest().status == "trained"
+    assert run.manifest().target == "local" and run.manifest().slurm_job_id is None
 
 
 @pytest.mark.slow
+@pytest.mark.model
 def test_resume_refuses_a_changed_recipe(trained_tiny_run, run_cli):
     code, out, err = run_cli("train", "tiny-cpu", "train.seed=7", "--resume")
     assert code == 2 and "made from a different resolved recipe" in err
 
 
 @pytest.mark.slow
-def test_merge_gives_the_same_logits_as_base_plus_adapter(trained_tiny_run):
+@pytest.mark.model
+def test_merge_gives_the_same_logits_as_base_plus_adapter(own_trained_run, trained_tiny_run):
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from runner.train.merge import merge
 
-    run = trained_tiny_run
+    run = own_trained_run  # merge writes merged/ into the run
     merged_dir = merge(run)
     tokenizer = AutoTokenizer.from_pretrained(merged_dir)
     inputs = tokenizer("### Instruction:\nName a colour.\n\n### Response:\n", return_tensors="pt")
-    base = AutoModelForCausalLM.from_pretrained(run.manifest()["base_model_dir"], dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(run.manifest().base_model_dir, dtype=torch.float32)
     with torch.no_grad():
         adapted = PeftModel.from_pretrained(base, run.file("model")).eval()(**inputs).logits
         merged = AutoModelForCausalLM.from_pretrained(merged_dir, dtype=torch.float32).eval()(**inputs).logits
-        plain = AutoModelForCausalLM.from_pretrained(run.manifest()["base_model_dir"]).eval()(**inputs).logits
+        plain = AutoModelForCausalLM.from_pretrained(run.manifest().base_model_dir).eval()(**inputs).logits
     assert torch.allclose(adapted, merged, atol=1e-4)
     assert not torch.allclose(plain, merged, atol=1e-4)  # the adapter changed something
+    assert merged_dir.is_relative_to(run.path)
+    assert not (trained_tiny_run.path / merged_dir.relative_to(run.path)).exists()  # the shared run is untouched
 
 
 @pytest.mark.slow
+@pytest.mark.model
 def test_stopping_the_runner_stops_its_trainer(session_dirs, tiny_model_dir):
     process = subprocess.Popen([sys.executable, "-m", "runner", "train", "tiny-cpu", "train.seed=5"],
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -141,8 +150,9 @@ def test_stopping_the_runner_stops_its_trainer(session_dirs, tiny_model_dir):
         if latest.exists():
             run = rundir.RunDir(latest.resolve())
             manifest = run.manifest()
-            if manifest.get("train_pid") and manifest["fingerprint"] == loading.load("tiny-cpu", ["train.seed=5"]).fingerprint:
-                trainer = manifest["train_pid"]
+            wanted = loading.load("tiny-cpu", ["train.seed=5"]).fingerprint
+            if manifest.train_pid and manifest.fingerprint == wanted:
+                trainer = manifest.train_pid
         time.sleep(0.1)
     assert trainer, "the trainer never started"
     process.send_signal(signal.SIGTERM)
@@ -151,24 +161,42 @@ def test_stopping_the_runner_stops_its_trainer(session_dirs, tiny_model_dir):
     time.sleep(0.5)
     with pytest.raises(ProcessLookupError):
         os.kill(trainer, 0)  # no orphaned trainer
-    assert run.manifest()["status"] == "failed" and run.manifest()["error"]["message"] == "stopped"
+    assert run.manifest().status == "failed" and run.manifest().error.message == "stopped"
+
+
+def _manifest(packing: bool = False) -> Manifest:
+    stats = SplitStats(rows=40, tokens=4000, overlength_action="drop",
+                       tokens_per_row=TokenPercentiles(min=50, p50=100, p90=150, p99=150, max=150, mean=100.0))
+    data = DataInfo(format=1, key="k", template="alpaca", stop=["</s>"], counts={"train": 40}, rows_by_source={},
+                    sources={}, fingerprints={}, stats={"train": stats})
+    return Manifest(run_id="r1", recipe="tiny-cpu", recipe_version="1.0.0", fingerprint="f" * 64, target="local",
+                    base_model="models/tiny-llama", base_model_dir="/m", adapter=True, status=Status.TRAINED,
+                    data=data, batch=Batch(micro=4, accumulation=1, world_size=1, global_=4, packing=packing))
 
 
 def test_padding_waste_is_estimated_only_for_unpacked_runs():
-    from runner.train.launch import _padding_waste
-
-    manifest = {"data": {"stats": {"train": {"tokens_per_row": {"mean": 100.0}}}},
-                "batch": {"global": 4, "packing": False}}
-    assert _padding_waste(manifest, steps=10, tokens_seen=5000) == 0.2  # 4,000 real of 5,000 processed
-    manifest["batch"]["packing"] = True  # tokens seen count whole packed rows: rows x mean says nothing
-    assert _padding_waste(manifest, steps=10, tokens_seen=5000) is None
+    assert summary.padding_waste(_manifest(), steps=10, tokens_seen=5000) == 0.2  # 4,000 real of 5,000 processed
+    # packed: tokens seen count whole packed rows, so rows x mean says nothing
+    assert summary.padding_waste(_manifest(packing=True), steps=10, tokens_seen=5000) is None
 
 
 def test_metrics_summary_skips_a_line_cut_off_mid_write(tmp_path):
-    from runner.train.launch import summarize_metrics
-
     run = rundir.RunDir(tmp_path)
-    run.update(status="failed")
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.5}\n{"step": 2, "loss": 2.1}\n{"step": 3, "lo')
-    summary = summarize_metrics(run)
-    assert summary["steps"] == 2 and summary["final_loss"] == 2.1 and summary["logged_steps"] == 2
+    result = summary.summarize(run, _manifest())
+    assert result.steps == 2 and result.final_loss == 2.1 and result.logged_steps == 2
+
+
+def test_throughput_counts_frozen_weights_and_mfu_needs_a_known_gpu(tmp_path):
+    run = rundir.RunDir(tmp_path)
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.5, "tokens_seen": 1000, "elapsed_s": 2.0}\n')
+    (tmp_path / "ranks").mkdir()
+    (tmp_path / "ranks" / "rank-0.jsonl").write_text('{"rank": 0, "world_size": 1, "step": 1}\n')
+    (tmp_path / "ranks" / "rank-0.engine.json").write_text(json.dumps(
+        {"rank": 0, "world_size": 1, "distributed_type": "NO", "params_total": 1000, "params_trainable": 10}))
+    cpu = summary.summarize(run, _manifest())
+    assert cpu.flops_per_token == 4 * 1000 + 2 * 10  # LoRA: no weight gradients for the frozen 990
+    assert cpu.tflops == pytest.approx(4020 * 500 / 1e12, rel=1e-3) and cpu.mfu is None  # 500 tokens/s; no GPU peak
+    gpu = _manifest().model_copy(update={"hardware": Hardware(profile="1gpu", device="cuda", gpu_model="a100-80g",
+                                                              gpus=1, nodes=1, world_size=1, deepspeed="none")})
+    assert summary.summarize(run, gpu).mfu == pytest.approx(4020 * 500 / 1e12 / 312.0, rel=1e-3)

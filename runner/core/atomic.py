@@ -1,9 +1,12 @@
 """The one place files are written: atomically (temp file + rename), so a crash never leaves half a file."""
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 from runner.core.errors import storage_error
@@ -41,6 +44,51 @@ def write_bytes_atomic(path: Path, data: bytes) -> Path:
     return path
 
 
-def write_json_atomic(path: Path, data) -> Path:
-    """Deterministic JSON: sorted keys, two-space indent, trailing newline."""
-    return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+def write_json_atomic(path: Path, data, sort_keys: bool = True) -> Path:
+    """Deterministic JSON: sorted keys (or the writer's order, when that order is itself fixed), two-space
+    indent, trailing newline."""
+    return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=sort_keys, ensure_ascii=False) + "\n")
+
+
+@contextmanager
+def file_lock(path: Path):
+    """Hold an exclusive fcntl lock on path (created if needed) for the with-block."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextmanager
+def staging_dir(target: Path, keep_existing: bool = False):
+    """Stage then publish: a temp dir next to target, renamed onto target when the block succeeds and removed
+    when it fails, so target is never half-written. keep_existing: a target that appeared meanwhile (another
+    process published the same content-addressed folder first) is kept and ours discarded."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    except OSError as err:
+        raise storage_error(err, target.parent) from None
+    os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; the published dir should read like any other
+    try:
+        yield tmp
+        if keep_existing and target.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        publish_dir(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def publish_dir(tmp: Path, target: Path) -> None:
+    """Rename a finished tmp dir onto target, moving an old target aside first (rename cannot overwrite a dir)."""
+    old = None
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{os.getpid()}"
+        os.rename(target, old)
+    os.rename(tmp, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -10,16 +10,16 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import shutil
 import sys
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
 
+from runner.core import atomic, jsonl
 from runner.data import fields
+from runner.data.info import SPLITS, DataInfo
 from runner.models import resolve
 from runner.core import paths
 from runner.data import sources
@@ -29,7 +29,6 @@ from runner.recipe.loading import Loaded
 from runner.recipe.schema import Recipe
 
 FORMAT_VERSION = 1  # bump when the prepared layout or rendering rules change
-SPLITS = ("train", "val", "test")
 DONE = "data.json"  # written last: its presence means the folder is complete
 
 
@@ -37,7 +36,7 @@ DONE = "data.json"  # written last: its presence means the folder is complete
 class Prepared:
     dir: Path
     key: str
-    info: dict  # the contents of data.json: counts, stats, fingerprints
+    info: DataInfo  # the contents of data.json: counts, stats, fingerprints
 
     def split(self, name: str) -> Path:
         return self.dir / f"{name}.jsonl"
@@ -152,9 +151,9 @@ def _fit(segments, lengths, limit: int, tokenizer):
     return kept if any(s.label for s in kept) else None
 
 
-def _percentiles(values: list[int]) -> dict:
+def _percentiles(values: list[int]) -> dict | None:
     if not values:
-        return {}
+        return None
     ordered = sorted(values)
     pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
     return {"min": ordered[0], "p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "max": ordered[-1],
@@ -167,6 +166,10 @@ def _render_split(name, items, template, tokens, tokenizer, recipe, stop) -> tup
     progress = dict(desc=f"render {name}", unit="row", file=sys.stderr, leave=False, disable=len(items) < 200)
     rendered = [templates.render(template, item[1], tokens) for item in tqdm(items, **progress)]
     for (label, _, original, *_), segments, sizes in zip(items, rendered, _token_lengths(rendered, tokenizer)):
+        if not any(s.label for s in segments):  # would train on nothing (and has no reference to evaluate)
+            raise UserError(Problem(templates.file_of(template), "data.template", f"a row of {label} renders with no "
+                                    f"labeled part, so it would train on nothing: {templates.show(segments)[:200]!r}; "
+                                    f"{templates.LABEL_FIX}"))
         total = sum(sizes)
         if total > limit:
             over += 1
@@ -197,24 +200,19 @@ def _check_special_tokens(template: templates.Template, tokenizer, model: str) -
                                     "'tokenizer' (the model's own chat format) or a model that has these tokens"))
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    with path.open("w", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-
 def prepare(loaded: Loaded, quiet: bool = False) -> Prepared:
     """Prepare (or reuse from the cache) the recipe's data; returns where it is and its stats."""
     recipe = loaded.recipe
     template = templates.load(recipe.data.template)
-    model_dir = resolve.resolve_base(recipe.model)
-    read = [sources.read(spec, index) for index, spec in enumerate(recipe.data.datasets)]
+    model_dir = resolve.resolve_base(recipe.model, root=loaded.root_of("model.base"))
+    read = [sources.read(spec, index, loaded.root_of(f"data.datasets.{index}.source"))
+            for index, spec in enumerate(recipe.data.datasets)]
     key = cache_key(recipe, [r.fingerprint for r in read], template, resolve.model_fingerprint(model_dir))
     target = paths.cache_dir() / "data" / key[:16]
     if (target / DONE).is_file():
-        info = json.loads((target / DONE).read_text())
+        info = DataInfo.read(target / DONE)
         if not quiet:
-            print(f"prepare: cache hit {paths.display(target)} ({info['counts']})", file=sys.stderr)
+            print(f"prepare: cache hit {paths.display(target)} ({info.counts})", file=sys.stderr)
         return Prepared(target, key, info)
 
     # after the cache check: a hit needs neither transformers nor a tokenizer
@@ -228,30 +226,23 @@ def prepare(loaded: Loaded, quiet: bool = False) -> Prepared:
     splits["train"] = _weighted(splits["train"], recipe)
     stop = tuple(t for t in (*template.stop, tokens.eos_token) if t)
 
-    staging = Path(tempfile.mkdtemp(prefix=f".{key[:16]}.", dir=_ensure(target.parent)))
-    try:
+    _ensure(target.parent)
+    with atomic.staging_dir(target, keep_existing=True) as staging:  # an identical copy published first wins
         stats, counts, by_source = {}, {}, {}
         for name in SPLITS:
             rows, stats[name] = _render_split(name, splits[name], template, tokens, tokenizer, recipe, stop)
             counts[name] = len(rows)
             by_source[name] = stats[name]["rows_by_source"]
-            _write_jsonl(staging / f"{name}.jsonl", rows)
+            jsonl.write(staging / f"{name}.jsonl", rows)
         if counts["train"] == 0:
             raise UserError(Problem("recipe", "data", "no training rows left after splitting and length "
                                     f"filtering ({stats['train']['dropped_overlength']} dropped as longer than "
                                     f"data.max_seq_len={recipe.data.max_seq_len}); raise max_seq_len, set "
                                     "data.overlength: truncate, or lower data.split.val/test"))
-        info = {"key": key, "counts": counts, "rows_by_source": by_source, "sources": source_report,
-                "fingerprints": {r.label: r.fingerprint for r in read}, "duplicates_removed": duplicates,
-                "template": template.name, "stop": list(stop), "stats": stats, "format": FORMAT_VERSION}
-        (staging / DONE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-        try:
-            staging.rename(target)
-        except OSError:  # another process published the same key first; theirs is identical
-            shutil.rmtree(staging, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        info = DataInfo(key=key, counts=counts, rows_by_source=by_source, sources=source_report,
+                        fingerprints={r.label: r.fingerprint for r in read}, duplicates_removed=duplicates,
+                        template=template.name, stop=list(stop), stats=stats, format=FORMAT_VERSION)
+        info.write(staging / DONE)
     if not quiet:
         print(f"prepare: wrote {paths.display(target)} {counts}", file=sys.stderr)
     return Prepared(target, key, info)

@@ -15,7 +15,7 @@ def _tokens(loaded: Loaded) -> tuple[templates.TokenizerTokens, str]:
     from runner.models import resolve
 
     try:
-        return resolve.tokenizer_tokens(resolve.resolve_base(loaded.recipe.model)), ""
+        return resolve.tokenizer_tokens(resolve.resolve_base(loaded.recipe.model, root=loaded.root_of("model.base"))), ""
     except UserError as err:
         return PLACEHOLDER_TOKENS, f"# note: model not available here, showing <bos>/<eos> placeholders ({err})\n"
 
@@ -26,7 +26,7 @@ def render_preview(loaded: Loaded, count: int) -> str:
     template = templates.load(recipe.data.template)
     tokens, note = _tokens(loaded)
     spec = recipe.data.datasets[0]
-    rows = sources.read(spec, 0).rows
+    rows = sources.read(spec, 0, loaded.root_of("data.datasets.0.source")).rows
     blocks = []
     for number, row in enumerate(rows[:count], start=1):
         try:

@@ -17,10 +17,8 @@ from runner.core import paths
 from runner.runs import rundir
 from runner.recipe import templates
 from runner.core.errors import Problem, UserError
-from runner.evaluate.evaluation import check_trained
 from runner.evaluate.metrics import clean_generation
 from runner.recipe.schema import Recipe
-from runner.core.yamlio import read_yaml
 
 
 def render_prompt(recipe: Recipe, text: str, tokens: templates.TokenizerTokens) -> str:
@@ -42,20 +40,15 @@ def render_prompt(recipe: Recipe, text: str, tokens: templates.TokenizerTokens) 
 def _target(target: rundir.RunDir | loading.Loaded) -> tuple[Recipe, str, rundir.RunDir | None]:
     """(recipe, base model dir, trained run or None) for a run directory or a loaded recipe."""
     if isinstance(target, rundir.RunDir):
-        resolved = target.file("recipe.resolved.yaml")
-        if resolved.is_file():
-            recipe = Recipe.model_validate(read_yaml(resolved)[0])
-        else:  # a run written before its resolved snapshot existed: the recipe as it is now
-            recipe = loading.load(target.manifest()["recipe"]).recipe
-        return recipe, target.manifest()["base_model_dir"], target
+        return target.recipe(), target.manifest().base_model_dir, target
     recipe = target.recipe
-    base = str(resolve.resolve_base(recipe.model, paths.display(target.path)))
+    base = str(resolve.resolve_base(recipe.model, paths.display(target.path), target.root_of("model.base")))
     try:
         run = rundir.find(recipe.name)
     except UserError:
         print(f"generate: {recipe.name} has no trained run yet; showing the base model only", file=sys.stderr)
         return recipe, base, None
-    return recipe, run.manifest().get("base_model_dir") or base, run
+    return recipe, run.manifest().base_model_dir, run
 
 
 def _generate_all(model, tokenizer, prompts: list[str], stop: list[str], max_new_tokens: int) -> list[str]:
@@ -80,19 +73,19 @@ def generate(target: rundir.RunDir | loading.Loaded, prompts: list[str],
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     recipe, base_dir, run = _target(target)
-    manifest = check_trained(run) if run else {}  # before any generating: a run must have its model
+    manifest = run.trained() if run else None  # before any generating: a run must have its model
     tokenizer = AutoTokenizer.from_pretrained(base_dir, trust_remote_code=recipe.model.trust_remote_code)
     tokens = resolve.tokenizer_tokens(Path(base_dir))
     rendered = [render_prompt(recipe, p, tokens) for p in prompts]
-    stop = manifest.get("stop") or [s for s in (*templates.load(recipe.data.template).stop, tokens.eos_token) if s]
+    stop = (manifest.stop if manifest else None) or [s for s in (*templates.load(recipe.data.template).stop, tokens.eos_token) if s]
     limit = max_new_tokens or recipe.eval.max_new_tokens
     load = dict(dtype=torch.float32, trust_remote_code=recipe.model.trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(base_dir, **load).eval()
     base = _generate_all(model, tokenizer, rendered, stop, limit)
     finetuned: list[str | None] = [None] * len(prompts)
     if run is not None:
-        model_dir = run.file(manifest.get("model_dir") or "model")
-        if manifest.get("adapter"):
+        model_dir = run.file(manifest.model_dir)
+        if manifest.adapter:
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, model_dir).eval()  # wraps the base weights loaded above

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -31,17 +31,23 @@ def paired_bootstrap(base: Sequence[float], finetuned: Sequence[float], iters: i
         raise ValueError("iters must be >= 0")
     if iters == 0:
         return out
+    out["ci95"] = bootstrap_ci(lambda idx: diff[idx].mean(axis=1), len(diff), iters, seed)
+    return out
+
+
+def bootstrap_ci(statistic: Callable[[np.ndarray], np.ndarray], n: int, iters: int = 10000,
+                 seed: int = 0) -> list[float]:
+    """95% percentile interval of statistic over `iters` resamples of n items with replacement.
+
+    statistic maps a (k, n) array of item indices (the same indices for every side: paired) to k values."""
     rng = np.random.default_rng(seed)
-    n = len(diff)
     rows = max(1, _CHUNK_CELLS // n)
-    means = np.empty(iters)
+    values = np.empty(iters)
     for start in range(0, iters, rows):
         k = min(rows, iters - start)
-        idx = rng.integers(0, n, size=(k, n))  # same item indices for base and finetuned
-        means[start:start + k] = diff[idx].mean(axis=1)
-    lo, hi = np.percentile(means, [2.5, 97.5])
-    out["ci95"] = [float(lo), float(hi)]
-    return out
+        values[start:start + k] = statistic(rng.integers(0, n, size=(k, n)))
+    lo, hi = np.percentile(values, [2.5, 97.5])
+    return [float(lo), float(hi)]
 
 
 def _binom_two_sided_exact(k: int, n: int) -> float:

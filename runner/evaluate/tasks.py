@@ -19,15 +19,14 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner.core import paths
+from runner.core import jsonl, paths
 from runner.core.errors import Problem, UserError
+from runner.evaluate.summary import GENERATE_TASK, PERPLEXITY_TASK
 from runner.evaluate.task_hooks import CONFIG_FILE, SHIM
 from runner.recipe.suites import Suite
 from runner.core.atomic import write_json_atomic, write_text_atomic
 from runner.core.yamlio import dump_yaml
 
-GENERATE_TASK = "recipe_heldout_generate"
-PERPLEXITY_TASK = "recipe_heldout_perplexity"
 ITEMS_FILE = "heldout.jsonl"
 SHIM_FILE = "recipe_metrics.py"
 _DB_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
@@ -53,7 +52,7 @@ def read_test_split(run) -> list[dict]:
     if not path.is_file():
         raise UserError(Problem(where, "", "the run has no held-out test split; set data.split.test in the recipe "
                                 "and train again"))
-    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = jsonl.read(path).rows
     if not rows:
         raise UserError(Problem(where, "data.split.test", "the held-out test split is empty; set data.split.test "
                                 "to a row count or fraction and train again"))
@@ -76,7 +75,7 @@ def continuation_tokens(tokenizer, prompt: str, reference: str) -> int:
 def _sql_database(suite: Suite, rows: list[dict], where: str) -> str | None:
     if not any(m in suite.metrics for m in ("sql_execution", "sql_exact_match")):
         return None
-    pattern = str(paths.resolve_local(suite.sql.database))
+    pattern = suite.database()
     if "sql_execution" in suite.metrics:
         for number, row in enumerate(rows, 1):
             db = str((row.get("row") or {}).get("db", ""))
@@ -121,11 +120,11 @@ def write_tasks(run, recipe, suite: Suite) -> HeldoutTasks:
     if want_ppl:
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(manifest["base_model_dir"],
+        tokenizer = AutoTokenizer.from_pretrained(manifest.base_model_dir,
                                                   trust_remote_code=recipe.model.trust_remote_code)
     items_path = folder / ITEMS_FILE
-    write_text_atomic(items_path, "".join(json.dumps(i, ensure_ascii=False) + "\n" for i in _items(rows, tokenizer)))
-    stop = [s for s in manifest.get("stop", []) if s]
+    jsonl.write(items_path, _items(rows, tokenizer))
+    stop = manifest.stop
     write_json_atomic(folder / CONFIG_FILE, {
         "metrics": suite.generation_metrics, "stop": stop, "package_root": str(paths.PACKAGE_DIR.parent),
         "sql_database": _sql_database(suite, rows, paths.display(run.file("data", "test.jsonl")))})

@@ -7,21 +7,18 @@ cache hit stays fast.
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import importlib.util
 import json
-import os
 import re
-import shutil
 import sys
-import tempfile
 import time
-from contextlib import contextmanager, redirect_stdout
+from contextlib import redirect_stdout
 from dataclasses import replace
 from pathlib import Path
 
 from runner.core import paths
+from runner.core.atomic import file_lock, staging_dir
 from runner.core.errors import Problem, UserError
 from runner.recipe.schema import ModelSpec
 from runner.recipe.templates import TokenizerTokens
@@ -38,22 +35,23 @@ def _problem(message: str) -> UserError:
     return UserError(Problem("recipe", KEY, message))
 
 
-def resolve_base(spec: ModelSpec, source: str = "recipe") -> Path:
+def resolve_base(spec: ModelSpec, source: str = "recipe", root: Path | None = None) -> Path:
     """A local HF model directory for spec.base (converting a .gguf once into the cache).
 
-    Problems are reported against `source`, the recipe file the spec came from.
+    Problems are reported against `source`, the recipe file the spec came from. A relative local path is
+    under the workspace, else under `root` (the layer the recipe file that wrote it came from).
     """
     try:
-        return _resolve(spec.base.strip(), spec.revision)
+        return _resolve(spec.base.strip(), spec.revision, root)
     except UserError as err:
         raise UserError([replace(p, file=source) for p in err.problems]) from None
 
 
-def _resolve(base: str, revision: str) -> Path:
+def _resolve(base: str, revision: str, root: Path | None = None) -> Path:
     if base.startswith(PKG):
         path = package_file(base)
     else:
-        path = paths.resolve_local(base)
+        path = paths.resolve_local(base, root)
         if not path.exists():
             if base.endswith(".gguf") or base.startswith(("/", ".", "~")) or not _HUB_ID.match(base):
                 raise _problem(f"{base!r}: {path} does not exist; give an existing model directory, .gguf "
@@ -210,38 +208,3 @@ def _sha256(file: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-@contextmanager
-def file_lock(path: Path):
-    """Hold an exclusive fcntl lock on path (created if needed) for the with-block."""
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-@contextmanager
-def staging_dir(target: Path):
-    """A temp dir next to target, renamed onto target when the block succeeds and removed when it fails."""
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
-    os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; the published dir should read like any other
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    publish_dir(tmp, target)
-
-
-def publish_dir(tmp: Path, target: Path) -> None:
-    """Rename a finished tmp dir onto target, moving an old target aside first (rename cannot overwrite a dir)."""
-    old = None
-    if target.exists():
-        old = target.parent / f".{target.name}.old-{os.getpid()}"
-        os.rename(target, old)
-    os.rename(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from runner.core import paths
 from runner.core.errors import Problem, UserError
-from runner.models.resolve import file_lock, staging_dir
+from runner.core.atomic import file_lock, staging_dir
 
 STAMP = "tiny-model.json"
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<|im_start|>", "<|im_end|>"]
@@ -27,13 +27,13 @@ SETTINGS = {"builder": 1, "vocab_size": 1500, "min_frequency": 2, "hidden_size":
 
 
 def default_dir() -> Path:
-    """Where the tiny model lives by default: <project>/models/tiny-llama (git-ignored)."""
+    """Where the tiny model lives by default: <workspace>/models/tiny-llama (git-ignored)."""
     return paths.project_root() / "models" / "tiny-llama"
 
 
 def default_corpus() -> list[Path]:
-    """The project's sample datasets, data/samples/*.jsonl, in name order."""
-    return sorted((paths.project_root() / "data" / "samples").glob("*.jsonl"))
+    """The shipped sample datasets, data/samples/*.jsonl of the library, in name order."""
+    return sorted((paths.library_root() / "data" / "samples").glob("*.jsonl"))
 
 
 def _strings(value):

@@ -9,17 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from runner.core import paths
 from runner.recipe import templates
-from runner.core.errors import Problem, UserError, did_you_mean, unknown_name
+from runner.core.errors import Problem, UserError, unknown_name
+from runner.core.validation import describe, line_of
 from runner.recipe.schema import SCHEMA_VERSION, Recipe
 from runner.core.yamlio import dump_yaml, read_yaml
 
@@ -35,10 +35,22 @@ class Loaded:
     recipe: Recipe
     path: Path
     chain: tuple[Path, ...]  # the recipe file and every file it extends, leaf first
+    # key path -> root of the layer (workspace or library) whose file set it; None for an override
+    roots: dict[str, Path | None] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def fingerprint(self) -> str:
         return fingerprint(self.recipe)
+
+    def root_of(self, key: str) -> Path | None:
+        """The layer root a relative path at `key` (e.g. data.datasets.0.source) also resolves against, after
+        the workspace: the root of the layer whose file wrote it; None for an override or a file elsewhere."""
+        parts = key.split(".")
+        while parts:
+            if ".".join(parts) in self.roots:
+                return self.roots[".".join(parts)]
+            parts.pop()
+        return None
 
 
 def fingerprint(recipe: Recipe) -> str:
@@ -55,24 +67,55 @@ def resolved_yaml(recipe: Recipe) -> str:
 # ---------------------------------------------------------------- finding recipes
 
 
-def recipe_files() -> dict[str, Path]:
-    """Every runnable recipe: recipes/**/*.yaml except _base/ and resolved/, by name (file stem)."""
+def _layer_recipes(root: Path) -> dict[str, Path]:
+    """The runnable recipes of one layer: <root>/recipes/**/*.yaml except _base/ and resolved/, by name (file
+    stem). Two files with one name are an error naming both: a name must say which file runs."""
     found: dict[str, Path] = {}
-    root = paths.recipes_dir()
-    for path in sorted(root.rglob("*.yaml")):
-        parts = path.relative_to(root).parts
+    folder = root / "recipes"
+    for path in sorted(folder.rglob("*.yaml")):
+        parts = path.relative_to(folder).parts
         if parts[0] in ("_base", "resolved"):
             continue
-        found.setdefault(path.stem, path)
+        if path.stem in found:
+            raise UserError(Problem(paths.display(path), "name", f"two recipes are named {path.stem!r}: "
+                                    f"{paths.display(found[path.stem])} and {paths.display(path)}; a recipe's name is "
+                                    "its file name and must be unique: rename one"))
+        found[path.stem] = path
+    return found
+
+
+def recipe_layers() -> list[tuple[Path, dict[str, Path]]]:
+    """(layer root, {name: path}) for the workspace, then the shipped library (when it is another folder)."""
+    return [(root, _layer_recipes(root)) for root in paths.layers()]
+
+
+def recipe_files(library: bool = True) -> dict[str, Path]:
+    """Every runnable recipe by name: the workspace's, then the library's (a workspace recipe wins a name).
+    library=False: the workspace's own only (what `validate` and `lock` cover)."""
+    found: dict[str, Path] = {}
+    for index, (_, files) in enumerate(recipe_layers()):
+        if index and not library:
+            break
+        for name, path in files.items():
+            found.setdefault(name, path)
     return found
 
 
 def base_files() -> list[Path]:
+    """The workspace's own bases, recipes/_base/**/*.yaml."""
     return sorted((paths.recipes_dir() / "_base").rglob("*.yaml"))
 
 
+def recipe_name(name_or_path: str) -> str:
+    """The recipe name a verb's argument means: a path's file stem (the schema makes the two equal), or the name."""
+    candidate = Path(name_or_path)
+    if candidate.suffix in (".yaml", ".yml") or "/" in name_or_path:
+        return candidate.stem
+    return name_or_path
+
+
 def find(name_or_path: str) -> Path:
-    """A recipe by name (recipes/**/<name>.yaml) or by path."""
+    """A recipe by name (recipes/**/<name>.yaml in the workspace, then the library) or by path."""
     candidate = Path(name_or_path)
     if candidate.suffix in (".yaml", ".yml") or candidate.exists():
         resolved = candidate if candidate.is_absolute() else Path.cwd() / candidate
@@ -98,6 +141,24 @@ def _deep_merge(base: dict, top: dict) -> dict:
     return merged
 
 
+def _parent_file(name: str, path: Path, where: str) -> Path:
+    """`extends: <relative path>`: relative to the extending file's folder; a path that does not start with
+    ./ or ../ (such as _base/method/lora.yaml) is then looked for under the workspace's recipes/ and the
+    library's recipes/, so a recipe kept anywhere can extend the shipped bases."""
+    relative = Path(name)
+    if relative.suffix not in (".yaml", ".yml"):
+        relative = relative.with_suffix(".yaml")
+    candidates = [(path.parent / relative).resolve()]
+    if not relative.is_absolute() and relative.parts[0] not in (".", ".."):
+        candidates += [(root / "recipes" / relative).resolve() for root in paths.layers()]
+    candidates = list(dict.fromkeys(candidates))
+    found = next((c for c in candidates if c.is_file()), None)
+    if found is None:
+        raise UserError(Problem(where, "extends", f"parent {name!r} not found (looked for "
+                                f"{', '.join(paths.display(c) for c in candidates)})"))
+    return found
+
+
 def _parents(data: dict, path: Path, where: str) -> list[Path]:
     extends = data.pop("extends", None)
     if extends is None:
@@ -108,12 +169,7 @@ def _parents(data: dict, path: Path, where: str) -> list[Path]:
     parents = []
     for name in names:
         if name.endswith((".yaml", ".yml")) or "/" in name:
-            parent = (path.parent / name).resolve()
-            if parent.suffix not in (".yaml", ".yml"):
-                parent = parent.with_suffix(".yaml")
-            if not parent.is_file():
-                raise UserError(Problem(where, "extends", f"parent {name!r} not found (looked for "
-                                        f"{paths.display(parent)})"))
+            parent = _parent_file(name, path, where)
         else:
             files = recipe_files()
             if name not in files:
@@ -174,67 +230,12 @@ def _apply_override(data: dict, keys: list[str], value) -> dict:
 # ---------------------------------------------------------------- validation messages
 
 
-def _annotation_at(loc: tuple) -> typing.Any:
-    """The schema type at a pydantic error location (for listing valid keys and choices)."""
-    current: typing.Any = Recipe
-    for part in loc:
-        current = _unwrap(current)
-        if isinstance(current, type) and issubclass(current, BaseModel):
-            field = current.model_fields.get(part) or next(
-                (f for f in current.model_fields.values() if f.alias == part), None)
-            if field is None:
-                return None
-            current = field.annotation
-        elif typing.get_origin(current) in (list, dict):
-            current = typing.get_args(current)[-1]
-        else:
-            return None
-    return _unwrap(current)
-
-
-def _unwrap(annotation):
-    """Strip Optional[...] and pick the model out of a union."""
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        models = [a for a in args if isinstance(a, type) and issubclass(a, BaseModel)]
-        return models[0] if models else (args[0] if len(args) == 1 else annotation)
-    return annotation
-
-
-def _keys_of(model) -> list[str]:
-    return [f.alias or name for name, f in model.model_fields.items()]
-
-
 def _describe(error: dict) -> tuple[str, str]:
-    loc = tuple(error["loc"])
-    key = ".".join(str(p) for p in loc)
-    kind = error["type"]
-    if kind == "extra_forbidden":
-        parent = _annotation_at(loc[:-1])
-        valid = _keys_of(parent) if isinstance(parent, type) and issubclass(parent, BaseModel) else []
-        hint = did_you_mean(str(loc[-1]), valid)
-        return key, f"unknown key{hint}; valid keys here: {', '.join(valid)}"
-    if kind == "missing":
-        return key, "required key is missing"
-    if kind == "literal_error":
-        allowed = [str(a) for a in typing.get_args(_annotation_at(loc)) or ()]
-        value = str(error.get("input"))
-        if allowed:
-            return key, f"{value!r} is not allowed (allowed: {', '.join(allowed)}){did_you_mean(value, allowed)}"
-    message = error["msg"].removeprefix("Value error, ")
-    if kind not in ("value_error",) and "input" in error and not isinstance(error["input"], (dict, list)):
-        message += f" (got {error['input']!r})"
-    return key, message
+    return describe(error, Recipe)
 
 
 def _line_of(key: str, origins: dict[str, tuple[str, int]], default: str) -> tuple[str, int | None]:
-    parts = key.split(".")
-    while parts:
-        found = origins.get(".".join(parts))
-        if found:
-            return found
-        parts.pop()
-    return default, None
+    return line_of(key, origins) or (default, None)
 
 
 # ---------------------------------------------------------------- the loader
@@ -276,8 +277,8 @@ def template_problems(recipe: Recipe) -> list[tuple[str, str]]:
     """Every variable the template requires must come from each dataset's field mapping."""
     try:
         template = templates.load(recipe.data.template)
-    except UserError as err:
-        return [("data.template", err.problems[0].message)]
+    except UserError as err:  # a broken template file: name that file, not only the recipe's key
+        return [("data.template", p.message if p.file == "data.template" else f"in {p}") for p in err.problems]
     problems = []
     for index, dataset in enumerate(recipe.data.datasets):
         provided = dataset.variables
@@ -322,7 +323,9 @@ def load(name_or_path: str | Path, overrides: list[str] = ()) -> Loaded:
         problems.append(Problem(file, key, message, line))
     if problems:
         raise UserError(problems)
-    return Loaded(recipe=recipe, path=path, chain=chain)
+    files = {paths.display(p): paths.layer_of(p) for p in chain}
+    roots = {key: files.get(file) for key, (file, _) in origins.items()}  # None: an override
+    return Loaded(recipe=recipe, path=path, chain=chain, roots=roots)
 
 
 def check_fragment(path: Path) -> None:
@@ -347,14 +350,14 @@ def check_fragment(path: Path) -> None:
 
 
 def validate_all() -> list[Problem]:
-    """Problems across every recipe and base file (empty when all are valid)."""
+    """Problems across every recipe and base file of the workspace (empty when all are valid)."""
     problems: list[Problem] = []
     for path in base_files():
         try:
             check_fragment(path)
         except UserError as err:
             problems += err.problems
-    for path in recipe_files().values():
+    for path in recipe_files(library=False).values():
         try:
             load(path)
         except UserError as err:

@@ -140,8 +140,10 @@ class TrainSpec(Section):
     gradient_checkpointing: bool = False
     logging_steps: int = Field(1, gt=0)
     eval_steps: int | None = Field(None, gt=0, description="validation loss every N steps")
-    save_steps: int | None = Field(None, gt=0, description="checkpoint every N steps (resume points)")
-    save_total_limit: int | None = Field(2, gt=0)
+    save_steps: int | None = Field(
+        100, gt=0, description="checkpoint every N optimizer steps: where a resumed or requeued run goes on from "
+        "(each hardware profile sets its own; null: no checkpoints, a stopped run starts over)")
+    save_total_limit: int | None = Field(2, gt=0, description="checkpoints kept (older ones are deleted); null: all")
     seed: int = 42
 
     def problems(self) -> list[tuple[str, str]]:

@@ -35,7 +35,7 @@ def expected_files() -> dict[Path, str]:
     """Every file `recipe lock` owns, with the content it should have. Invalid recipes are a UserError."""
     files = {paths.recipes_dir() / SCHEMA_FILE: json_schema()}
     problems = []
-    for name, path in loading.recipe_files().items():
+    for name, path in loading.recipe_files(library=False).items():
         try:
             files[paths.resolved_dir() / f"{name}.yaml"] = snapshot(loading.load(path))
         except UserError as err:

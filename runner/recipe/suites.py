@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from runner.core import paths
 from runner.core.errors import Problem, UserError, did_you_mean, unknown_name
+from runner.core.validation import describe, line_of
 from runner.recipe.schema import SemVer
 from runner.core.atomic import write_json_atomic
 from runner.core.yamlio import read_yaml
@@ -56,7 +57,8 @@ class JudgeSpec(Section):
 
 class SqlSpec(Section):
     database: str = Field(description="SQL dump per test row, {db} filled from the row's db column, e.g. "
-                          "data/sql-demo/{db}.sql (relative to the project)")
+                          "data/sql-demo/{db}.sql (relative to the workspace, else to the suite's own "
+                          "library)")
 
 
 class Suite(Section):
@@ -97,9 +99,17 @@ class Suite(Section):
         """Held-out generation runs for generation metrics and for the judge (it compares answers)."""
         return bool(self.generation_metrics or self.judge)
 
-    def include_dirs(self) -> list[Path]:
-        """The lm_eval_include folders as absolute paths (relative ones are under the project)."""
-        return [paths.resolve_local(d) for d in self.lm_eval_include]
+    def include_dirs(self, root: Path | None = None) -> list[Path]:
+        """The lm_eval_include folders as absolute paths: a relative one is under the workspace, else under
+        `root`, the root of the layer the suite file came from (by default the file its name finds)."""
+        root = root_of(self) if root is None else root
+        return [paths.resolve_local(d, root) for d in self.lm_eval_include]
+
+    def database(self, root: Path | None = None) -> str | None:
+        """sql.database as an absolute pattern ({db} kept), resolved like include_dirs."""
+        if self.sql is None:
+            return None
+        return paths.resolve_pattern(self.sql.database, root_of(self) if root is None else root)
 
 
 # ---------------------------------------------------------------- lm-eval's task index
@@ -153,62 +163,42 @@ def task_names(include: list[Path] = ()) -> frozenset[str]:
 
 
 def available() -> list[str]:
-    """Suite names in eval_suites/."""
-    return sorted(p.stem for p in paths.eval_suites_dir().glob("*.yaml"))
+    """Suite names in the workspace's eval_suites/ and the library's."""
+    return sorted(paths.glob_layers("eval_suites", "*.yaml"))
 
 
-def _model_at(loc: tuple) -> type[BaseModel] | None:
-    current: typing.Any = Suite
-    for part in loc:
-        field = current.model_fields.get(part) if isinstance(part, str) else None
-        if field is None:
-            return None
-        args = [a for a in typing.get_args(field.annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
-        current = args[0] if args else field.annotation
-        if not (isinstance(current, type) and issubclass(current, BaseModel)):
-            return None
-    return current
+def path_of(name: str) -> Path | None:
+    """eval_suites/<name>.yaml: the workspace's own, else the shipped library's; None when neither has it."""
+    return paths.find_in_layers("eval_suites", f"{name}.yaml")
+
+
+def root_of(suite: Suite) -> Path | None:
+    """The layer root (workspace or library) of the file the suite's name finds: relative paths written in
+    the suite also resolve against it."""
+    path = path_of(suite.name)
+    return paths.layer_of(path) if path is not None else None
 
 
 def _describe(error: dict) -> tuple[str, str]:
-    loc = tuple(error["loc"])
-    key = ".".join(str(p) for p in loc)
-    if error["type"] == "extra_forbidden":
-        parent = _model_at(loc[:-1])
-        valid = list(parent.model_fields) if parent else []
-        return key, f"unknown key{did_you_mean(str(loc[-1]), valid)}; valid keys here: {', '.join(valid)}"
-    if error["type"] == "missing":
-        return key, "required key is missing"
-    if error["type"] == "literal_error" and loc[:1] == ("metrics",):
-        value = str(error.get("input"))
-        return key, f"unknown metric {value!r}{did_you_mean(value, METRICS)}; available: {', '.join(METRICS)}"
-    message = error["msg"].removeprefix("Value error, ")
-    if "input" in error and not isinstance(error["input"], (dict, list)) and error["type"] != "value_error":
-        message += f" (got {error['input']!r})"
-    return key, message
+    return describe(error, Suite, choices_name="metric" if tuple(error["loc"])[:1] == ("metrics",) else "")
 
 
 def _line(key: str, lines: dict[str, int]) -> int | None:
-    parts = key.split(".")
-    while parts:
-        if ".".join(parts) in lines:
-            return lines[".".join(parts)]
-        parts.pop()
-    return None
+    return line_of(key, lines)
 
 
-def _task_problems(suite: Suite, where: str, lines: dict[str, int]) -> list[Problem]:
+def _task_problems(suite: Suite, where: str, lines: dict[str, int], root: Path | None = None) -> list[Problem]:
     if not suite.lm_eval_tasks:
         return []
     problems = []
-    missing = [d for d in suite.lm_eval_include if not paths.resolve_local(d).is_dir()]
+    missing = [d for d in suite.lm_eval_include if not paths.resolve_local(d, root).is_dir()]
     for index, folder in enumerate(suite.lm_eval_include):
         if folder in missing:
             problems.append(Problem(where, f"lm_eval_include.{index}", f"folder {folder!r} does not exist",
                                     _line("lm_eval_include", lines)))
     if problems:
         return problems
-    known = task_names(suite.include_dirs())
+    known = task_names(suite.include_dirs(root))
     for index, name in enumerate(suite.lm_eval_tasks):
         if name not in known:
             problems.append(Problem(where, f"lm_eval_tasks.{index}", f"unknown lm-eval task {name!r}"
@@ -239,7 +229,7 @@ def load_file(path: Path) -> Suite:
             key, message = _describe(error)
             problems.append(Problem(where, key, message, _line(key, lines)))
         raise UserError(problems) from None
-    problems += _task_problems(suite, where, lines)
+    problems += _task_problems(suite, where, lines, paths.layer_of(path))
     if problems:
         raise UserError(problems)
     return suite
@@ -247,8 +237,8 @@ def load_file(path: Path) -> Suite:
 
 def load(name: str, key: str = "", where: str | None = None) -> Suite:
     """The suite eval_suites/<name>.yaml; an unknown name is reported at where/key (e.g. a recipe's eval.suite)."""
-    path = paths.eval_suites_dir() / f"{name}.yaml"
-    if not path.is_file():
+    path = path_of(name)
+    if path is None or not path.is_file():
         raise UserError(Problem(where or paths.display(paths.eval_suites_dir()), key,
                                 unknown_name("eval suite", name, available())))
     return load_file(path)
@@ -262,13 +252,13 @@ def for_recipe(recipe, where: str = "recipe") -> Suite:
 def recipe_problems(recipe) -> list[tuple[str, str]]:
     """Cross-check for recipe validation: eval.suite must name an existing suite; (key, message) pairs."""
     name = recipe.eval.suite
-    if name is None or (paths.eval_suites_dir() / f"{name}.yaml").is_file():
+    if name is None or path_of(name) is not None:
         return []
     return [("eval.suite", unknown_name("eval suite", name, available()))]
 
 
 def validate_all() -> list[Problem]:
-    """Problems across every suite in eval_suites/ (empty when all are valid)."""
+    """Problems across every suite in the workspace's eval_suites/ (empty when all are valid)."""
     problems: list[Problem] = []
     for path in sorted(paths.eval_suites_dir().glob("*.yaml")):
         try:

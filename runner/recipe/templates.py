@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
+from pathlib import Path
 
 import jinja2
 import yaml
@@ -84,8 +85,13 @@ ENV = _environment()
 
 
 def available() -> list[str]:
-    """Template names in templates/, plus `tokenizer`."""
-    return sorted([p.stem for p in paths.templates_dir().glob("*.jinja")] + [TOKENIZER_TEMPLATE])
+    """Template names in the workspace's templates/ and the library's, plus `tokenizer`."""
+    return sorted([*paths.glob_layers("templates", "*.jinja"), TOKENIZER_TEMPLATE])
+
+
+def path_of(name: str) -> Path | None:
+    """templates/<name>.jinja: the workspace's own, else the shipped library's; None when neither has it."""
+    return paths.find_in_layers("templates", f"{name}.jinja")
 
 
 class TemplateHeader(BaseModel):
@@ -121,8 +127,8 @@ def load(name: str) -> Template:
     if name == TOKENIZER_TEMPLATE:
         return Template(name=name, source="", description="the base model's own chat template",
                         requires=frozenset({"messages"}), optional=frozenset({"system"}))
-    path = paths.templates_dir() / f"{name}.jinja"
-    if not path.is_file():
+    path = path_of(name)
+    if path is None or not path.is_file():
         raise UserError(Problem("data.template", "", unknown_name("template", name, available())))
     where = paths.display(path)
     source = path.read_text(encoding="utf-8")
@@ -136,8 +142,41 @@ def load(name: str) -> Template:
     if undeclared:
         raise UserError(Problem(where, "", f"uses {sorted(undeclared)} but its header declares neither; add them "
                                 "to requires or optional"))
-    return Template(name=name, source=source, description=header.description, requires=requires,
-                    optional=optional, special_tokens=tuple(header.special_tokens), stop=tuple(header.stop))
+    template = Template(name=name, source=source, description=header.description, requires=requires,
+                        optional=optional, special_tokens=tuple(header.special_tokens), stop=tuple(header.stop))
+    _check_labels(template, where)
+    return template
+
+
+LABEL_FIX = ("wrap the part the model learns (the answer, with its end marker) in "
+             "{% filter labeled %}...{% endfilter %}, e.g. {% filter labeled %}{{ output }}{{ eos_token }}{% endfilter %}")
+
+
+def _placeholder(name: str):
+    """A stand-in value for a template variable when a template is checked without data."""
+    if name == "messages":
+        return [{"role": "user", "content": "<user turn>"}, {"role": "assistant", "content": "<assistant turn>"}]
+    return f"<{name}>"
+
+
+def _check_labels(template: Template, where: str) -> None:
+    """Render the template once with placeholder values (optional variables set, then left out): a template
+    whose rendering has no labeled part would train on nothing. A render that fails here is left to the real
+    data, which may be shaped in ways a placeholder is not."""
+    filled = {name: _placeholder(name) for name in template.variables}
+    bare = {name: _placeholder(name) for name in template.requires}
+    tokens = TokenizerTokens(bos_token="<s>", eos_token="</s>")
+    left_out = f"with the optional variables {sorted(template.optional)} left out"
+    for example, how in ((filled, "with every variable set"), (bare, left_out)):
+        try:
+            segments = render(template, example, tokens)
+        except UserError:
+            return
+        if not any(s.label for s in segments):
+            raise UserError(Problem(where, "", f"template {template.name!r} renders {how} with no labeled part, so "
+                                    f"a recipe using it would train on nothing; {LABEL_FIX}"))
+        if not template.optional:
+            return
 
 
 def _split(rendered: str) -> list[Segment]:
@@ -184,6 +223,12 @@ def _chat_template_segments(example: dict, tokens: TokenizerTokens) -> list[Segm
 def _compiled(source: str) -> jinja2.Template:
     """Jinja compiles a template once; rendering it per row is then cheap."""
     return ENV.from_string(source)
+
+
+def file_of(template: Template) -> str:
+    """The template's file as messages name it."""
+    path = path_of(template.name)
+    return paths.display(path) if path else f"templates/{template.name}.jinja"
 
 
 def render(template: Template, example: dict, tokens: TokenizerTokens) -> list[Segment]:

@@ -1,11 +1,11 @@
 """Run directories: runs/<recipe>/<run-id>/ with manifest.json, and runs/<recipe>/latest pointing at the newest.
 
 Layout of a run (each stage writes its own files; later stages read them, never the raw recipe YAML):
-  manifest.json          resolved recipe, fingerprint, versions, data fingerprints, seeds, hardware,
-                         timings, status (planned|prepared|training|trained|evaluated|failed) and error
+  manifest.json          runner.runs.manifest.Manifest: recipe, fingerprint, versions, data info, seeds,
+                         hardware, timings, status (planned|training|submitted|trained|evaluated|failed), error
   recipe.resolved.yaml   the recipe as validated
   data/                  train/val/test.jsonl (axolotl input_output segments; test rows also carry
-                         prompt/reference) and data.json (counts, stats)
+                         prompt/reference) and data.json (runner.data.info.DataInfo)
   axolotl.yaml, launch.sh, deepspeed.json, accelerate.yaml
   logs/train.log, metrics.jsonl, ranks/rank-N.jsonl
   model/                 adapter or full model (checkpoint-N/ inside while training)
@@ -14,7 +14,6 @@ Layout of a run (each stage writes its own files; later stages read them, never 
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass
@@ -22,9 +21,13 @@ from pathlib import Path
 
 from runner.core import paths
 from runner.core.errors import Problem, UserError, unknown_name
-from runner.core.atomic import write_json_atomic
+from pydantic import BaseModel
+
+from runner.recipe.schema import Recipe
+from runner.runs.manifest import Manifest
 
 MANIFEST = "manifest.json"
+RESOLVED = "recipe.resolved.yaml"
 LATEST = "latest"
 
 
@@ -40,21 +43,62 @@ class RunDir:
     def run_id(self) -> str:
         return self.path.name
 
-    def manifest(self) -> dict:
-        try:
-            return json.loads(self.manifest_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise UserError(Problem(paths.display(self.path), "", "not a run directory (no manifest.json)")) from None
+    def manifest(self) -> Manifest:
+        if not self.manifest_path.is_file():
+            raise UserError(Problem(paths.display(self.path), "", "not a run directory (no manifest.json)"))
+        return Manifest.read(self.manifest_path)
 
-    def update(self, **fields) -> dict:
-        """Merge fields into the manifest and rewrite it atomically."""
-        manifest = self.manifest() if self.manifest_path.exists() else {}
-        manifest.update(fields)
-        write_json_atomic(self.manifest_path, manifest)
+    def update(self, **fields) -> Manifest:
+        """Set manifest fields (models or plain values), validate the whole and rewrite it atomically."""
+        data = self.manifest().to_json()
+        for key, value in fields.items():
+            data[key] = value.model_dump(mode="json", by_alias=True) if isinstance(value, BaseModel) else value
+        manifest = Manifest.from_data(data, paths.display(self.manifest_path))
+        manifest.write(self.manifest_path)
         return manifest
+
+    def trained(self) -> Manifest:
+        """The manifest of a run that has a trained model (and its base), or a UserError saying what to do."""
+        manifest = self.manifest()
+        model = self.file(manifest.model_dir)
+        marker = "adapter_config.json" if manifest.adapter else "config.json"
+        if not (model / marker).is_file():
+            raise UserError(Problem(paths.display(self.path), "model", f"no trained model in {paths.display(model)} "
+                                    f"(status: {manifest.status.value}); train it first: recipe train "
+                                    f"{manifest.recipe}"))
+        base = manifest.base_model_dir
+        if Path(base).is_absolute() and not Path(base).is_dir():
+            raise UserError(Problem(paths.display(self.manifest_path), "base_model_dir", f"base model {base!r} not "
+                                    "found; rebuild it (e.g. `recipe tiny-model`) or train the run again"))
+        return manifest
+
+    def recipe(self) -> Recipe:
+        """The recipe this run was planned with (its recipe.resolved.yaml), not the recipe file as it is now."""
+        from pydantic import ValidationError
+
+        from runner.core.validation import describe
+        from runner.core.yamlio import read_yaml
+
+        path, where = self.file(RESOLVED), paths.display(self.file(RESOLVED))
+        if not path.is_file():
+            raise UserError(Problem(paths.display(self.path), RESOLVED, "missing; this run's recipe is unknown; "
+                                    "train it again"))
+        try:
+            return Recipe.model_validate(read_yaml(path, where)[0])
+        except ValidationError as err:  # written by an older recipe-runner whose language differed
+            raise UserError([Problem(where, *describe(e, Recipe)) for e in err.errors()]) from None
 
     def file(self, *parts: str) -> Path:
         return self.path.joinpath(*parts)
+
+
+def recipe_for_eval(run: RunDir, current: Recipe) -> tuple[Recipe, list[str]]:
+    """The run's own recipe with the current file's `eval` section, and the top-level sections (other than eval)
+    in which the current recipe differs from the run's."""
+    trained = run.recipe()
+    now, then = current.model_dump(mode="json", by_alias=True), trained.model_dump(mode="json", by_alias=True)
+    changed = [key for key in now if key != "eval" and now[key] != then.get(key)]
+    return trained.model_copy(update={"eval": current.eval}), changed
 
 
 def recipe_runs(recipe: str) -> Path:

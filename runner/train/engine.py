@@ -211,11 +211,13 @@ def launch_script(recipe: Recipe, target: str) -> str:
 
 def _slurm_script(recipe: Recipe, header: list[str]) -> str:
     hardware = recipe.hardware
+    requeue = (f"resume from the last checkpoint (one every {recipe.train.save_steps} steps)" if recipe.train.save_steps
+               else "start over (train.save_steps is null: no checkpoints)")
     sbatch = [f"#SBATCH --job-name={recipe.name}",
               f"#SBATCH --nodes={hardware.nodes}",
               "#SBATCH --ntasks-per-node=1  # one torchrun per node; it starts the per-GPU processes",
               "#SBATCH --output=logs/slurm-%j.out",
-              "#SBATCH --requeue  # preempted jobs come back and resume from the last checkpoint",
+              f"#SBATCH --requeue  # preempted or requeued jobs come back and {requeue}",
               "#SBATCH --open-mode=append"]
     if hardware.device == "cuda":
         sbatch.append(f"#SBATCH --gpus-per-node={hardware.gpus}")

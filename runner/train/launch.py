@@ -1,13 +1,11 @@
-"""The plan and train stages: write a run directory's engine files, then launch axolotl and watch it.
+"""The train stage: prepare (cached) + plan + `bash launch.sh` (or sbatch), streaming the trainer's log into
+logs/train.log and recording the outcome in the manifest.
 
-plan:  recipe -> run dir with recipe.resolved.yaml, axolotl.yaml, deepspeed.json, accelerate.yaml, launch.sh
-train: prepare (cached) + plan + `bash launch.sh`, streaming the log, recording the outcome in the manifest.
 A process that dies leaves status `failed` with the log tail; a resumed run relaunches the same files
 and axolotl continues from the newest checkpoint.
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -17,83 +15,16 @@ import time
 from collections import deque
 from pathlib import Path
 
-from runner.recipe import loading
-from runner.models import resolve
 from runner.core import paths
-from runner.train import engine
-from runner.data import prepare
-from runner.train import provenance
-from runner.runs import rundir
 from runner.core.errors import NO_SPACE, Problem, RunFailed, UserError, storage_error
+from runner.data import prepare
+from runner.data.prepare import Prepared
 from runner.recipe.loading import Loaded
-from runner.core.atomic import write_text_atomic
-from runner.core.yamlio import dump_yaml
+from runner.runs import rundir
+from runner.runs.manifest import RunError, Status
+from runner.train import plan, summary
 
 LOG_TAIL_LINES = 40
-
-
-def base_model_for(loaded: Loaded) -> str:
-    """What axolotl loads: hub ids stay hub ids (resolved on the cluster); local files become local dirs."""
-    spec = loaded.recipe.model
-    local = spec.base.startswith(resolve.PKG) or paths.resolve_local(spec.base).exists() or spec.base.endswith(".gguf")
-    return str(resolve.resolve_base(spec, paths.display(loaded.path))) if local else spec.base
-
-
-def engine_files(loaded: Loaded, target: str, base_model: str, has_val: bool) -> dict[str, str]:
-    recipe = loaded.recipe
-    files = {"recipe.resolved.yaml": loading.resolved_yaml(recipe),
-             "axolotl.yaml": dump_yaml(engine.axolotl_config(recipe, base_model, has_val=has_val)),
-             "launch.sh": engine.launch_script(recipe, target)}
-    deepspeed = engine.deepspeed_config(recipe)
-    if deepspeed:
-        files["deepspeed.json"] = json.dumps(deepspeed, indent=2, sort_keys=True) + "\n"
-    if target == "accelerate":
-        files["accelerate.yaml"] = dump_yaml(engine.accelerate_config(recipe))
-    return files
-
-
-def _write_plan(run: rundir.RunDir, loaded: Loaded, target: str, base_model: str, has_val: bool) -> None:
-    for name, text in engine_files(loaded, target, base_model, has_val).items():
-        write_text_atomic(run.file(name), text)
-    run.file("launch.sh").chmod(0o755)
-    run.file("logs").mkdir(exist_ok=True)  # sbatch opens --output=logs/slurm-%j.out before the script runs
-
-
-def _link_data(run: rundir.RunDir, prepared: prepare.Prepared) -> None:
-    """Hard-link the cached prepared files into run/data (copy across file systems)."""
-    target = run.file("data")
-    target.mkdir(exist_ok=True)
-    for name in (*[f"{s}.jsonl" for s in prepare.SPLITS], prepare.DONE):
-        destination = target / name
-        destination.unlink(missing_ok=True)
-        try:
-            os.link(prepared.dir / name, destination)
-        except OSError:
-            shutil.copy2(prepared.dir / name, destination)
-
-
-def _manifest_base(loaded: Loaded, run: rundir.RunDir, target: str, base_model: str) -> dict:
-    recipe = loaded.recipe
-    return {"run_id": run.run_id, "recipe": recipe.name, "recipe_version": recipe.version,
-            "fingerprint": loaded.fingerprint, "recipe_file": paths.display(loaded.path),
-            "extends": [paths.display(p) for p in loaded.chain[1:]], "target": target,
-            "base_model": recipe.model.base, "base_model_dir": base_model, "model_dir": "model",
-            "adapter": recipe.method.adapter is not None, "git_commit": provenance.git_commit(),
-            "packages": provenance.package_versions(), "hardware": provenance.hardware(recipe),
-            "seeds": {"train": recipe.train.seed, "split": recipe.data.split.seed},
-            "batch": {"micro": recipe.train.micro_batch_size, "accumulation": recipe.gradient_accumulation,
-                      "world_size": recipe.hardware.world_size, "global": recipe.global_batch,
-                      "packing": recipe.data.packing},
-            "command": engine.launch_command(target, paths.display(run.path)), "error": None, "timings": {}}
-
-
-def plan_run(loaded: Loaded, target: str = "local") -> rundir.RunDir:
-    """Write a run directory with every engine file; run nothing. Data is prepared by `train`."""
-    base_model = base_model_for(loaded)
-    run = rundir.create(loaded.recipe.name, loaded.fingerprint)
-    _write_plan(run, loaded, target, base_model, has_val=True)
-    run.update(**_manifest_base(loaded, run, target, base_model), status="planned")
-    return run  # `latest` keeps pointing at the newest trained run, which eval and report default to
 
 
 class Stopped(KeyboardInterrupt):
@@ -155,15 +86,6 @@ def _close_quietly(handle) -> None:
             pass
 
 
-def _record(run: rundir.RunDir, **fields) -> str:
-    """Record a failure in the manifest; when even that cannot be written (a full disk), say so instead."""
-    try:
-        run.update(**fields)
-        return ""
-    except UserError as err:
-        return f" (not recorded in manifest.json: {err.problems[0].message.split(';')[0]})"
-
-
 def launch_env() -> dict:
     """The trainer's environment: this venv first on PATH, telemetry off, unbuffered output."""
     env = dict(os.environ)
@@ -171,53 +93,6 @@ def launch_env() -> dict:
     env |= {"AXOLOTL_DO_NOT_TRACK": "1", "DO_NOT_TRACK": "1", "PYTHONUNBUFFERED": "1"}
     env.setdefault("WANDB_MODE", "disabled")
     return env
-
-
-def _padding_waste(manifest: dict, steps: int, tokens_seen: int) -> float | None:
-    """Share of the tokens the trainer processed that were padding (estimated, not packed runs):
-    1 - (rows consumed x mean real tokens per row) / tokens seen, where rows consumed = steps x global batch."""
-    mean = manifest.get("data", {}).get("stats", {}).get("train", {}).get("tokens_per_row", {}).get("mean")
-    batch = manifest.get("batch", {}).get("global")
-    if manifest.get("batch", {}).get("packing") or not (mean and batch and tokens_seen):  # a packed row holds many
-        return None
-    return round(max(0.0, 1 - steps * batch * mean / tokens_seen), 4)
-
-
-def _records(path: Path) -> list[dict]:
-    """The JSON lines of a metrics file; a line cut off mid-write (a killed trainer, a full disk) is skipped."""
-    records = []
-    for line in path.read_text(encoding="utf-8", errors="replace").split("\n"):
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue
-    return [r for r in records if isinstance(r, dict)]
-
-
-def summarize_metrics(run: rundir.RunDir) -> dict:
-    """Steps, tokens, throughput and final losses from metrics.jsonl."""
-    path = run.file("metrics.jsonl")
-    if not path.is_file():
-        return {}
-    records = _records(path)
-    losses = [r for r in records if "loss" in r]
-    evals = [r for r in records if "eval_loss" in r]
-    tokens = max((r.get("tokens_seen", 0) for r in records), default=0)
-    elapsed = max((r.get("elapsed_s", 0) for r in records), default=0)
-    ranks = {}
-    for rank_file in sorted(run.file("ranks").glob("rank-*.jsonl")):
-        lines = _records(rank_file)
-        engine_file = rank_file.with_suffix(".engine.json")
-        if lines:
-            ranks[rank_file.stem] = {"steps": len(lines), "last_step": lines[-1]["step"],
-                                     "world_size": lines[-1]["world_size"],
-                                     "engine": json.loads(engine_file.read_text()) if engine_file.exists() else None}
-    steps = max((r["step"] for r in records), default=0)
-    return {"steps": steps, "tokens": tokens, "ranks": ranks,
-            "padding_waste": _padding_waste(run.manifest(), steps, tokens),
-            "tokens_per_s": round(tokens / elapsed, 2) if elapsed else None,
-            "first_loss": losses[0]["loss"] if losses else None, "final_loss": losses[-1]["loss"] if losses else None,
-            "final_eval_loss": evals[-1]["eval_loss"] if evals else None, "logged_steps": len(losses)}
 
 
 def _via_slurm(run: rundir.RunDir, env: dict, detach: bool) -> tuple[int | None, list[str]]:
@@ -235,62 +110,80 @@ def _via_slurm(run: rundir.RunDir, env: dict, detach: bool) -> tuple[int | None,
     return (0 if state == "COMPLETED" else (code or 1)), tail
 
 
+def _new_run(loaded: Loaded, target: str, prepared: Prepared) -> rundir.RunDir:
+    base_model = plan.base_model_for(loaded)
+    run = rundir.create(loaded.recipe.name, loaded.fingerprint)
+    try:
+        plan.link_data(run, prepared)
+        plan.write_plan(run, loaded, target, base_model, has_val=prepared.info.counts["val"] > 0)
+        plan.new_manifest(loaded, run, target, base_model, Status.TRAINING, data=prepared.info).write(run.manifest_path)
+    except BaseException:  # a half-made run (a full disk) is removed, never left for `latest` or --resume
+        shutil.rmtree(run.path, ignore_errors=True)
+        raise
+    rundir.point_latest(run)
+    return run
+
+
+def _resumed_run(loaded: Loaded, resume: str | None) -> rundir.RunDir:
+    run = rundir.find(loaded.recipe.name, resume or None)
+    previous = run.manifest()
+    if previous.fingerprint != loaded.fingerprint:
+        raise UserError(Problem(paths.display(run.path), "fingerprint", "this run was made from a different "
+                                f"resolved recipe ({previous.fingerprint[:12]} vs {loaded.fingerprint[:12]} now); "
+                                "resume with the same recipe and overrides, or start a new run"))
+    print(f"resuming {paths.display(run.path)} from its newest checkpoint ({previous.target})", file=sys.stderr)
+    return run
+
+
+def _failed(run: rundir.RunDir, code: int, tail: list[str], timings: dict) -> RunFailed:
+    message = f"the training process exited with code {code}"
+    if any(NO_SPACE in line for line in tail):
+        message += (f" because the disk holding {paths.display(run.path)} is full; free space there (or set "
+                    f"RECIPE_RUNS_DIR to a disk with room), then `recipe train {run.path.parent.name} --resume` goes "
+                    "on from the newest complete checkpoint (from the start if none was saved)")
+    unrecorded = ""
+    try:
+        manifest = run.manifest()
+        run.update(status=Status.FAILED, timings=timings, train=summary.summarize(run, manifest),
+                   error=RunError(stage="train", message=message, log_tail=tail))
+    except UserError as err:  # even the manifest cannot be written (a full disk): say so instead
+        unrecorded = f" (not recorded in manifest.json: {err.problems[0].message.split(';')[0]})"
+    return RunFailed(f"{message}; see {paths.display(run.file('logs', 'train.log'))}{unrecorded}. Last lines:"
+                     "\n  " + "\n  ".join(tail[-12:]))
+
+
 def train(loaded: Loaded, target: str = "local", resume: str | None | bool = False,
           detach: bool = False) -> rundir.RunDir:
     """Prepare, plan and launch a training run (or relaunch an earlier one); returns its run directory.
 
-    target slurm submits the run with sbatch and waits for the job (or returns at once when detach)."""
+    target slurm submits the run with sbatch and waits for the job (or returns at once when detach).
+    A resumed run keeps the target its launch.sh was written for."""
     recipe = loaded.recipe
     started = time.monotonic()
     prepared = prepare.prepare(loaded)
     prepare_s = round(time.monotonic() - started, 2)
-    if resume is not False:
-        run = rundir.find(recipe.name, resume or None)
-        previous = run.manifest()
-        if previous.get("fingerprint") != loaded.fingerprint:
-            raise UserError(Problem(paths.display(run.path), "fingerprint", "this run was made from a different "
-                                    f"resolved recipe ({previous.get('fingerprint', '?')[:12]} vs "
-                                    f"{loaded.fingerprint[:12]} now); resume with the same recipe and overrides, "
-                                    "or start a new run"))
-        target = previous.get("target", target)  # its launch.sh was written for that target and is reused
-        print(f"resuming {paths.display(run.path)} from its newest checkpoint ({target})", file=sys.stderr)
-    else:
-        base_model = base_model_for(loaded)
-        run = rundir.create(recipe.name, loaded.fingerprint)
-        try:
-            _link_data(run, prepared)
-            _write_plan(run, loaded, target, base_model, has_val=prepared.info["counts"]["val"] > 0)
-            run.update(**_manifest_base(loaded, run, target, base_model),
-                       data={k: prepared.info[k] for k in ("key", "counts", "fingerprints", "duplicates_removed",
-                                                            "stats", "rows_by_source", "sources")},
-                       stop=prepared.info["stop"])
-        except BaseException:  # a half-made run (a full disk) is removed, never left for `latest` or --resume
-            shutil.rmtree(run.path, ignore_errors=True)
-            raise
-        rundir.point_latest(run)
-    timings = run.manifest().get("timings", {}) | {"prepare_s": prepare_s}
-    run.update(status="training", error=None, timings=timings)
+    run = _resumed_run(loaded, resume) if resume is not False else _new_run(loaded, target, prepared)
+    manifest = run.manifest()
+    target = manifest.target
+    timings = manifest.timings | {"prepare_s": prepare_s}
+    run.update(status=Status.TRAINING, error=None, timings=timings)
     print(f"training {recipe.name} in {paths.display(run.path)} (log: logs/train.log)", file=sys.stderr)
     launched = time.monotonic()
     try:
         code, tail = _via_slurm(run, launch_env(), detach) if target == "slurm" else _stream(run, launch_env())
         if code is None:
-            run.update(status="submitted")
+            run.update(status=Status.SUBMITTED)
             return run
     except KeyboardInterrupt as stop:
-        run.update(status="failed", error={"stage": "train", "message": "stopped" if isinstance(stop, Stopped)
-                                           else "interrupted", "log_tail": []})
+        run.update(status=Status.FAILED, error=RunError(
+            stage="train", message="stopped" if isinstance(stop, Stopped) else "interrupted"))
         raise
     timings["train_s"] = round(time.monotonic() - launched, 2)
     if code != 0:
-        message = f"the training process exited with code {code}"
-        if any(NO_SPACE in line for line in tail):
-            message += (f" because the disk holding {paths.display(run.path)} is full; free space there (or set "
-                        f"RECIPE_RUNS_DIR to a disk with room), then `recipe train {recipe.name} --resume` goes on "
-                        "from the newest complete checkpoint (from the start if none was saved)")
-        unrecorded = _record(run, status="failed", timings=timings, train=summarize_metrics(run),
-                             error={"stage": "train", "message": message, "log_tail": tail})
-        raise RunFailed(f"{message}; see {paths.display(run.file('logs', 'train.log'))}{unrecorded}. Last lines:"
-                        "\n  " + "\n  ".join(tail[-12:]))
-    run.update(status="trained", timings=timings, train=summarize_metrics(run))
+        raise _failed(run, code, tail, timings)
+    run.update(status=Status.TRAINED, timings=timings, train=summary.summarize(run, run.manifest()))
+    if recipe.publish.merge_adapter and recipe.method.adapter is not None:
+        from runner.train.merge import merge
+
+        merge(run)
     return run

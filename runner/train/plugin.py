@@ -50,6 +50,11 @@ class MetricsCallback(TrainerCallback):
         plugin = AcceleratorState().deepspeed_plugin if AcceleratorState._shared_state else None
         if plugin is not None:
             engine["zero_stage"] = plugin.zero_stage
+        model = kwargs.get("model")
+        if model is not None:  # for FLOPs per token; ZeRO-3 keeps each parameter's full size in ds_numel
+            sizes = [(getattr(p, "ds_numel", None) or p.numel(), p.requires_grad) for p in model.parameters()]
+            engine["params_total"] = sum(n for n, _ in sizes)
+            engine["params_trainable"] = sum(n for n, trainable in sizes if trainable)
         self.rank_path.parent.mkdir(parents=True, exist_ok=True)
         self.rank_path.with_suffix(".engine.json").write_text(json.dumps(engine, sort_keys=True) + "\n")
 

@@ -8,6 +8,7 @@ from importlib import metadata
 
 from runner.core import paths
 from runner.recipe.schema import Recipe
+from runner.runs.manifest import Hardware
 
 PACKAGES = ("recipe-runner", "torch", "transformers", "axolotl", "peft", "trl", "accelerate", "datasets",
             "lm_eval", "deepspeed", "bitsandbytes", "tokenizers", "flash-attn")
@@ -36,7 +37,7 @@ def package_versions() -> dict[str, str]:
     return versions
 
 
-def hardware(recipe: Recipe) -> dict:
+def hardware(recipe: Recipe) -> Hardware:
     """The recipe's hardware profile beside what this machine actually has."""
     hw = recipe.hardware
     found = {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
@@ -45,5 +46,5 @@ def hardware(recipe: Recipe) -> dict:
 
         if torch.cuda.is_available():
             found["gpus_found"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    return {"profile": hw.profile, "device": hw.device, "gpu_model": hw.gpu_model, "gpus": hw.gpus,
-            "nodes": hw.nodes, "world_size": hw.world_size, "deepspeed": hw.deepspeed, **found}
+    return Hardware(profile=hw.profile, device=hw.device, gpu_model=hw.gpu_model, gpus=hw.gpus, nodes=hw.nodes,
+                    world_size=hw.world_size, deepspeed=hw.deepspeed, **found)

@@ -1,0 +1,1 @@
+"""recipe-runner benchmarks: `python bench/run.py` (see bench/README.md). One module per figure."""

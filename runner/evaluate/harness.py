@@ -1,0 +1,151 @@
+"""lm-evaluation-harness calls for one run: model arguments, task manager, one loaded model per side, and the
+per-item rows lm-eval logs, written as eval/results-<model>.json and eval/samples-<model>-<task>.jsonl.
+
+Held-out prompts are tokenized exactly as rendered (add_bos_token=False: templates write BOS themselves);
+standard tasks run with lm-eval's defaults on the same loaded model. Seeds are fixed.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+from runner.core import jsonl
+from runner.core.atomic import write_json_atomic
+from runner.evaluate.summary import GENERATE_TASK, PERPLEXITY_TASK, SEED
+from runner.recipe.suites import Suite, include_task_names
+from runner.runs.manifest import Manifest
+
+_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def _say(message: str) -> None:
+    print(f"eval: {message}", file=sys.stderr, flush=True)
+
+
+def model_args(run, manifest: Manifest, which: str, recipe, dtype: str) -> dict:
+    """lm-eval `hf` model arguments for the base or the fine-tuned model."""
+    args = {"pretrained": manifest.base_model_dir, "dtype": dtype,
+            "trust_remote_code": recipe.model.trust_remote_code}
+    if which == "finetuned":
+        model = run.file(manifest.model_dir)
+        if manifest.adapter:
+            args["peft"] = str(model)
+        else:
+            args["pretrained"] = str(model)
+            if not (model / "tokenizer_config.json").is_file():
+                args["tokenizer"] = manifest.base_model_dir
+    return args
+
+
+def device_and_dtype(recipe) -> tuple[str, str]:
+    import torch
+
+    if recipe.hardware.device == "cuda" and torch.cuda.is_available():
+        return "cuda", _DTYPES[recipe.hardware.precision]
+    return "cpu", "float32"
+
+
+def _plain(value):
+    """JSON-safe copy: lm-eval's objects become strings, non-finite floats None."""
+    from lm_eval.utils import handle_non_serializable
+
+    def clean(obj):
+        if isinstance(obj, float):
+            return obj if math.isfinite(obj) else None
+        if isinstance(obj, dict):
+            return {str(k): clean(v) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [clean(v) for v in obj]
+        return obj
+
+    return clean(json.loads(json.dumps(value, default=handle_non_serializable)))
+
+
+def standard_tasks(suite: Suite, manager) -> tuple[list[str], dict[str, str]]:
+    """Split the suite's lm-eval tasks into those whose data loads here and those skipped, with reasons."""
+    runnable, skipped = [], {}
+    for name in suite.lm_eval_tasks:
+        try:
+            manager.load_task_or_group([name])  # builds the task: loads its dataset
+            runnable.append(name)
+        except Exception as err:  # noqa: BLE001 - a task that cannot be built here is skipped, never a zero
+            detail = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+            if isinstance(err, (ConnectionError, OSError)) or type(err).__module__.startswith("datasets"):
+                offline = os.environ.get("HF_DATASETS_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+                skipped[name] = f"its dataset could not be loaded{' (offline)' if offline else ''}: {detail}"
+            else:
+                skipped[name] = f"could not be built ({type(err).__name__}): {detail}"
+            _say(f"skipping {name}: {skipped[name]}")
+    return runnable, skipped
+
+
+def task_manager(heldout_dir: Path | None, suite: Suite):
+    from lm_eval.tasks import TaskManager
+
+    extra = [str(d) for d in suite.include_dirs()]
+    custom = include_task_names(tuple(extra))
+    include = [str(heldout_dir)] * (heldout_dir is not None) + extra
+    needs_builtin = any(name not in custom for name in suite.lm_eval_tasks)
+    if needs_builtin:
+        _say("indexing lm-eval's tasks (about 10 s)")
+    return TaskManager(include_path=include, include_defaults=needs_builtin)
+
+
+def run_model(args: dict, device: str, calls: list[tuple[str, list[str], bool]], manager, recipe) -> dict:
+    """Load one model once and run each (label, tasks, add_bos) call through lm_eval.simple_evaluate."""
+    import lm_eval
+    from lm_eval.api.registry import get_model
+
+    lm = get_model("hf").create_from_arg_obj(args, {"batch_size": recipe.eval.batch_size, "device": device})
+    out = {}
+    try:
+        for label, tasks, add_bos in calls:
+            lm.add_bos_token = add_bos
+            manager.task_group_map.clear()  # reusing a TaskManager must not rename group subtasks "-1"
+            out[label] = lm_eval.simple_evaluate(
+                model=lm, tasks=tasks, task_manager=manager, limit=recipe.eval.max_items, bootstrap_iters=0,
+                log_samples=True, random_seed=SEED, numpy_random_seed=SEED, torch_random_seed=SEED,
+                fewshot_random_seed=SEED)
+            out[label]["config"] |= {"model_args": args, "batch_size": recipe.eval.batch_size, "device": device}
+    finally:
+        del lm
+        gc.collect()
+    return out
+
+
+def _sample_row(task: str, sample: dict, metric_names: list[str]) -> dict:
+    doc = sample.get("doc") or {}
+    args = sample.get("arguments") or [[""]]
+    row = {"doc_id": sample["doc_id"], "prompt": doc.get("prompt", args[0][0] if args[0] else ""),
+           "reference": doc.get("reference", sample.get("target"))}
+    if task == GENERATE_TASK:
+        row["prediction"] = sample["prediction"]
+        row["scores"] = {m: sample[m] for m in metric_names}
+    elif task == PERPLEXITY_TASK:
+        loglikelihood, tokens = sample["perplexity"]
+        row |= {"loglikelihood": loglikelihood, "tokens": tokens,
+                "scores": {"perplexity": math.exp(-loglikelihood / tokens)}}
+    else:
+        row["response"] = sample.get("filtered_resps")
+        row["scores"] = {m: sample[m] for m in sample.get("metrics", [])
+                         if isinstance(sample.get(m), (int, float)) and not isinstance(sample.get(m), bool)}
+    return _plain(row)
+
+
+def write_outputs(run, which: str, results: dict, suite: Suite) -> dict[str, list[dict]]:
+    """results-<which>.json and samples-<which>-<task>.jsonl; returns the sample rows by task."""
+    rows: dict[str, list[dict]] = {}
+    for output in results.values():
+        for task, samples in (output.get("samples") or {}).items():
+            rows[task] = sorted((_sample_row(task, s, suite.generation_metrics) for s in samples),
+                                key=lambda r: r["doc_id"])
+            jsonl.write(run.file("eval", f"samples-{which}-{task}.jsonl"), rows[task])
+    without_samples = {label: {k: v for k, v in out.items() if k != "samples"} for label, out in results.items()}
+    write_json_atomic(run.file("eval", f"results-{which}.json"), _plain(without_samples))
+    return rows
+
+

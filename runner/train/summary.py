@@ -1,0 +1,85 @@
+"""What a training run achieved, from the files its trainer wrote: metrics.jsonl and ranks/ (the plugin's).
+
+Throughput counts FLOPs per token that account for frozen weights: the forward pass costs 2 N (N total
+parameters), the backward pass 2 N to carry gradients through every layer's activations plus 2 N_trainable
+for the weight gradients; a full fine-tune is the usual 6 N, LoRA about 4 N.
+"""
+from __future__ import annotations
+
+import json
+
+from runner.core import jsonl
+from runner.runs.manifest import Manifest, RankEngine, RankSummary, TrainSummary
+from runner.runs.rundir import RunDir
+
+# Dense bf16 tensor-core peak per GPU in TFLOP/s (vendor datasheets); the first substring of gpu_model wins.
+PEAK_TFLOPS = (("H100-PCIE", 756.0), ("H100 PCIE", 756.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0),
+               ("L4", 121.0), ("A10G", 70.0))
+
+
+def peak_tflops(gpu_model: str | None) -> float | None:
+    if not gpu_model:
+        return None
+    return next((tflops for name, tflops in PEAK_TFLOPS if name in gpu_model.upper()), None)
+
+
+def _figure(value: float) -> float:
+    return float(f"{value:.4g}")  # four significant digits, whatever the scale
+
+
+def flops_per_token(params_total: int, params_trainable: int) -> float:
+    return 4.0 * params_total + 2.0 * params_trainable
+
+
+def padding_waste(manifest: Manifest, steps: int, tokens_seen: int) -> float | None:
+    """Share of the tokens the trainer processed that were padding (estimated, not packed runs):
+    1 - (rows consumed x mean real tokens per row) / tokens seen, where rows consumed = steps x global batch."""
+    stats = manifest.data.stats.get("train") if manifest.data else None
+    mean = stats.tokens_per_row.mean if stats and stats.tokens_per_row else None
+    batch = manifest.batch
+    if batch is None or batch.packing or not (mean and tokens_seen):  # a packed row holds many
+        return None
+    return round(max(0.0, 1 - steps * batch.global_ * mean / tokens_seen), 4)
+
+
+def _ranks(run: RunDir) -> dict[str, RankSummary]:
+    ranks = {}
+    for rank_file in sorted(run.file("ranks").glob("rank-*.jsonl")):
+        lines = jsonl.read(rank_file, strict=False).rows
+        engine_file = rank_file.with_suffix(".engine.json")
+        engine = RankEngine.model_validate(json.loads(engine_file.read_text())) if engine_file.exists() else None
+        if lines:
+            ranks[rank_file.stem] = RankSummary(steps=len(lines), last_step=lines[-1]["step"],
+                                                world_size=lines[-1]["world_size"], engine=engine)
+    return ranks
+
+
+def summarize(run: RunDir, manifest: Manifest) -> TrainSummary:
+    """Steps, tokens, throughput, FLOP/s, MFU and final losses of a run."""
+    path = run.file("metrics.jsonl")
+    if not path.is_file():
+        return TrainSummary()
+    records = jsonl.read(path, strict=False).rows  # a line cut off mid-write (a killed trainer) is skipped
+    losses = [r for r in records if "loss" in r]
+    evals = [r for r in records if "eval_loss" in r]
+    tokens = max((r.get("tokens_seen", 0) for r in records), default=0)
+    elapsed = max((r.get("elapsed_s", 0) for r in records), default=0)
+    steps = max((r["step"] for r in records if "step" in r), default=0)
+    ranks = _ranks(run)
+    summary = TrainSummary(
+        steps=steps, tokens=tokens, ranks=ranks, padding_waste=padding_waste(manifest, steps, tokens),
+        tokens_per_s=round(tokens / elapsed, 2) if elapsed else None,
+        first_loss=losses[0]["loss"] if losses else None, final_loss=losses[-1]["loss"] if losses else None,
+        final_eval_loss=evals[-1]["eval_loss"] if evals else None, logged_steps=len(losses))
+    engine = next((r.engine for r in ranks.values() if r.engine and r.engine.params_total), None)
+    if engine is not None:
+        summary.params_total, summary.params_trainable = engine.params_total, engine.params_trainable
+        summary.flops_per_token = flops_per_token(engine.params_total, engine.params_trainable or 0)
+        if summary.tokens_per_s:
+            summary.tflops = _figure(summary.flops_per_token * summary.tokens_per_s / 1e12)
+            peak = peak_tflops(manifest.hardware.gpu_model if manifest.hardware else None)
+            world = manifest.batch.world_size if manifest.batch else 1
+            if peak and manifest.hardware and manifest.hardware.device == "cuda":
+                summary.peak_tflops = peak
+                summary.mfu = _figure(summary.flops_per_token * summary.tokens_per_s / 1e12 / (peak * world))
+    return summary
