@@ -28,7 +28,8 @@ SIZES = {  # quick: toy sizes for the test; full: the real figures
               "packing_rows": 300, "packing_standin": str(ROOT / "models" / "tiny-llama"), "eval_demo_items": 0,
               "overhead_warmup": False, "prep_tokenize": False,
               # when no finished demo run exists, the demo stages run in the temporary folder, shortened
-              "demo_train_overrides": ["train.max_steps=1", "data.split.val=0"],
+              "demo_train_overrides": ["train.max_steps=1", "train.micro_batch_size=1", "data.split.val=0",
+                                       "data.datasets.0.weight=0.1"],
               "demo_eval_overrides": ["eval.max_items=2", "eval.compare_base=false"]},
     "full": {"train_overrides": [], "order": "ABBA", "prep_rows": 15_000, "prep_order": "ABBA",
              "eval_items": 16, "eval_order": [1, 8, 8, 1], "packing_seeds": 5,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from runner.recipe import snapshots
 from runner.recipe import loading
-from runner.core import paths
+from runner.core import console, paths
 from runner.train.engine import TARGETS
 from runner.core.errors import STORAGE_ERRNOS, Problem, RunFailed, UserError, storage_error
 
@@ -185,7 +185,8 @@ def cmd_train(args) -> int:
     from runner.train.launch import train
 
     resume = False if args.resume is None else args.resume
-    run = train(loading.load(args.recipe, args.overrides), args.target, resume, detach=args.detach)
+    run = train(loading.load(args.recipe, args.overrides), args.target, resume, detach=args.detach,
+                verbose=args.verbose)
     manifest = run.manifest()
     if manifest.status.value == "submitted":
         print(f"submitted {paths.display(run.path)} as slurm job {manifest.slurm_job_id}")
@@ -224,8 +225,12 @@ def cmd_eval(args) -> int:
               "the current eval settings", file=sys.stderr)
     suite = (suites.load(args.suite, key="--suite") if args.suite
              else suites.for_recipe(recipe, paths.display(loaded.path)))
-    print(summary.format_summary(evaluation.evaluate(run, recipe, suite)), end="")
-    print(f"report: {paths.display(markdown.write_report(run))}")
+    log = run.file("logs", "eval.log")
+    with console.third_party_to(log, args.verbose):  # lm-eval's and torch's messages go to the run's log
+        result = evaluation.evaluate(run, recipe, suite)
+        report = markdown.write_report(run)
+    print(summary.format_summary(result), end="")
+    print(f"report: {paths.display(report)} (library messages: {paths.display(log)}; -v shows them here)")
     return 0
 
 
@@ -245,7 +250,11 @@ def cmd_generate(args) -> int:
         prompts += [line for line in text.splitlines() if line.strip()]
     if not prompts:
         raise UserError("generate: give --prompt TEXT (repeatable) or --file prompts.txt (one prompt a line)")
-    print(generate.format_side_by_side(generate.generate(target, prompts, args.max_new_tokens)), end="")
+    log = (target.file("logs", "generate.log") if isinstance(target, rundir.RunDir)
+           else paths.cache_dir() / "logs" / "generate.log")
+    with console.third_party_to(log, args.verbose):
+        answers = generate.generate(target, prompts, args.max_new_tokens)
+    print(generate.format_side_by_side(answers), end="")
     return 0
 
 
@@ -262,8 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
                                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true",
+                        help="show the libraries' own messages on the terminal too (they always go to the log)")
+
     def verb(name, func, help_text):
-        sub = verbs.add_parser(name, help=help_text, description=help_text)
+        sub = verbs.add_parser(name, help=help_text, description=help_text, parents=[common])
         sub.set_defaults(func=func)
         return sub
 

@@ -89,7 +89,7 @@ def test_corpus_bleu_equals_sacrebleu():
 def test_score_all():
     out = metrics.score_all(["the cat sat", "Paris"], ["a cat sat down", "paris."], ["exact_match", "token_f1"])
     assert out == {"exact_match": [0.0, 1.0], "token_f1": [pytest.approx(0.8), 1.0]}
-    full = metrics.score_all(["x y"], ["x y"], list(metrics.METRICS))
+    full = metrics.score_all(["x y"], ["x y"], list(metrics.TEXT_METRICS))
     assert all(0.0 <= v[0] <= 1.0 for v in full.values())
     with pytest.raises(ValueError, match="unknown metric"):
         metrics.score_all(["a"], ["a"], ["rouge"])
@@ -450,6 +450,7 @@ def test_openai_asker_invalid_key_not_echoed(monkeypatch, caplog, capsys):
 # ---------------------------------------------------------------- judge: local transformers model
 
 
+@pytest.mark.model
 def test_local_model_asker_tiny_random_model(tmp_path):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
@@ -482,3 +483,22 @@ def test_local_model_asker_tiny_random_model(tmp_path):
     assert isinstance(out1, str) and out1 == out2  # greedy decoding is deterministic
     assert len(out1.split()) <= 4
     assert judge.parse_verdict(out1) in {"A", "B", "tie", None}
+
+
+def test_a_registered_metric_is_usable_by_suites_and_scored_by_the_task_hooks():
+    """One definition makes a metric: the suite language accepts it and the lm-eval process_results scores it."""
+    from runner.evaluate import task_hooks
+    from runner.recipe import suites
+
+    metrics.register(metrics.Metric("shouting", "generation", lambda p, r, _db: float(p.isupper())))
+    try:
+        import importlib
+
+        importlib.reload(suites)  # the suite language reads the registry when it is defined
+        suite = suites.Suite.model_validate({"suite": 1, "name": "s", "version": "1.0.0", "metrics": ["shouting"]})
+        assert suite.generation_metrics == ["shouting"]
+        scorer = task_hooks.generation_scorer(["shouting"], [])
+        assert scorer({"reference": "x"}, ["HELLO"]) == {"shouting": 1.0, "prediction": "HELLO"}
+    finally:
+        del metrics.REGISTRY["shouting"]
+        importlib.reload(suites)

@@ -196,13 +196,15 @@ def test_one_file_listed_twice_is_not_counted_twice(recipe_for):
     alpaca = ("- source: file:data/samples/alpaca-sample.jsonl\n  fields: {instruction: instruction, input: input, "
               "output: output}")
     once = prepare.prepare(recipe_for(alpaca, split="{val: 0, test: 0, seed: 1}"), quiet=True).info.to_json()["counts"]
-    twice = prepare.prepare(recipe_for(alpaca + "\n  use: train\n" + alpaca + "\n  use: val",
-                                       split="{val: 0, test: 0, seed: 1}", dedupe="false"), quiet=True).info.to_json()["counts"]
+    listed_twice = recipe_for(alpaca + "\n  use: train\n" + alpaca + "\n  use: val", split="{val: 0, test: 0, seed: 1}",
+                              dedupe="false")
+    twice = prepare.prepare(listed_twice, quiet=True).info.to_json()["counts"]
     assert twice["train"] == once["train"] and twice["val"] == once["train"]
 
 
 def test_overlength_rows_are_dropped_or_truncated(recipe_for):
-    dropped = prepare.prepare(recipe_for(DOLLY, max_seq_len=96, overlength="drop"), quiet=True).info.to_json()["stats"]["train"]
+    dropping = recipe_for(DOLLY, max_seq_len=96, overlength="drop")
+    dropped = prepare.prepare(dropping, quiet=True).info.to_json()["stats"]["train"]
     truncated = prepare.prepare(recipe_for(DOLLY, max_seq_len=96), quiet=True).info.to_json()["stats"]["train"]
     assert dropped["over_max_seq_len"] > 0 and dropped["dropped_overlength"] == dropped["over_max_seq_len"]
     assert truncated["tokens_per_row"]["max"] <= 96 and truncated["rows"] > dropped["rows"]

@@ -16,8 +16,8 @@ from matplotlib import image
 from PIL import Image
 
 from runner.core.errors import UserError
-from runner.report import cells, markdown
 from runner.evaluate.summary import EvalSummary
+from runner.report import cells, markdown
 from runner.runs.manifest import Manifest
 from runner.runs.rundir import RunDir
 

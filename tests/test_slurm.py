@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -43,3 +45,53 @@ def test_recipe_trains_tiny_cpu_through_sbatch(slurm_cluster, session_dirs, tiny
     state = subprocess.run(["bash", str(CLUSTER), "wait", str(Path(slurm_cluster["SLURM_CONF"]).parent), job, "30"],
                            env=env, capture_output=True, text=True, timeout=60)
     assert state.returncode == 0 and "COMPLETED" in state.stdout
+
+
+def _steps(path: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_a_requeued_job_resumes_from_its_last_checkpoint(slurm_cluster, session_dirs, tiny_model_dir):
+    """`scontrol requeue` a running job once it has saved its first checkpoint: SLURM kills it and starts
+    launch.sh again (--requeue), and training goes on from the newest checkpoint instead of from step 1."""
+    env = os.environ | slurm_cluster
+    runs = session_dirs / "runs" / "tiny-cpu"
+    before = set(runs.iterdir()) if runs.exists() else set()
+    argv = [sys.executable, "-m", "runner", "train", "tiny-cpu", "train.max_steps=12", "train.save_steps=4",
+            "train.seed=4", "--target", "slurm"]
+    trainer = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline, run = time.monotonic() + 600, None
+        while time.monotonic() < deadline and trainer.poll() is None:
+            run = run or next((p for p in (set(runs.iterdir()) if runs.exists() else set()) - before
+                               if p.name != "latest"), None)
+            if run is not None and (run / "model" / "checkpoint-4" / "trainer_state.json").is_file():
+                break
+            time.sleep(0.1)
+        assert trainer.poll() is None and run is not None, "the job ended before its first checkpoint"
+        job = json.loads((run / "manifest.json").read_text())["slurm_job_id"]
+        requeued = subprocess.run(["scontrol", "requeue", job], env=env, capture_output=True, text=True, timeout=60)
+        assert requeued.returncode == 0, requeued.stderr  # the job was still running: 8 steps were left
+        out, err = trainer.communicate(timeout=900)
+    finally:
+        if trainer.poll() is None:
+            trainer.kill()
+    assert trainer.returncode == 0, err[-3000:]
+    assert "PENDING" in err.split("RUNNING", 1)[1]  # the runner followed the job through its requeue
+
+    shown = subprocess.run(["scontrol", "show", "job", job], env=env, capture_output=True, text=True, timeout=60)
+    assert "Restarts=1" in shown.stdout and "JobState=COMPLETED" in shown.stdout
+    log = (run / "logs" / f"slurm-{job}.out").read_text()  # --open-mode=append: both attempts
+    resumed = re.findall(r"resume from checkpoint at model/checkpoint-(\d+)", log)
+    assert len(resumed) == 1, log[-3000:]
+    checkpoint = int(resumed[0])
+    assert 4 <= checkpoint < 12 and "Training completed" in log
+    # ranks/rank-0.jsonl has a line per optimizer step of both attempts: 1..k, then checkpoint+1..12
+    # (no step goes back when the first attempt was stopped right at its checkpoint)
+    steps = _steps(run / "ranks" / "rank-0.jsonl")
+    restart = next((i for i in range(1, len(steps)) if steps[i] <= steps[i - 1]), checkpoint)
+    assert restart >= checkpoint and steps[:restart] == list(range(1, restart + 1)), steps
+    assert steps[restart:] == list(range(checkpoint + 1, 13)), steps  # not 1..12 again
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["status"] == "trained" and manifest["train"]["steps"] == 12
+    assert (run / "model" / "adapter_model.safetensors").is_file()

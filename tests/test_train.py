@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from runner.recipe import loading
 from runner.data.info import DataInfo, SplitStats, TokenPercentiles
+from runner.recipe import loading
 from runner.runs import rundir
 from runner.runs.manifest import Batch, Hardware, Manifest, Status
 from runner.train import summary
@@ -40,6 +40,9 @@ def test_tiny_cpu_trains_end_to_end(trained_tiny_run):
     assert manifest["hardware"]["device"] == "cpu" and manifest["batch"]["global"] == 4
     assert manifest["timings"]["train_s"] > 0 and manifest["train"]["steps"] == 30
     assert 0 <= manifest["train"]["padding_waste"] < 1  # rows are padded to the longest in their batch
+    # parameter counts from the trainer's own model (the plugin), so FLOP/s are measured, not guessed
+    assert 0 < manifest["train"]["params_trainable"] < manifest["train"]["params_total"]
+    assert manifest["train"]["tflops"] > 0 and manifest["train"]["mfu"] is None  # a CPU has no peak on record
     assert rundir.find("tiny-cpu").path == run.path  # runs/tiny-cpu/latest
     ranks = run.file("ranks", "rank-0.jsonl").read_text().splitlines()
     assert len(ranks) == 30 and json.loads(ranks[-1])["world_size"] == 1
@@ -137,6 +140,16 @@ def test_merge_gives_the_same_logits_as_base_plus_adapter(own_trained_run, train
     assert not torch.allclose(plain, merged, atol=1e-4)  # the adapter changed something
     assert merged_dir.is_relative_to(run.path)
     assert not (trained_tiny_run.path / merged_dir.relative_to(run.path)).exists()  # the shared run is untouched
+
+
+@pytest.mark.slow
+@pytest.mark.model
+def test_publish_merge_adapter_merges_after_training(session_dirs, tiny_model_dir):
+    from runner.train.launch import train
+
+    run = train(loading.load("tiny-cpu", ["publish.merge_adapter=true", "train.max_steps=2", "train.seed=11"]))
+    assert run.manifest().merged_dir == "merged" and (run.path / "merged" / "config.json").is_file()
+    assert not list(run.path.glob(".merged*"))  # staged, then published whole
 
 
 @pytest.mark.slow

@@ -278,12 +278,16 @@ def test_a_new_workspace_trains_and_reports_with_the_installed_command(tmp_path,
     _init_train_eval_report(recipe, tmp_path, _clean_env(session_dirs / "cache"))
 
 
+STACK_SCRIPTS = ("axolotl", "accelerate", "torchrun", "lm_eval")  # what launch.sh and the harness call
+
+
 @pytest.mark.slow
 @pytest.mark.model
 def test_a_wheel_in_a_fresh_venv_carries_the_library(tmp_path, session_dirs):
     """The same flow with a non-editable install: the wheel built from this checkout, installed with
     `pip install --no-deps --no-index` into a new venv. The stack (torch, axolotl, ...) is made importable
-    without downloading by a .pth file listing this project's venv site-packages; a .pth line only appends
+    without downloading by a .pth file listing this project's venv site-packages (and its commands axolotl,
+    accelerate, torchrun, lm_eval by copies pointed at the new venv's python); a .pth line only appends
     that folder to sys.path, so the editable install's finder there (a .pth of its own) is never run, and
     `runner` is imported from the new venv's site-packages, which the test checks. The library then comes
     from runner/library/ inside the installed package."""
@@ -305,6 +309,10 @@ def test_a_wheel_in_a_fresh_venv_carries_the_library(tmp_path, session_dirs):
     site = Path(_run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp_path, env,
                      timings, "site").strip())
     (site / "recipe_runner_stack.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    for script in STACK_SCRIPTS:  # the stack's commands, run by the new venv's python (a real install has them)
+        lines = (Path(sys.executable).parent / script).read_text().splitlines(keepends=True)
+        (venv / "bin" / script).write_text(f"#!{python}\n" + "".join(lines[1:]))
+        (venv / "bin" / script).chmod(0o755)
     (tmp_path / "home").mkdir()
     probe = ("import runner; from runner.core import paths; from runner.recipe import suites; "
              "print(runner.__file__); print(paths.library_root()); print(suites.load('sql').database())")

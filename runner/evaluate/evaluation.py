@@ -11,19 +11,15 @@ Both models see the same items: same task files, same `limit`, deterministic ord
 """
 from __future__ import annotations
 
-import sys
 import time
 
+from runner.core.console import say
 from runner.core import paths
 from runner.evaluate import harness, tasks
 from runner.evaluate.judge_run import MODELS, judge_run
 from runner.evaluate.summary import BOOTSTRAP_ITERS, SEED, EvalSummary, summarize
 from runner.recipe.suites import Suite, for_recipe
 from runner.runs.manifest import EvalRef, RunError, Status
-
-
-def _say(message: str) -> None:
-    print(f"eval: {message}", file=sys.stderr, flush=True)
 
 
 def _clear(run) -> None:
@@ -33,10 +29,10 @@ def _clear(run) -> None:
 
 
 def _measure(run, recipe, suite: Suite, manifest, timings: dict) -> EvalSummary:
-    _say(f"suite {suite.name} {suite.version}")
+    say(f"eval: suite {suite.name} {suite.version}")
     heldout = None
     if suite.metrics or suite.judge:
-        _say(f"writing lm-eval tasks for the held-out split to {paths.display(tasks.tasks_dir(run))}")
+        say(f"eval: writing lm-eval tasks for the held-out split to {paths.display(tasks.tasks_dir(run))}")
         heldout = tasks.write_tasks(run, recipe, suite)
     manager = harness.task_manager(heldout.dir if heldout else None, suite)
     standard, skipped = harness.standard_tasks(suite, manager)
@@ -48,7 +44,7 @@ def _measure(run, recipe, suite: Suite, manifest, timings: dict) -> EvalSummary:
         if calls:
             items = f", {heldout.n_items} held-out items" if heldout else ""
             task_names = ", ".join(n for _, names, _ in calls for n in names)
-            _say(f"{which} model: {task_names} ({device}, {dtype}{items})")
+            say(f"eval: {which} model: {task_names} ({device}, {dtype}{items})")
         args = harness.model_args(run, manifest, which, recipe, dtype)
         results = harness.run_model(args, device, calls, manager, recipe) if calls else {}
         rows[which] = harness.write_outputs(run, which, results, suite)
@@ -79,5 +75,5 @@ def evaluate(run, recipe, suite: Suite | None = None) -> EvalSummary:
     timings["eval_s"] = round(time.monotonic() - started, 2)
     run.update(status=Status.EVALUATED, error=None, timings=timings,
                eval=EvalRef(suite=suite.name, suite_version=suite.version))
-    _say(f"wrote {paths.display(run.file('eval', 'summary.json'))} in {timings['eval_s']:.0f} s")
+    say(f"eval: wrote {paths.display(run.file('eval', 'summary.json'))} in {timings['eval_s']:.0f} s")
     return summary

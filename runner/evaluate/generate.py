@@ -7,13 +7,13 @@ transformers (+ peft for an adapter), cut at the first stop string.
 from __future__ import annotations
 
 import shutil
-import sys
 import textwrap
 from pathlib import Path
 
 from runner.recipe import loading
 from runner.models import resolve
 from runner.core import paths
+from runner.core.console import say
 from runner.runs import rundir
 from runner.recipe import templates
 from runner.core.errors import Problem, UserError
@@ -46,7 +46,7 @@ def _target(target: rundir.RunDir | loading.Loaded) -> tuple[Recipe, str, rundir
     try:
         run = rundir.find(recipe.name)
     except UserError:
-        print(f"generate: {recipe.name} has no trained run yet; showing the base model only", file=sys.stderr)
+        say(f"generate: {recipe.name} has no trained run yet; showing the base model only")
         return recipe, base, None
     return recipe, run.manifest().base_model_dir, run
 

@@ -10,9 +10,9 @@ import gc
 import json
 import math
 import os
-import sys
 from pathlib import Path
 
+from runner.core.console import say
 from runner.core import jsonl
 from runner.core.atomic import write_json_atomic
 from runner.evaluate.summary import GENERATE_TASK, PERPLEXITY_TASK, SEED
@@ -20,10 +20,6 @@ from runner.recipe.suites import Suite, include_task_names
 from runner.runs.manifest import Manifest
 
 _DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
-
-
-def _say(message: str) -> None:
-    print(f"eval: {message}", file=sys.stderr, flush=True)
 
 
 def model_args(run, manifest: Manifest, which: str, recipe, dtype: str) -> dict:
@@ -79,7 +75,7 @@ def standard_tasks(suite: Suite, manager) -> tuple[list[str], dict[str, str]]:
                 skipped[name] = f"its dataset could not be loaded{' (offline)' if offline else ''}: {detail}"
             else:
                 skipped[name] = f"could not be built ({type(err).__name__}): {detail}"
-            _say(f"skipping {name}: {skipped[name]}")
+            say(f"eval: skipping {name}: {skipped[name]}")
     return runnable, skipped
 
 
@@ -91,7 +87,7 @@ def task_manager(heldout_dir: Path | None, suite: Suite):
     include = [str(heldout_dir)] * (heldout_dir is not None) + extra
     needs_builtin = any(name not in custom for name in suite.lm_eval_tasks)
     if needs_builtin:
-        _say("indexing lm-eval's tasks (about 10 s)")
+        say("eval: indexing lm-eval's tasks (about 10 s)")
     return TaskManager(include_path=include, include_defaults=needs_builtin)
 
 

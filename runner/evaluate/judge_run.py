@@ -3,8 +3,8 @@ per-item verdicts in eval/judge.json and the tally for eval/summary.json."""
 from __future__ import annotations
 
 import json
-import sys
 
+from runner.core.console import say
 from runner.core import jsonl
 from runner.core.atomic import write_json_atomic
 from runner.core.errors import UserError
@@ -18,10 +18,6 @@ from runner.recipe.schema import ModelSpec
 from runner.recipe.suites import Suite
 
 MODELS = ("base", "finetuned")
-
-
-def _say(message: str) -> None:
-    print(f"eval: {message}", file=sys.stderr, flush=True)
 
 
 def _question(item: dict, recipe) -> str:
@@ -66,7 +62,7 @@ def judge_run(run, recipe, suite: Suite) -> JudgeSummary:
         items = {i["doc_id"]: i for i in jsonl.read(tasks.tasks_dir(run) / tasks.ITEMS_FILE).rows}
         base = {r["doc_id"]: r for r in jsonl.read(base_file).rows}
         pairs = [(base[r["doc_id"]], r) for r in jsonl.read(ft_file).rows if r["doc_id"] in base][:spec.max_items]
-        _say(f"judge ({spec.kind} {spec.model}): {len(pairs)} items, both answer orders")
+        say(f"eval: judge ({spec.kind} {spec.model}): {len(pairs)} items, both answer orders")
         verdicts = []
         try:
             ask = _asker(spec)
@@ -80,7 +76,7 @@ def judge_run(run, recipe, suite: Suite) -> JudgeSummary:
             result["skipped"] = str(err)
         write_json_atomic(run.file("eval", "judge.json"), {**result, "items": verdicts})
     if "skipped" in result:
-        _say(f"judge skipped: {result['skipped']}")
+        say(f"eval: judge skipped: {result['skipped']}")
     return JudgeSummary.model_validate(result)
 
 

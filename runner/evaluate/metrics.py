@@ -9,7 +9,8 @@ import re
 import string
 from collections import Counter
 from functools import lru_cache
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import Callable, Literal, Sequence
 
 _PUNCT = set(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -70,22 +71,54 @@ def corpus_bleu(predictions: Sequence[str], references: Sequence[str]) -> float:
     return _unit(sacrebleu.corpus_bleu(predictions, [references]).score)
 
 
-METRICS: dict[str, Callable[[str, str], float]] = {
-    "exact_match": exact_match,
-    "token_f1": token_f1,
-    "rouge_l": rouge_l,
-    "bleu": bleu,
-}
+@dataclass(frozen=True)
+class Metric:
+    """One metric a suite can list. Adding a metric is one `register(Metric(...))` here: the suite language,
+    the lm-eval task writer and the scorer all read this registry."""
+
+    name: str
+    kind: Literal["generation", "perplexity"]  # scored per generated answer, or lm-eval's loglikelihood
+    score: Callable[[str, str, str | None], float] | None  # (prediction, reference, database SQL) -> [0, 1]
+    needs_database: bool = False  # the suite's `sql:` section names the database each item runs against
+    higher_is_better: bool = True
+
+
+REGISTRY: dict[str, Metric] = {}
+
+
+def register(metric: Metric) -> Metric:
+    REGISTRY[metric.name] = metric
+    return metric
+
+
+def _sql_execution(prediction: str, reference: str, database: str | None) -> float:
+    from runner.evaluate import sql
+
+    return float(sql.execution_match(prediction, reference, database))
+
+
+def _sql_exact_match(prediction: str, reference: str, database: str | None) -> float:
+    from runner.evaluate import sql
+
+    return float(sql.normalized_sql_match(prediction, reference))
+
+
+for _name, _function in (("exact_match", exact_match), ("token_f1", token_f1), ("bleu", bleu), ("rouge_l", rouge_l)):
+    register(Metric(_name, "generation", lambda p, r, _db, f=_function: f(p, r)))
+register(Metric("perplexity", "perplexity", None, higher_is_better=False))
+register(Metric("sql_execution", "generation", _sql_execution, needs_database=True))
+register(Metric("sql_exact_match", "generation", _sql_exact_match))
+TEXT_METRICS = ("exact_match", "token_f1", "rouge_l", "bleu")  # reference-only metrics, for score_all
 
 
 def score_all(predictions: Sequence[str], references: Sequence[str], names: Sequence[str]) -> dict[str, list[float]]:
-    """Per-item scores for each named metric in METRICS: {name: [score per item]}."""
+    """Per-item scores for each named reference-only metric: {name: [score per item]}."""
     predictions, references = list(predictions), list(references)
     _check_lengths(predictions, references)
-    unknown = [n for n in names if n not in METRICS]
+    unknown = [n for n in names if n not in TEXT_METRICS]
     if unknown:
-        raise ValueError(f"unknown metric(s) {', '.join(unknown)}; available: {', '.join(sorted(METRICS))}")
-    return {n: [METRICS[n](p, r) for p, r in zip(predictions, references)] for n in names}
+        raise ValueError(f"unknown metric(s) {', '.join(unknown)}; available: {', '.join(sorted(TEXT_METRICS))}")
+    return {n: [REGISTRY[n].score(p, r, None) for p, r in zip(predictions, references)] for n in names}
 
 
 def clean_generation(text: str, stop_strings: Sequence[str] = ()) -> str:

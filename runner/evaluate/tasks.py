@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner.core import jsonl, paths
+from runner.evaluate import metrics
 from runner.core.errors import Problem, UserError
 from runner.evaluate.summary import GENERATE_TASK, PERPLEXITY_TASK
 from runner.evaluate.task_hooks import CONFIG_FILE, SHIM
@@ -73,14 +74,15 @@ def continuation_tokens(tokenizer, prompt: str, reference: str) -> int:
 
 
 def _sql_database(suite: Suite, rows: list[dict], where: str) -> str | None:
-    if not any(m in suite.metrics for m in ("sql_execution", "sql_exact_match")):
+    executed = [m for m in suite.metrics if metrics.REGISTRY[m].needs_database]
+    if not executed:
         return None
     pattern = suite.database()
-    if "sql_execution" in suite.metrics:
+    if executed:
         for number, row in enumerate(rows, 1):
             db = str((row.get("row") or {}).get("db", ""))
             if "{db}" in pattern and not _DB_NAME.match(db):
-                raise UserError(Problem(where, "", f"test row {number} has db {db!r}; sql_execution needs a db "
+                raise UserError(Problem(where, "", f"test row {number} has db {db!r}; {executed[0]} needs a db "
                                         "column naming a database file, e.g. shop", number))
             file = Path(pattern.replace("{db}", db))
             if not file.is_file():

@@ -52,6 +52,10 @@ def _resolve(base: str, revision: str, root: Path | None = None) -> Path:
         path = package_file(base)
     else:
         path = paths.resolve_local(base, root)
+        if not path.exists() and _is_tiny_model(path):
+            from runner.models import tiny
+
+            return tiny.build(path)  # the project's own test model is built on demand, never downloaded
         if not path.exists():
             if base.endswith(".gguf") or base.startswith(("/", ".", "~")) or not _HUB_ID.match(base):
                 raise _problem(f"{base!r}: {path} does not exist; give an existing model directory, .gguf "
@@ -62,6 +66,12 @@ def _resolve(base: str, revision: str, root: Path | None = None) -> Path:
             raise _problem(f"{path} is a file but not .gguf; give a .gguf file or a model directory")
         return convert_gguf(path)
     return _checked_dir(path)
+
+
+def _is_tiny_model(path: Path) -> bool:
+    from runner.models import tiny
+
+    return path.resolve() == tiny.default_dir().resolve()
 
 
 def _checked_dir(path: Path) -> Path:

@@ -117,7 +117,7 @@ def recipe_name(name_or_path: str) -> str:
 def find(name_or_path: str) -> Path:
     """A recipe by name (recipes/**/<name>.yaml in the workspace, then the library) or by path."""
     candidate = Path(name_or_path)
-    if candidate.suffix in (".yaml", ".yml") or candidate.exists():
+    if candidate.suffix in (".yaml", ".yml") or candidate.is_file():  # a folder of that name is no recipe
         resolved = candidate if candidate.is_absolute() else Path.cwd() / candidate
         if not resolved.is_file():
             raise UserError(Problem(name_or_path, "", "file not found"))

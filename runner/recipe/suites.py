@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
-import typing
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -18,6 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from runner.core import paths
+from runner.evaluate import metrics
 from runner.core.errors import Problem, UserError, did_you_mean, unknown_name
 from runner.core.validation import describe, line_of
 from runner.recipe.schema import SemVer
@@ -26,10 +26,8 @@ from runner.core.yamlio import read_yaml
 
 SUITE_VERSION = 1
 DEFAULT_SUITE = "heldout-qa"  # used when a recipe names no eval.suite
-Metric = Literal["exact_match", "token_f1", "bleu", "rouge_l", "perplexity", "sql_execution", "sql_exact_match"]
-METRICS: tuple[str, ...] = typing.get_args(Metric)
-GENERATION_METRICS = ("exact_match", "token_f1", "bleu", "rouge_l", "sql_execution", "sql_exact_match")
-SQL_METRICS = ("sql_execution", "sql_exact_match")
+METRICS: tuple[str, ...] = tuple(metrics.REGISTRY)
+Metric = Literal[METRICS]  # the registry's names: a suite may list any registered metric
 
 
 class Section(BaseModel):
@@ -82,8 +80,9 @@ class Suite(Section):
 
     @model_validator(mode="after")
     def _consistent(self):
-        if any(m in SQL_METRICS for m in self.metrics) and self.sql is None:
-            raise ValueError("sql_execution / sql_exact_match need an `sql:` section naming the database, e.g. "
+        if any(metrics.REGISTRY[m].needs_database for m in self.metrics) and self.sql is None:
+            raise ValueError(f"{', '.join(m for m in self.metrics if metrics.REGISTRY[m].needs_database)} need an "
+                             "`sql:` section naming the database, e.g. "
                              "sql: {database: data/sql-demo/{db}.sql}")
         if not (self.metrics or self.lm_eval_tasks or self.judge):
             raise ValueError("the suite measures nothing: list metrics, lm_eval_tasks or a judge")
@@ -92,7 +91,7 @@ class Suite(Section):
     @property
     def generation_metrics(self) -> list[str]:
         """The metrics scored on generated answers (all but perplexity)."""
-        return [m for m in self.metrics if m in GENERATION_METRICS]
+        return [m for m in self.metrics if metrics.REGISTRY[m].kind == "generation"]
 
     @property
     def needs_generation(self) -> bool:

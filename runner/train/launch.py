@@ -7,6 +7,7 @@ and axolotl continues from the newest checkpoint.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -35,8 +36,13 @@ def _stop(signum, frame):
     raise Stopped()
 
 
-def _stream(run: rundir.RunDir, env: dict) -> tuple[int, list[str]]:
-    """Run launch.sh, teeing its output to logs/train.log and stderr; returns (exit code, log tail).
+# What the terminal shows of the trainer's output without -v: its progress bar and the metrics it logs.
+_PROGRESS = re.compile(r"^\s*\d+%\|.*\d+/\d+ \[|^\{'(loss|eval_loss|train_runtime)'")
+
+
+def _stream(run: rundir.RunDir, env: dict, verbose: bool = False) -> tuple[int, list[str]]:
+    """Run launch.sh, teeing its output to logs/train.log and (its progress, or all of it when verbose) stderr;
+    returns (exit code, log tail).
 
     A log that stops taking writes (a full disk) is closed and the output still streams to stderr and the
     tail: the trainer's pipe must be drained to the end, or the trainer would block on it."""
@@ -64,7 +70,8 @@ def _stream(run: rundir.RunDir, env: dict) -> tuple[int, list[str]]:
                     log = _close_quietly(log)
                     line += f"recipe: logs/train.log stopped here: {err.strerror}\n"
             tail.append(line.rstrip("\n"))
-            sys.stderr.write(line)
+            if verbose or _PROGRESS.search(line):
+                sys.stderr.write(line)
         return process.wait(), list(tail)
     except BaseException:  # Ctrl-C reached the trainer too; SIGTERM or a failure here did not, so pass it on
         process.terminate()
@@ -153,7 +160,7 @@ def _failed(run: rundir.RunDir, code: int, tail: list[str], timings: dict) -> Ru
 
 
 def train(loaded: Loaded, target: str = "local", resume: str | None | bool = False,
-          detach: bool = False) -> rundir.RunDir:
+          detach: bool = False, verbose: bool = False) -> rundir.RunDir:
     """Prepare, plan and launch a training run (or relaunch an earlier one); returns its run directory.
 
     target slurm submits the run with sbatch and waits for the job (or returns at once when detach).
@@ -170,7 +177,7 @@ def train(loaded: Loaded, target: str = "local", resume: str | None | bool = Fal
     print(f"training {recipe.name} in {paths.display(run.path)} (log: logs/train.log)", file=sys.stderr)
     launched = time.monotonic()
     try:
-        code, tail = _via_slurm(run, launch_env(), detach) if target == "slurm" else _stream(run, launch_env())
+        code, tail = _via_slurm(run, launch_env(), detach) if target == "slurm" else _stream(run, launch_env(), verbose)
         if code is None:
             run.update(status=Status.SUBMITTED)
             return run

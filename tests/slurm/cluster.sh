@@ -14,7 +14,8 @@
 # Everything (slurm.conf, state, spool, logs, pid files) lives under STATE_DIR; nothing under
 # /etc/slurm is touched. Ports: $SLURMCTLD_PORT (6817) and $SLURMD_PORT (6818).
 # No accounting daemon: sacct does not work; finished jobs stay visible to `scontrol show job`
-# for MinJobAge=3600 s, and are also appended to STATE_DIR/log/jobcomp.txt.
+# for MinJobAge=3600 s, and are also appended to STATE_DIR/log/jobcomp.txt. A requeued job
+# (`scontrol requeue JOBID`) starts again after about 30 s (AuthInfo=cred_expire=30).
 set -euo pipefail
 
 PROG=cluster.sh
@@ -155,6 +156,8 @@ SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
 CredType=cred/munge
+# a requeued job waits cred_expire seconds before it may start again (default 120): shorter for tests
+AuthInfo=cred_expire=30
 StateSaveLocation=$state/ctld
 SlurmdSpoolDir=$state/slurmd
 SlurmctldPidFile=$state/slurmctld.pid
