@@ -30,7 +30,7 @@ SIZES = {  # quick: toy sizes for the test; full: the real figures
               # when no finished demo run exists, the demo stages run in the temporary folder, shortened
               "demo_train_overrides": ["train.max_steps=1", "train.micro_batch_size=1", "data.split.val=0",
                                        "data.datasets.0.weight=0.1"],
-              "demo_eval_overrides": ["eval.max_items=2", "eval.compare_base=false"]},
+              "demo_eval_overrides": ["eval.max_items=2", "eval.max_new_tokens=16", "eval.compare_base=false"]},
     "full": {"train_overrides": [], "order": "ABBA", "prep_rows": 15_000, "prep_order": "ABBA",
              "eval_items": 16, "eval_order": [1, 8, 8, 1], "packing_seeds": 5,
              "packing_rows": 4000, "packing_standin": DEMO_RECIPE, "eval_demo_items": 32,

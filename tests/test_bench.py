@@ -1,4 +1,5 @@
-"""bench/run.py --quick runs every figure at toy sizes and writes a complete results file (no timed assertions)."""
+"""bench/run.py --quick runs every figure at toy sizes and writes a complete results file (no timed assertions),
+on a fresh clone too: with no demo run, it runs the demo's stages itself."""
 from __future__ import annotations
 
 import json
@@ -10,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from bench import demo, eval_batch
+from bench.common import DEMO_RECIPE, SIZES, Context
+
 ROOT = Path(__file__).resolve().parent.parent
 NUMBERS = ("runner_overhead_ratio", "launch_latency_s", "prep_ratio_vs_axolotl", "prep_work_ratio_vs_axolotl",
            "prep_rows_per_s", "prep_runner_peak_mem_mb", "prep_axolotl_peak_mem_mb", "packing_efficiency",
@@ -17,6 +21,7 @@ NUMBERS = ("runner_overhead_ratio", "launch_latency_s", "prep_ratio_vs_axolotl",
            "eval_batch_speedup_tiny")
 GOALS = ("runner_overhead_ratio", "launch_latency_s", "prep_ratio_vs_axolotl", "packing_efficiency",
          "eval_batch_speedup")
+DEMO_STAGES = ("prepare_s", "train_s", "eval_s", "start_to_trained_s", "trained_to_end_s", "start_to_end_s")
 
 
 def is_number(value) -> bool:
@@ -24,11 +29,17 @@ def is_number(value) -> bool:
 
 
 @pytest.mark.slow
-def test_bench_quick_writes_every_figure(tmp_path):
+def test_bench_quick_writes_every_figure_without_a_demo_run(tmp_path):
+    """A fresh clone: no runs (RECIPE_RUNS_DIR empty), no cache. `make demo` has not run, and the bench still
+    exits 0 with every figure, demo stage timings included (it runs the demo's train and eval stages itself)."""
     out = tmp_path / "results.json"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    runs, cache = tmp_path / "runs", tmp_path / "cache"
+    runs.mkdir()
+    cache.mkdir()
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", RECIPE_RUNS_DIR=str(runs),
+               RECIPE_CACHE_DIR=str(cache))
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--out", str(out)], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=600)
+                          env=env, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     text = out.read_text()
     results = json.loads(text)
@@ -41,9 +52,52 @@ def test_bench_quick_writes_every_figure(tmp_path):
     for key in NUMBERS:
         assert is_number(figures.get(key)), (key, figures.get(key))
     assert 0 < figures["packing_efficiency"] <= 1 and 0 < figures["packing_efficiency_off"] <= 1
-    demo = figures["demo_stage_seconds"]
-    assert isinstance(demo, dict) and all(is_number(v) for v in demo.values())
-    assert isinstance(results["details"]["demo"]["missing"], list)
+    stages = figures["demo_stage_seconds"]
+    assert isinstance(stages, dict) and all(is_number(v) for v in stages.values())
+    for key in DEMO_STAGES:
+        assert is_number(stages.get(key)) and stages[key] > 0, (key, stages)
+    details = results["details"]["demo"]
+    assert details["source"] == "bench" and details["missing"] == []
+    assert details["train_overrides"] == SIZES["quick"]["demo_train_overrides"]
     for key in GOALS:
         assert results["goals"][key]["met"] in (True, False)
     assert "figure" in done.stdout and str(out) in done.stdout  # the table was printed
+    assert list(runs.iterdir()) == [] and list(cache.iterdir()) == []  # the user's folders are left alone
+
+
+def fake_run(runs: Path, run_id: str, status: str = "evaluated", base: Path | None = None) -> Path:
+    run = runs / DEMO_RECIPE / run_id
+    (run / "model").mkdir(parents=True)
+    (run / "model" / "adapter_config.json").write_text("{}")
+    (run / "eval").mkdir()
+    (run / "eval" / "summary.json").write_text("{}")
+    manifest = {"status": status, "base_model_dir": str(base or runs), "model_dir": "model",
+                "timings": {"prepare_s": 1.5, "train_s": 20.0, "eval_s": 7.25, "eval_finetuned_s": 5.0}}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    return run
+
+
+def test_bench_uses_the_newest_finished_demo_run(tmp_path, monkeypatch):
+    runs = tmp_path / "runs"
+    older = fake_run(runs, "20260101-000000-aaaaaaaa")
+    newest = fake_run(runs, "20260103-000000-cccccccc")
+    fake_run(runs, "20260104-000000-dddddddd", status="trained")  # not evaluated: no eval_s
+    fake_run(runs, "20260105-000000-eeeeeeee", base=tmp_path / "gone")  # its base model was removed
+    (runs / DEMO_RECIPE / "latest").symlink_to("20260104-000000-dddddddd")
+    monkeypatch.setenv("RECIPE_RUNS_DIR", str(runs))
+    assert demo.newest_finished(runs / DEMO_RECIPE) == newest
+    (newest / "manifest.json").unlink()
+    assert demo.newest_finished(runs / DEMO_RECIPE) == older
+    assert demo.newest_finished(tmp_path / "nothing") is None
+
+    ctx = Context(tmp=tmp_path / "bench", size=SIZES["quick"], quick=True)
+    figures, details = demo.bench(ctx)
+    stages = figures["demo_stage_seconds"]
+    assert (stages["prepare_s"], stages["train_s"], stages["eval_s"], stages["eval_finetuned_s"]) == (1.5, 20.0, 7.25,
+                                                                                                       5.0)
+    assert details["source"] == "existing" and Path(details["run"]) == older.resolve() and details["status"] == "evaluated"
+
+    copy, origin = eval_batch._demo_copy(ctx)  # figure 4 evaluates a copy: the run and runs/ stay as they were
+    assert origin == {"source": "existing"}
+    assert (copy / "model" / "adapter_config.json").is_file() and not (copy / "eval").exists()
+    assert (older / "eval" / "summary.json").is_file()

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 
 from runner import cli
+from runner.cli import app, run_verbs
 from runner.recipe import loading
 from runner.runs import rundir
-from runner.train import plan
 from runner.runs.manifest import Status
+from runner.train import plan
 
 
 def test_overrides_after_an_option_are_accepted(project, run_cli):
@@ -23,7 +24,7 @@ def test_overrides_after_an_option_are_accepted(project, run_cli):
 
 def test_an_option_value_that_looks_like_an_override_stays_the_option_value():
     parser = cli.build_parser()
-    argv = cli._overrides_after_recipe(parser, ["generate", "tiny-cpu", "--prompt", "a=b", "eval.max_new_tokens=4"])
+    argv = app._overrides_after_recipe(parser, ["generate", "tiny-cpu", "--prompt", "a=b", "eval.max_new_tokens=4"])
     args = parser.parse_args(argv)
     assert args.prompt == ["a=b"] and args.overrides == ["eval.max_new_tokens=4"]
 
@@ -47,8 +48,8 @@ def test_every_verb_finds_the_same_runs_from_a_name_or_a_path(project, run_cli):
 
 
 def test_figures_are_rounded_for_people():
-    assert cli._figure(2.874032735824585) == "2.874" and cli._figure(0.024503) == "0.0245"
-    assert cli._figure(None) == "-"
+    assert run_verbs._figure(2.874032735824585) == "2.874" and run_verbs._figure(0.024503) == "0.0245"
+    assert run_verbs._figure(None) == "-"
 
 
 def test_eval_uses_the_recipe_the_run_was_trained_with(project, run_cli):
@@ -91,7 +92,7 @@ def test_library_noise_goes_to_the_log_and_the_terminal_shows_the_runners_messag
 
 
 def test_the_terminal_shows_the_trainers_progress_not_its_log():
-    from runner.train.launch import _PROGRESS
+    from runner.train.launch import _PROGRESS  # noqa: PLC0415
 
     shown = [" 83%|████████▎ | 5/6 [00:10<00:01,  1.17s/it]", "{'loss': '7.314', 'grad_norm': '0.2148'}",
              "{'eval_loss': '7.308'}", "{'train_runtime': '12.99'}"]

@@ -21,9 +21,9 @@ import re
 import sqlite3
 import sys
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from runner.core.atomic import write_text_atomic
 
@@ -97,7 +97,7 @@ def build_shop(seed: int = 0) -> Shop:
     rng = random.Random(seed)
     shop = Shop()
     # Names and prices are unique, so ORDER BY name / price never has ties to break.
-    pairs = rng.sample([(f, l) for f in FIRST_NAMES for l in LAST_NAMES], N_CUSTOMERS)
+    pairs = rng.sample([(first, last) for first in FIRST_NAMES for last in LAST_NAMES], N_CUSTOMERS)
     cities, weights = list(CITIES), list(CITIES.values())
     for cid, (first, last) in enumerate(pairs, 1):
         shop.customers.append((cid, f"{first} {last}", rng.choices(cities, weights)[0],

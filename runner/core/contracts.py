@@ -8,8 +8,9 @@ file and the key, never a traceback.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, ClassVar, Self
+from typing import ClassVar, Self
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -47,7 +48,8 @@ class Contract(Record):
             newer = version > cls.VERSION
             raise UserError(Problem(where, "version", f"{cls.__name__} version {version} "
                                     f"{'is newer than' if newer else 'cannot be read by'} this recipe-runner (it reads "
-                                    f"version {cls.VERSION}); {'upgrade recipe-runner' if newer else 'redo the stage that wrote it'}"))
+                                    f"version {cls.VERSION}); "
+                                    f"{'upgrade recipe-runner' if newer else 'redo the stage that wrote it'}"))
         try:
             return cls.model_validate(data)
         except ValidationError as err:

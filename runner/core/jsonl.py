@@ -9,9 +9,9 @@ json.dumps(ensure_ascii=False) leaves inside strings.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 from runner.core import paths
 from runner.core.atomic import write_text_atomic
@@ -23,6 +23,7 @@ class Lines:
     """Rows read from a JSONL file, and how many lines were skipped (tolerant mode only)."""
 
     rows: list[dict] = field(default_factory=list)
+    numbers: list[int] = field(default_factory=list)  # the line each row came from (for later errors)
     skipped: int = 0
 
 
@@ -46,6 +47,7 @@ def parse(text: str, where: str, strict: bool = True, key: str = "") -> Lines:
                 continue
             raise UserError(Problem(where, key, f"line {number} is a JSON {type(row).__name__}, not an object", number))
         out.rows.append(row)
+        out.numbers.append(number)
     return out
 
 

@@ -55,7 +55,8 @@ def describe(error: dict, root: type[BaseModel], choices_name: str = "") -> tupl
         allowed = [str(a) for a in typing.get_args(annotation_at(root, loc)) or ()]
         value = str(error.get("input"))
         if allowed and choices_name:
-            return key, f"unknown {choices_name} {value!r}{did_you_mean(value, allowed)}; available: {', '.join(allowed)}"
+            return key, (f"unknown {choices_name} {value!r}{did_you_mean(value, allowed)}; "
+                         f"available: {', '.join(allowed)}")
         if allowed:
             return key, f"{value!r} is not allowed (allowed: {', '.join(allowed)}){did_you_mean(value, allowed)}"
     message = error["msg"].removeprefix("Value error, ")

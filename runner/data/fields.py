@@ -69,5 +69,6 @@ def to_example(row: dict, spec: DatasetSpec, template: Template) -> dict:
         if example.get("input"):
             user = f"{user}\n\n{example.pop('input')}"
         example.pop("input", None)
-        example["messages"] = [{"role": "user", "content": user}, {"role": "assistant", "content": example.pop("output")}]
+        example["messages"] = [{"role": "user", "content": user},
+                               {"role": "assistant", "content": example.pop("output")}]
     return example

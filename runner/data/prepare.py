@@ -17,14 +17,12 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from runner.core import atomic, jsonl
-from runner.data import fields
+from runner.core import atomic, jsonl, paths
+from runner.core.errors import Problem, UserError
+from runner.data import fields, sources
 from runner.data.info import SPLITS, DataInfo
 from runner.models import resolve
-from runner.core import paths
-from runner.data import sources
 from runner.recipe import templates
-from runner.core.errors import Problem, UserError
 from runner.recipe.loading import Loaded
 from runner.recipe.schema import Recipe
 
@@ -62,7 +60,7 @@ def _examples(recipe: Recipe, template: templates.Template, read) -> tuple[list[
     """(source label, example, original row, use) for every usable row, and per-source counts of what was
     dropped."""
     kept, report = [], {}
-    for index, (spec, rows) in enumerate(zip(recipe.data.datasets, read)):
+    for index, (spec, rows) in enumerate(zip(recipe.data.datasets, read, strict=True)):
         incomplete, reasons = 0, Counter()
         for number, row in enumerate(rows.rows, start=1):
             try:
@@ -138,7 +136,7 @@ def _token_lengths(rendered: list[list[templates.Segment]], tokenizer) -> list[l
 def _fit(segments, lengths, limit: int, tokenizer):
     """Truncate segments to `limit` tokens (the tail is cut); None when nothing labeled survives."""
     kept, used = [], 0
-    for segment, length in zip(segments, lengths):
+    for segment, length in zip(segments, lengths, strict=True):
         if used + length <= limit:
             kept.append(segment)
             used += length
@@ -165,7 +163,8 @@ def _render_split(name, items, template, tokens, tokenizer, recipe, stop) -> tup
     limit = recipe.data.max_seq_len
     progress = dict(desc=f"render {name}", unit="row", file=sys.stderr, leave=False, disable=len(items) < 200)
     rendered = [templates.render(template, item[1], tokens) for item in tqdm(items, **progress)]
-    for (label, _, original, *_), segments, sizes in zip(items, rendered, _token_lengths(rendered, tokenizer)):
+    token_counts = _token_lengths(rendered, tokenizer)
+    for (label, _, original, *_), segments, sizes in zip(items, rendered, token_counts, strict=True):
         if not any(s.label for s in segments):  # would train on nothing (and has no reference to evaluate)
             raise UserError(Problem(templates.file_of(template), "data.template", f"a row of {label} renders with no "
                                     f"labeled part, so it would train on nothing: {templates.show(segments)[:200]!r}; "

@@ -1,10 +1,9 @@
 """`recipe render`: the first rows of a recipe's data as its template renders them, trained text marked."""
 from __future__ import annotations
 
-from runner.data import fields
-from runner.data import sources
-from runner.recipe import templates
 from runner.core.errors import UserError
+from runner.data import fields, sources
+from runner.recipe import templates
 from runner.recipe.loading import Loaded
 
 PLACEHOLDER_TOKENS = templates.TokenizerTokens(bos_token="<bos>", eos_token="<eos>")
@@ -15,7 +14,8 @@ def _tokens(loaded: Loaded) -> tuple[templates.TokenizerTokens, str]:
     from runner.models import resolve
 
     try:
-        return resolve.tokenizer_tokens(resolve.resolve_base(loaded.recipe.model, root=loaded.root_of("model.base"))), ""
+        model_dir = resolve.resolve_base(loaded.recipe.model, root=loaded.root_of("model.base"))
+        return resolve.tokenizer_tokens(model_dir), ""
     except UserError as err:
         return PLACEHOLDER_TOKENS, f"# note: model not available here, showing <bos>/<eos> placeholders ({err})\n"
 

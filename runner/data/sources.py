@@ -127,7 +127,7 @@ def _read_csv(text: str, where: str, key: str) -> tuple[list[dict], list[int]]:
                                     f"{len(header)} ({', '.join(header)}); quote fields that contain commas or "
                                     'newlines, write " inside a quoted field as "", and check for a row cut short',
                                     start))
-        rows.append(dict(zip(header, record)))
+        rows.append(dict(zip(header, record, strict=True)))
         lines.append(start)
     return rows, lines
 

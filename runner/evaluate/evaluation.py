@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import time
 
-from runner.core.console import say
 from runner.core import paths
+from runner.core.console import say
 from runner.evaluate import harness, tasks
 from runner.evaluate.judge_run import MODELS, judge_run
 from runner.evaluate.summary import BOOTSTRAP_ITERS, SEED, EvalSummary, summarize

@@ -10,15 +10,14 @@ import shutil
 import textwrap
 from pathlib import Path
 
-from runner.recipe import loading
-from runner.models import resolve
 from runner.core import paths
 from runner.core.console import say
-from runner.runs import rundir
-from runner.recipe import templates
 from runner.core.errors import Problem, UserError
 from runner.evaluate.metrics import clean_generation
+from runner.models import resolve
+from runner.recipe import loading, templates
 from runner.recipe.schema import Recipe
+from runner.runs import rundir
 
 
 def render_prompt(recipe: Recipe, text: str, tokens: templates.TokenizerTokens) -> str:
@@ -77,7 +76,8 @@ def generate(target: rundir.RunDir | loading.Loaded, prompts: list[str],
     tokenizer = AutoTokenizer.from_pretrained(base_dir, trust_remote_code=recipe.model.trust_remote_code)
     tokens = resolve.tokenizer_tokens(Path(base_dir))
     rendered = [render_prompt(recipe, p, tokens) for p in prompts]
-    stop = (manifest.stop if manifest else None) or [s for s in (*templates.load(recipe.data.template).stop, tokens.eos_token) if s]
+    template_stop = (*templates.load(recipe.data.template).stop, tokens.eos_token)
+    stop = (manifest.stop if manifest else None) or [s for s in template_stop if s]
     limit = max_new_tokens or recipe.eval.max_new_tokens
     load = dict(dtype=torch.float32, trust_remote_code=recipe.model.trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(base_dir, **load).eval()
@@ -93,7 +93,7 @@ def generate(target: rundir.RunDir | loading.Loaded, prompts: list[str],
             model = AutoModelForCausalLM.from_pretrained(model_dir, **load).eval()
         finetuned = _generate_all(model, tokenizer, rendered, stop, limit)
     return [{"prompt": p, "rendered": r, "base": b, "finetuned": f}
-            for p, r, b, f in zip(prompts, rendered, base, finetuned)]
+            for p, r, b, f in zip(prompts, rendered, base, finetuned, strict=True)]
 
 
 def format_side_by_side(results: list[dict], width: int | None = None) -> str:
@@ -105,8 +105,9 @@ def format_side_by_side(results: list[dict], width: int | None = None) -> str:
         left = _wrap(result["base"], column)
         right = _wrap(result["finetuned"] if result["finetuned"] is not None else "(no trained run)", column)
         lines = [f"{'base'.ljust(column)} | fine-tuned", f"{'-' * column}-+-{'-' * column}"]
-        lines += [f"{a.ljust(column)} | {b}".rstrip() for a, b in zip(left + [""] * (len(right) - len(left)),
-                                                                     right + [""] * (len(left) - len(right)))]
+        height = max(len(left), len(right))
+        left, right = left + [""] * (height - len(left)), right + [""] * (height - len(right))
+        lines += [f"{a.ljust(column)} | {b}".rstrip() for a, b in zip(left, right, strict=True)]
         blocks.append("\n".join([f"> {line}" for line in result["prompt"].splitlines() or [""]] + lines))
     return "\n\n".join(blocks) + "\n"
 

@@ -12,9 +12,9 @@ import math
 import os
 from pathlib import Path
 
-from runner.core.console import say
 from runner.core import jsonl
 from runner.core.atomic import write_json_atomic
+from runner.core.console import say
 from runner.evaluate.summary import GENERATE_TASK, PERPLEXITY_TASK, SEED
 from runner.recipe.suites import Suite, include_task_names
 from runner.runs.manifest import Manifest

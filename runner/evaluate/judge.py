@@ -13,7 +13,7 @@ import os
 import re
 import urllib.error
 import urllib.request
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 log = logging.getLogger(__name__)
 

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import json
 
-from runner.core.console import say
 from runner.core import jsonl
 from runner.core.atomic import write_json_atomic
+from runner.core.console import say
 from runner.core.errors import UserError
 from runner.data import fields
 from runner.evaluate import tasks
 from runner.evaluate.judge import JudgeUnavailable, judge_pair, local_model_asker, openai_chat_asker, tally
 from runner.evaluate.summary import GENERATE_TASK, JudgeSummary
 from runner.models import resolve
-from runner.recipe import templates
+from runner.recipe import suites, templates
 from runner.recipe.schema import ModelSpec
 from runner.recipe.suites import Suite
 
@@ -37,12 +37,13 @@ def _question(item: dict, recipe) -> str:
     return item["prompt"]
 
 
-def _asker(spec):
-    """ask(messages) for the suite's judge; raises JudgeUnavailable when the model cannot be had."""
+def _asker(spec, root=None):
+    """ask(messages) for the suite's judge; raises JudgeUnavailable when the model cannot be had. A relative
+    local model path is under the workspace, else under root (the suite file's layer)."""
     if spec.kind == "openai":
         return openai_chat_asker(spec.url, spec.model, spec.api_key_env)
     try:
-        model_dir = resolve.resolve_base(ModelSpec(base=spec.model), source="judge.model")
+        model_dir = resolve.resolve_base(ModelSpec(base=spec.model), source="judge.model", root=root)
         return local_model_asker(str(model_dir), max_new_tokens=spec.max_new_tokens)
     except UserError as err:
         raise JudgeUnavailable(f"local judge {spec.model!r}: {err.problems[0].message}") from None
@@ -65,7 +66,7 @@ def judge_run(run, recipe, suite: Suite) -> JudgeSummary:
         say(f"eval: judge ({spec.kind} {spec.model}): {len(pairs)} items, both answer orders")
         verdicts = []
         try:
-            ask = _asker(spec)
+            ask = _asker(spec, suites.root_of(suite))
             for b, f in pairs:
                 verdict = judge_pair(_question(items[f["doc_id"]], recipe), f["reference"], b["prediction"],
                                      f["prediction"], ask)

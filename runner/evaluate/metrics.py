@@ -8,9 +8,10 @@ from __future__ import annotations
 import re
 import string
 from collections import Counter
-from functools import lru_cache
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Literal, Sequence
+from functools import lru_cache
+from typing import Literal
 
 _PUNCT = set(string.punctuation)
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
@@ -118,7 +119,7 @@ def score_all(predictions: Sequence[str], references: Sequence[str], names: Sequ
     unknown = [n for n in names if n not in TEXT_METRICS]
     if unknown:
         raise ValueError(f"unknown metric(s) {', '.join(unknown)}; available: {', '.join(sorted(TEXT_METRICS))}")
-    return {n: [REGISTRY[n].score(p, r, None) for p, r in zip(predictions, references)] for n in names}
+    return {n: [REGISTRY[n].score(p, r, None) for p, r in zip(predictions, references, strict=True)] for n in names}
 
 
 def clean_generation(text: str, stop_strings: Sequence[str] = ()) -> str:

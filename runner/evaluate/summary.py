@@ -92,7 +92,7 @@ def summarize(rows: dict[str, dict[str, list[dict]]]) -> dict[str, dict]:
             metrics["perplexity"] = perplexity_summary(base, ft)
             continue
         names = sorted(ft[0]["scores"])
-        label = (lambda m: m) if task == GENERATE_TASK else (lambda m: f"{task}/{m}")
+        label = (lambda m: m) if task == GENERATE_TASK else (lambda m, task=task: f"{task}/{m}")
         if base is None:
             metrics |= {label(m): _one_sided([r["scores"][m] for r in ft]) for m in names}
             continue

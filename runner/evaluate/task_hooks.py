@@ -10,9 +10,9 @@ weighted_perplexity aggregation, i.e. exp(-sum loglikelihood / sum reference tok
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
 
 from runner.evaluate import metrics
 

@@ -20,13 +20,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner.core import jsonl, paths
-from runner.evaluate import metrics
+from runner.core.atomic import write_json_atomic, write_text_atomic
 from runner.core.errors import Problem, UserError
+from runner.core.yamlio import dump_yaml
+from runner.evaluate import metrics
 from runner.evaluate.summary import GENERATE_TASK, PERPLEXITY_TASK
 from runner.evaluate.task_hooks import CONFIG_FILE, SHIM
 from runner.recipe.suites import Suite
-from runner.core.atomic import write_json_atomic, write_text_atomic
-from runner.core.yamlio import dump_yaml
 
 ITEMS_FILE = "heldout.jsonl"
 SHIM_FILE = "recipe_metrics.py"

@@ -13,8 +13,8 @@ from contextlib import redirect_stdout
 from pathlib import Path
 
 from runner.core import paths
-from runner.core.errors import Problem, UserError
 from runner.core.atomic import file_lock, staging_dir
+from runner.core.errors import Problem, UserError
 
 STAMP = "tiny-model.json"
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<|im_start|>", "<|im_end|>"]

@@ -17,11 +17,11 @@ import yaml
 from pydantic import ValidationError
 
 from runner.core import paths
-from runner.recipe import templates
 from runner.core.errors import Problem, UserError, unknown_name
 from runner.core.validation import describe, line_of
-from runner.recipe.schema import SCHEMA_VERSION, Recipe
 from runner.core.yamlio import dump_yaml, read_yaml
+from runner.recipe import templates
+from runner.recipe.schema import SCHEMA_VERSION, Recipe
 
 OVERRIDE = "<override>"
 # Old recipe-language versions upgrade here, one step at a time: {from_version: function(dict) -> dict}.

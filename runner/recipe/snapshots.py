@@ -9,11 +9,11 @@ import difflib
 import json
 from pathlib import Path
 
-from runner.recipe import loading
 from runner.core import paths
-from runner.core.errors import UserError
-from runner.recipe.schema import Recipe
 from runner.core.atomic import write_text_atomic
+from runner.core.errors import UserError
+from runner.recipe import loading
+from runner.recipe.schema import Recipe
 
 SCHEMA_FILE = "recipe.schema.json"
 

@@ -17,12 +17,12 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from runner.core import paths
-from runner.evaluate import metrics
+from runner.core.atomic import write_json_atomic
 from runner.core.errors import Problem, UserError, did_you_mean, unknown_name
 from runner.core.validation import describe, line_of
-from runner.recipe.schema import SemVer
-from runner.core.atomic import write_json_atomic
 from runner.core.yamlio import read_yaml
+from runner.evaluate import metrics
+from runner.recipe.schema import SemVer
 
 SUITE_VERSION = 1
 DEFAULT_SUITE = "heldout-qa"  # used when a recipe names no eval.suite

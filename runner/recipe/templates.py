@@ -149,7 +149,8 @@ def load(name: str) -> Template:
 
 
 LABEL_FIX = ("wrap the part the model learns (the answer, with its end marker) in "
-             "{% filter labeled %}...{% endfilter %}, e.g. {% filter labeled %}{{ output }}{{ eos_token }}{% endfilter %}")
+             "{% filter labeled %}...{% endfilter %}, e.g. "
+             "{% filter labeled %}{{ output }}{{ eos_token }}{% endfilter %}")
 
 
 def _placeholder(name: str):
@@ -213,7 +214,8 @@ def _chat_template_segments(example: dict, tokens: TokenizerTokens) -> list[Segm
         prompt, full = render(messages[:index], True), render(messages[: index + 1], False)
         if not (prompt.startswith(done) and full.startswith(prompt)):
             raise UserError(Problem("data.template", "", "the model's chat template does not render turns as "
-                                    "prefixes of each other, so assistant turns cannot be labeled; use a file template"))
+                                    "prefixes of each other, so assistant turns cannot be labeled; "
+                                    "use a file template"))
         segments += [Segment(prompt[len(done):], False), Segment(full[len(prompt):], True)]
         done = full
     return [s for s in segments if s.text]

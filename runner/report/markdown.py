@@ -14,8 +14,7 @@ from pathlib import Path
 
 from runner.core.atomic import write_text_atomic
 from runner.report import plots
-from runner.report.cells import (CELL_CHARS, cell, code, duration, fenced, fmt, interval, is_number, p_value,
-                                 table)
+from runner.report.cells import CELL_CHARS, cell, code, duration, fenced, fmt, interval, is_number, p_value, table
 from runner.report.inputs import METRICS, RESOLVED, SUMMARY, Inputs, read_inputs
 from runner.runs.rundir import RunDir
 

@@ -2,7 +2,7 @@
 stage and the report."""
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 from typing import ClassVar, Literal
 
 from pydantic import Field
@@ -11,7 +11,7 @@ from runner.core.contracts import Contract, Record
 from runner.data.info import DataInfo
 
 
-class Status(str, Enum):
+class Status(StrEnum):
     PLANNED = "planned"  # engine files written, nothing run
     TRAINING = "training"  # the trainer runs (or stopped without recording why)
     SUBMITTED = "submitted"  # handed to SLURM (--detach)

@@ -19,10 +19,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner.core import paths
-from runner.core.errors import Problem, UserError, unknown_name
 from pydantic import BaseModel
 
+from runner.core import paths
+from runner.core.errors import Problem, UserError, unknown_name
 from runner.recipe.schema import Recipe
 from runner.runs.manifest import Manifest
 
@@ -121,7 +121,8 @@ def create(recipe: str, fingerprint: str) -> RunDir:
         except FileExistsError:
             continue
         except OSError as err:
-            raise UserError(Problem(paths.display(parent), "", f"cannot create a run directory: {err.strerror}"))
+            raise UserError(Problem(paths.display(parent), "",
+                                    f"cannot create a run directory: {err.strerror}")) from None
         return RunDir(parent / name)
     raise UserError(Problem(paths.display(parent), "", "could not find a free run directory name"))
 
@@ -141,7 +142,8 @@ def find(recipe: str, run_id: str | None = None) -> RunDir:
     name = run_id or LATEST
     path = parent / name
     if not path.exists():
-        existing = sorted(p.name for p in parent.iterdir() if p.is_dir() and p.name != LATEST) if parent.exists() else []
+        existing = (sorted(p.name for p in parent.iterdir() if p.is_dir() and p.name != LATEST)
+                    if parent.exists() else [])
         if run_id is None:
             raise UserError(Problem(paths.display(parent), "", f"recipe {recipe!r} has no runs yet; run "
                                     f"`recipe train {recipe}` first"))

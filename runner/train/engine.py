@@ -230,7 +230,8 @@ def _slurm_script(recipe: Recipe, header: list[str]) -> str:
         f'MASTER_PORT="${{MASTER_PORT:-{MAIN_PORT}}}"',
         'RDZV_ID="$SLURM_JOB_ID"',
         "export MASTER_ADDR MASTER_PORT RDZV_ID",
-        f"srun --kill-on-bad-exit=1 bash -c '{_join(_command(recipe, 'slurm')).replace('${NODE_RANK}', '${SLURM_NODEID}')}'",
+        "srun --kill-on-bad-exit=1 bash -c "
+        f"'{_join(_command(recipe, 'slurm')).replace('${NODE_RANK}', '${SLURM_NODEID}')}'",
     ]
     return "\n".join([header[0], *sbatch, *header[1:], *body]) + "\n"
 

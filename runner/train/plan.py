@@ -20,9 +20,10 @@ from runner.train import engine, provenance
 
 def base_model_for(loaded: Loaded) -> str:
     """What axolotl loads: hub ids stay hub ids (resolved on the cluster); local files become local dirs."""
-    spec = loaded.recipe.model
-    local = spec.base.startswith(resolve.PKG) or paths.resolve_local(spec.base).exists() or spec.base.endswith(".gguf")
-    return str(resolve.resolve_base(spec, paths.display(loaded.path))) if local else spec.base
+    spec, root = loaded.recipe.model, loaded.root_of("model.base")  # root: the layer of the file that named it
+    local = (spec.base.startswith(resolve.PKG) or paths.resolve_local(spec.base, root).exists()
+             or spec.base.endswith(".gguf"))
+    return str(resolve.resolve_base(spec, paths.display(loaded.path), root)) if local else spec.base
 
 
 def engine_files(loaded: Loaded, target: str, base_model: str, has_val: bool) -> dict[str, str]:

@@ -17,7 +17,8 @@ def _run(argv: list[str], cwd: Path | None = None, env: dict | None = None) -> s
         return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=60)
     except FileNotFoundError:
         raise UserError(Problem("hardware", "--target slurm", f"`{argv[0]}` is not on PATH: run this on a SLURM "
-                                "login node (or install slurm-wlm; `make test-slurm` starts a local cluster)")) from None
+                                "login node (or install slurm-wlm; `make test-slurm` starts a local "
+                                "cluster)")) from None
     except subprocess.TimeoutExpired:
         raise RunFailed(f"`{' '.join(argv)}` did not answer within 60 s: is slurmctld up? (`scontrol ping`)") from None
 

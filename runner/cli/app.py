@@ -1,0 +1,111 @@
+"""The `recipe` command's parser and entry point. Verbs live in small modules beside this one (recipe_verbs,
+run_verbs), each registering its own subcommands; user errors exit 2, failed stages 1."""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+
+from runner.cli import recipe_verbs, run_verbs
+from runner.core.errors import STORAGE_ERRNOS, RunFailed, UserError, storage_error
+
+VERB_MODULES = (recipe_verbs, run_verbs)
+
+EPILOG = """examples:
+  recipe init my-repo                   # a starter workspace: recipes/my-model.yaml, data, README, .gitignore
+  recipe list
+  recipe validate                       # every recipe and base under recipes/
+  recipe show tiny-cpu train.learning_rate=1e-3 hardware.gpus=2
+  recipe render tiny-cpu --n 2          # trained text shown between [[ and ]]
+  recipe lock --check                   # CI: resolved snapshots are current
+  recipe diff codellama7b-text-to-sql mistral7b-text-to-sql
+  recipe plan gemma7b-dolly-chatml --target slurm
+  recipe train tiny-cpu train.max_steps=10
+  recipe train tiny-cpu --resume        # continue the latest run from its newest checkpoint
+  recipe eval tiny-cpu                  # base vs fine-tuned on the recipe's eval suite, then report.md
+  recipe generate smollm2-135m-sql-chatml --prompt "How many customers live in Paris?"
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="recipe", description="Declarative fine-tuning recipes.",
+                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="store_true",
+                        help="show the libraries' own messages on the terminal too (they always go to the log)")
+
+    def verb(name, func, help_text):
+        sub = verbs.add_parser(name, help=help_text, description=help_text, parents=[common])
+        sub.set_defaults(func=func)
+        return sub
+
+    def with_recipe(sub):
+        sub.add_argument("recipe", help="recipe name (recipes/**/<name>.yaml) or path")
+        sub.add_argument("overrides", nargs="*", metavar="key=value", help="overrides, e.g. train.learning_rate=1e-4")
+        return sub
+
+    for module in VERB_MODULES:
+        module.register(verb, with_recipe)
+    return parser
+
+
+def _report(err: UserError) -> int:
+    print(f"error: {err}", file=sys.stderr) if len(err.problems) == 1 else print(
+        "error: " + f"{len(err.problems)} problems:\n  " + "\n  ".join(str(p) for p in err.problems),
+        file=sys.stderr)
+    return err.exit_code
+
+
+OVERRIDE = re.compile(r"^[A-Za-z_][\w-]*(\.[\w-]+)*=")
+
+
+def _overrides_after_recipe(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """Move `key=value` overrides written after an option (`plan X --target slurm hardware.nodes=2`) to just after
+    the recipe, where argparse takes them; an option's own value (`--prompt a=b`) stays where it is."""
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    if not argv or argv[0] not in subparsers.choices:
+        return argv
+    sub = subparsers.choices[argv[0]]
+    if not any(a.dest == "overrides" for a in sub._actions):
+        return argv
+    takes_value = {s for a in sub._actions if a.option_strings and a.nargs != 0 and a.nargs != "?"
+                   for s in a.option_strings}
+    rest, overrides, recipe_at, skip = [], [], None, False
+    for token in argv[1:]:
+        if skip:
+            rest.append(token)
+            skip = False
+        elif token in takes_value:
+            rest.append(token)
+            skip = True
+        elif recipe_at is not None and OVERRIDE.match(token):
+            overrides.append(token)
+        else:
+            if recipe_at is None and not token.startswith("-"):
+                recipe_at = len(rest)
+            rest.append(token)
+    if recipe_at is None:
+        return argv
+    return [argv[0], *rest[:recipe_at + 1], *overrides, *rest[recipe_at + 1:]]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(_overrides_after_recipe(parser, argv))
+    try:
+        return args.func(args)
+    except UserError as err:
+        return _report(err)
+    except OSError as err:  # a write deep in a stage (a copy, a log) on a full or read-only disk
+        if err.errno not in STORAGE_ERRNOS:
+            raise
+        return _report(storage_error(err))
+    except RunFailed as err:
+        print(f"failed: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+        return 130

@@ -1,0 +1,159 @@
+"""Verbs that make or use runs: tiny-model, prepare, plan, train, merge, eval, generate, report."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from runner.core import console, paths
+from runner.core.errors import Problem, UserError
+from runner.recipe import loading
+from runner.train.engine import TARGETS
+
+
+def cmd_tiny_model(args) -> int:
+    from runner.models import tiny
+
+    print(paths.display(tiny.build(args.out)))  # None: models/tiny-llama
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from runner.data.prepare import prepare
+
+    prepared = prepare(loading.load(args.recipe, args.overrides))
+    info = prepared.info
+    print(f"prepared {paths.display(prepared.dir)}")
+    print(f"  rows: {info.counts}  duplicates removed: {info.duplicates_removed}")
+    for source, report in info.sources.items():
+        print(f"  {source}: {report.rows} rows, {report.incomplete} incomplete")
+    for split, stats in info.stats.items():
+        per_row = stats.tokens_per_row.model_dump() if stats.tokens_per_row else {}
+        print(f"  {split}: {stats.rows} rows, {stats.tokens} tokens, per row {per_row}, "
+              f"{stats.over_max_seq_len} over max_seq_len ({stats.overlength_action})")
+    return 0
+
+
+def cmd_plan(args) -> int:
+    from runner.train.plan import plan_run
+
+    run = plan_run(loading.load(args.recipe, args.overrides), args.target)
+    print(f"planned {paths.display(run.path)}:")
+    for file in sorted(run.path.iterdir()):
+        print(f"  {file.name}")
+    print(f"start it with:\n  {run.manifest().command}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from runner.train.launch import train
+
+    resume = False if args.resume is None else args.resume
+    run = train(loading.load(args.recipe, args.overrides), args.target, resume, detach=args.detach,
+                verbose=args.verbose)
+    manifest = run.manifest()
+    if manifest.status.value == "submitted":
+        print(f"submitted {paths.display(run.path)} as slurm job {manifest.slurm_job_id}")
+        return 0
+    summary = manifest.train
+    loss = f"loss {_figure(summary.first_loss)} -> {_figure(summary.final_loss)}" if summary else "no metrics logged"
+    print(f"trained {paths.display(run.path)}: {summary.steps if summary else 0} steps, {loss}")
+    return 0
+
+
+def _figure(value: float | None) -> str:
+    """A figure for people: four significant digits."""
+    return "-" if value is None else f"{value:.4g}"
+
+
+def cmd_merge(args) -> int:
+    from runner.runs import rundir
+    from runner.train.merge import merge
+
+    print(f"merged model: {paths.display(merge(rundir.find(loading.recipe_name(args.recipe), args.run)))}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from runner.evaluate import evaluation, summary
+    from runner.recipe import suites
+    from runner.report import markdown
+    from runner.runs import rundir
+
+    loaded = loading.load(args.recipe, args.overrides)
+    run = rundir.find(loaded.recipe.name, args.run)
+    recipe, changed = rundir.recipe_for_eval(run, loaded.recipe)
+    if changed:
+        print(f"note: {paths.display(loaded.path)} differs from the recipe run {run.run_id} was trained with "
+              f"({', '.join(changed)}); evaluating with the run's recipe ({run.run_id}/recipe.resolved.yaml) and "
+              "the current eval settings", file=sys.stderr)
+    suite = (suites.load(args.suite, key="--suite") if args.suite
+             else suites.for_recipe(recipe, paths.display(loaded.path)))
+    log = run.file("logs", "eval.log")
+    with console.third_party_to(log, args.verbose):  # lm-eval's and torch's messages go to the run's log
+        result = evaluation.evaluate(run, recipe, suite)
+        report = markdown.write_report(run)
+    print(summary.format_summary(result), end="")
+    print(f"report: {paths.display(report)} (library messages: {paths.display(log)}; -v shows them here)")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    from runner.evaluate import generate
+    from runner.runs import rundir
+
+    loaded = loading.load(args.recipe, args.overrides)
+    target = rundir.find(loaded.recipe.name, args.run) if args.run else loaded
+    prompts = list(args.prompt or [])
+    if args.file:
+        try:
+            text = Path(args.file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise UserError(Problem(args.file, "--file", f"cannot read the prompts file: "
+                                    f"{getattr(err, 'strerror', None) or err}")) from None
+        prompts += [line for line in text.splitlines() if line.strip()]
+    if not prompts:
+        raise UserError("generate: give --prompt TEXT (repeatable) or --file prompts.txt (one prompt a line)")
+    log = (target.file("logs", "generate.log") if isinstance(target, rundir.RunDir)
+           else paths.cache_dir() / "logs" / "generate.log")
+    with console.third_party_to(log, args.verbose):
+        answers = generate.generate(target, prompts, args.max_new_tokens)
+    print(generate.format_side_by_side(answers), end="")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from runner.report import markdown
+    from runner.runs import rundir
+
+    print(f"wrote {paths.display(markdown.write_report(rundir.find(loading.recipe_name(args.recipe), args.run)))}")
+    return 0
+
+
+def register(verb, with_recipe) -> None:
+    tiny = verb("tiny-model", cmd_tiny_model, "build the tiny random-init Llama the tests and tiny-cpu use")
+    tiny.add_argument("--out", type=Path, default=None, help="folder (default models/tiny-llama)")
+    with_recipe(verb("prepare", cmd_prepare, "prepare a recipe's data (cached by content) and show stats"))
+    plan = with_recipe(verb("plan", cmd_plan, "write axolotl/DeepSpeed/launch files into a new run dir; run nothing"))
+    plan.add_argument("--target", choices=TARGETS, default="local", help="launcher (default local)")
+    train = with_recipe(verb("train", cmd_train, "prepare + plan + train; writes runs/<recipe>/<run-id>/"))
+    train.add_argument("--target", choices=TARGETS, default="local",
+                       help="local (one process), accelerate, torchrun, or slurm (sbatch, then wait for the job)")
+    train.add_argument("--detach", action="store_true", help="with --target slurm: submit and return at once")
+    train.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN",
+                       help="continue a run (the latest, or RUN) from its newest checkpoint")
+    merge = verb("merge", cmd_merge, "merge a run's LoRA adapter into the base model -> run/merged/")
+    merge.add_argument("recipe")
+    merge.add_argument("--run", default=None, help="run id (default: latest)")
+    evaluate = with_recipe(verb("eval", cmd_eval, "evaluate base and fine-tuned models on the recipe's eval suite "
+                                "(lm-evaluation-harness), then write the report"))
+    evaluate.add_argument("--run", default=None, help="run id (default: latest)")
+    evaluate.add_argument("--suite", default=None, help="eval suite name (default: the recipe's eval.suite)")
+    generate = with_recipe(verb("generate", cmd_generate, "answer prompts with the base and fine-tuned models, "
+                                "side by side, in the recipe's template"))
+    generate.add_argument("--prompt", action="append", help="a prompt (repeatable)")
+    generate.add_argument("--file", help="a file of prompts, one a line")
+    generate.add_argument("--run", default=None, help="run id (default: latest)")
+    generate.add_argument("--max-new-tokens", type=int, default=None)
+    report = verb("report", cmd_report, "write report.md and plots/ for a run")
+    report.add_argument("recipe")
+    report.add_argument("--run", default=None, help="run id (default: latest)")
