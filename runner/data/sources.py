@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner.core import paths
+from runner.core import jsonl, paths
 from runner.core.errors import Problem, UserError
 from runner.recipe.schema import DatasetSpec
 
@@ -35,23 +35,9 @@ def _decode(raw: bytes, where: str, key: str) -> str:
 
 
 def _read_jsonl(text: str, where: str, key: str) -> tuple[list[dict], list[int]]:
-    """The rows and the line number of each. Lines end at "\n" only: str.splitlines() would also cut at
-    U+2028, U+0085 and other characters a JSON string written with ensure_ascii=False may hold."""
-    rows, lines = [], []
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise UserError(Problem(where, key, f"line {number} is not valid JSON ({err.msg} at column {err.colno});"
-                                    " every line of a .jsonl file is one JSON object", number)) from None
-        if not isinstance(row, dict):
-            raise UserError(Problem(where, key, f"line {number} is a JSON {type(row).__name__}, not an object",
-                                    number))
-        rows.append(row)
-        lines.append(number)
-    return rows, lines
+    """The rows and the line number of each (lines end at "\n" only; see runner.core.jsonl)."""
+    lines = jsonl.parse(text, where, strict=True, key=key)
+    return lines.rows, lines.numbers
 
 
 def _read_json(text: str, where: str, key: str) -> list[dict]:
