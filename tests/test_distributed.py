@@ -16,7 +16,7 @@ def test_two_processes_train_data_parallel_on_cpu(session_dirs, tiny_model_dir):
     loaded = loading.load("tiny-cpu", ["hardware.gpus=2", "train.max_steps=12", "train.save_steps=6"])
     assert loaded.recipe.global_batch == 8  # micro 4 x accumulation 1 x 2 processes
     run = train(loaded, target="torchrun")
-    manifest = run.manifest()
+    manifest = run.manifest().to_json()
     assert manifest["status"] == "trained" and manifest["batch"]["world_size"] == 2
     ranks = manifest["train"]["ranks"]
     assert set(ranks) == {"rank-0", "rank-1"}
@@ -50,7 +50,7 @@ def test_two_process_run_resumes_on_both_ranks(session_dirs, tiny_model_dir):
         latest = session_dirs / "runs" / "tiny-cpu" / "latest"
         if latest.exists():
             candidate = rundir.RunDir(latest.resolve())
-            manifest = candidate.manifest()
+            manifest = candidate.manifest().to_json()
             if manifest.get("fingerprint") == fingerprint and \
                     candidate.file("model", "checkpoint-8", "trainer_state.json").is_file():
                 run = candidate

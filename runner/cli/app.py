@@ -6,10 +6,10 @@ import argparse
 import re
 import sys
 
-from runner.cli import recipe_verbs, run_verbs
+from runner.cli import chat_verbs, fit_verbs, recipe_verbs, run_verbs, serve_verbs, ship_verbs
 from runner.core.errors import STORAGE_ERRNOS, RunFailed, UserError, storage_error
 
-VERB_MODULES = (recipe_verbs, run_verbs)
+VERB_MODULES = (recipe_verbs, run_verbs, chat_verbs, ship_verbs, serve_verbs, fit_verbs)
 
 EPILOG = """examples:
   recipe init my-repo                   # a starter workspace: recipes/my-model.yaml, data, README, .gitignore
@@ -19,11 +19,14 @@ EPILOG = """examples:
   recipe render tiny-cpu --n 2          # trained text shown between [[ and ]]
   recipe lock --check                   # CI: resolved snapshots are current
   recipe diff codellama7b-text-to-sql mistral7b-text-to-sql
+  recipe fit gemma7b-dolly-chatml        # peak memory per GPU, does it fit, what would; time and cost
   recipe plan gemma7b-dolly-chatml --target slurm
   recipe train tiny-cpu train.max_steps=10
   recipe train tiny-cpu --resume        # continue the latest run from its newest checkpoint
   recipe eval tiny-cpu                  # base vs fine-tuned on the recipe's eval suite, then report.md
   recipe generate smollm2-135m-sql-chatml --prompt "How many customers live in Paris?"
+  recipe publish tiny-cpu --repo-id me/tiny-cpu-lora --dry-run   # files, sizes and the model card
+  recipe chat tiny-cpu                  # a web page: base and fine-tuned answers side by side
 """
 
 

@@ -34,13 +34,16 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_plan(args) -> int:
+    from runner.cli.fit_verbs import plan_section
     from runner.train.plan import plan_run
 
-    run = plan_run(loading.load(args.recipe, args.overrides), args.target)
+    loaded = loading.load(args.recipe, args.overrides)
+    run = plan_run(loaded, args.target)
     print(f"planned {paths.display(run.path)}:")
     for file in sorted(run.path.iterdir()):
         print(f"  {file.name}")
     print(f"start it with:\n  {run.manifest().command}")
+    print(plan_section(loaded, args.overrides, args.verbose), end="")  # the memory fit, as `recipe fit` shows it
     return 0
 
 

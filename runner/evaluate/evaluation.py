@@ -19,6 +19,7 @@ from runner.evaluate import harness, tasks
 from runner.evaluate.judge_run import MODELS, judge_run
 from runner.evaluate.summary import BOOTSTRAP_ITERS, SEED, EvalSummary, summarize
 from runner.recipe.suites import Suite, for_recipe
+from runner.runs import tracking
 from runner.runs.manifest import EvalRef, RunError, Status
 
 
@@ -76,4 +77,8 @@ def evaluate(run, recipe, suite: Suite | None = None) -> EvalSummary:
     run.update(status=Status.EVALUATED, error=None, timings=timings,
                eval=EvalRef(suite=suite.name, suite_version=suite.version))
     say(f"eval: wrote {paths.display(run.file('eval', 'summary.json'))} in {timings['eval_s']:.0f} s")
+    from runner.ship import card
+
+    card.refresh(run)  # the model cards (model/, merged/) take these results as their model-index
+    tracking.log_eval(run, recipe, summary)
     return summary

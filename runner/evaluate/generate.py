@@ -2,17 +2,22 @@
 
 Each prompt becomes a single user turn rendered by the recipe's own template (the format the model
 was trained in), is tokenized exactly as rendered (no extra BOS), and is decoded greedily with
-transformers (+ peft for an adapter), cut at the first stop string.
+transformers (+ peft for an adapter), cut at the first stop string. `load_pair` loads the two models once
+and answers one prompt at a time (optionally with another system prompt): `recipe chat` uses it too.
 """
 from __future__ import annotations
 
 import shutil
 import textwrap
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from runner.core import paths
 from runner.core.console import say
 from runner.core.errors import Problem, UserError
+from runner.evaluate.harness import device_and_dtype
 from runner.evaluate.metrics import clean_generation
 from runner.models import resolve
 from runner.recipe import loading, templates
@@ -20,16 +25,18 @@ from runner.recipe.schema import Recipe
 from runner.runs import rundir
 
 
-def render_prompt(recipe: Recipe, text: str, tokens: templates.TokenizerTokens) -> str:
-    """The prompt text for one user turn, rendered by the recipe's template up to where the model answers."""
+def render_prompt(recipe: Recipe, text: str, tokens: templates.TokenizerTokens, system: str | None = None) -> str:
+    """The prompt text for one user turn, rendered by the recipe's template up to where the model answers.
+    `system` replaces the recipe's data.system (None keeps it, "" drops it)."""
     template = templates.load(recipe.data.template)
+    system = recipe.data.system if system is None else system
     for answer in ("", "answer"):  # "" unless the template then renders no labeled part at all
         if "messages" in template.requires:
             example = {"messages": [{"role": "user", "content": text}, {"role": "assistant", "content": answer}]}
         else:
             example = {"instruction": text, "output": answer} | ({"input": ""} if "input" in template.variables else {})
-        if recipe.data.system:
-            example["system"] = recipe.data.system
+        if system:
+            example["system"] = system
         segments = templates.render(template, example, tokens)
         if any(s.label for s in segments):
             return templates.prompt_and_reference(segments)[0]
@@ -65,35 +72,77 @@ def _generate_all(model, tokenizer, prompts: list[str], stop: list[str], max_new
     return answers
 
 
-def generate(target: rundir.RunDir | loading.Loaded, prompts: list[str],
-             max_new_tokens: int | None = None) -> list[dict]:
-    """[{prompt, base, finetuned}] for each prompt (finetuned is None when the recipe has no trained run)."""
+@dataclass
+class Pair:
+    """A base model and its fine-tuned model (None without a trained run), loaded once. For an adapter both are
+    the same PeftModel: the base answers with the adapter disabled, which computes exactly the base weights."""
+
+    recipe: Recipe
+    run: rundir.RunDir | None
+    base_dir: str
+    tokenizer: Any
+    tokens: templates.TokenizerTokens
+    stop: list[str]
+    max_new_tokens: int  # the recipe's eval.max_new_tokens unless given
+    base: Any
+    finetuned: Any | None
+    adapter: bool
+
+    def render(self, prompt: str, system: str | None = None) -> str:
+        return render_prompt(self.recipe, prompt, self.tokens, system)
+
+    def base_answer(self, rendered: str, max_new_tokens: int | None = None) -> str:
+        with self.finetuned.disable_adapter() if self.adapter else nullcontext():
+            return _generate_all(self.base, self.tokenizer, [rendered], self.stop,
+                                 max_new_tokens or self.max_new_tokens)[0]
+
+    def finetuned_answer(self, rendered: str, max_new_tokens: int | None = None) -> str | None:
+        if self.finetuned is None:
+            return None
+        return _generate_all(self.finetuned, self.tokenizer, [rendered], self.stop,
+                             max_new_tokens or self.max_new_tokens)[0]
+
+    def answer(self, prompt: str, system: str | None = None, max_new_tokens: int | None = None) -> dict:
+        """{prompt, rendered, base, finetuned} for one prompt, exactly as `recipe generate` answers it."""
+        rendered = self.render(prompt, system)
+        return {"prompt": prompt, "rendered": rendered, "base": self.base_answer(rendered, max_new_tokens),
+                "finetuned": self.finetuned_answer(rendered, max_new_tokens)}
+
+
+def load_pair(target: rundir.RunDir | loading.Loaded, max_new_tokens: int | None = None) -> Pair:
+    """The base and fine-tuned models of a run (or of a recipe's latest run), with the tokenizer and stop strings."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     recipe, base_dir, run = _target(target)
-    manifest = run.trained() if run else None  # before any generating: a run must have its model
+    manifest = run.trained() if run else None  # before any loading: a run must have its model
     tokenizer = AutoTokenizer.from_pretrained(base_dir, trust_remote_code=recipe.model.trust_remote_code)
     tokens = resolve.tokenizer_tokens(Path(base_dir))
-    rendered = [render_prompt(recipe, p, tokens) for p in prompts]
     template_stop = (*templates.load(recipe.data.template).stop, tokens.eos_token)
     stop = (manifest.stop if manifest else None) or [s for s in template_stop if s]
-    limit = max_new_tokens or recipe.eval.max_new_tokens
-    load = dict(dtype=torch.float32, trust_remote_code=recipe.model.trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, **load).eval()
-    base = _generate_all(model, tokenizer, rendered, stop, limit)
-    finetuned: list[str | None] = [None] * len(prompts)
+    device, dtype = device_and_dtype(recipe)  # generation runs on the CPU: in bf16 where the recipe and CPU allow
+    load = dict(dtype=getattr(torch, dtype) if device == "cpu" else torch.float32,
+                trust_remote_code=recipe.model.trust_remote_code)
+    base = AutoModelForCausalLM.from_pretrained(base_dir, **load).eval()
+    finetuned = None
     if run is not None:
         model_dir = run.file(manifest.model_dir)
         if manifest.adapter:
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, model_dir).eval()  # wraps the base weights loaded above
+            base = finetuned = PeftModel.from_pretrained(base, model_dir).eval()  # wraps the base weights above
         else:
-            model = AutoModelForCausalLM.from_pretrained(model_dir, **load).eval()
-        finetuned = _generate_all(model, tokenizer, rendered, stop, limit)
-    return [{"prompt": p, "rendered": r, "base": b, "finetuned": f}
-            for p, r, b, f in zip(prompts, rendered, base, finetuned, strict=True)]
+            finetuned = AutoModelForCausalLM.from_pretrained(model_dir, **load).eval()
+    return Pair(recipe=recipe, run=run, base_dir=base_dir, tokenizer=tokenizer, tokens=tokens, stop=stop,
+                max_new_tokens=max_new_tokens or recipe.eval.max_new_tokens, base=base, finetuned=finetuned,
+                adapter=bool(run is not None and manifest.adapter))
+
+
+def generate(target: rundir.RunDir | loading.Loaded, prompts: list[str],
+             max_new_tokens: int | None = None) -> list[dict]:
+    """[{prompt, rendered, base, finetuned}] for each prompt (finetuned is None when the recipe has no trained run)."""
+    pair = load_pair(target, max_new_tokens)
+    return [pair.answer(prompt) for prompt in prompts]
 
 
 def format_side_by_side(results: list[dict], width: int | None = None) -> str:

@@ -12,7 +12,7 @@ import math
 import os
 from pathlib import Path
 
-from runner.core import jsonl
+from runner.core import cpufeatures, jsonl
 from runner.core.atomic import write_json_atomic
 from runner.core.console import say
 from runner.evaluate.summary import GENERATE_TASK, PERPLEXITY_TASK, SEED
@@ -38,10 +38,18 @@ def model_args(run, manifest: Manifest, which: str, recipe, dtype: str) -> dict:
 
 
 def device_and_dtype(recipe) -> tuple[str, str]:
+    """Where and in which dtype to run the recipe's models: its precision on its device; on CPU, bf16 where the CPU
+    computes it natively (else float32, said once), everything else float32."""
     import torch
 
+    precision = recipe.hardware.precision
     if recipe.hardware.device == "cuda" and torch.cuda.is_available():
-        return "cuda", _DTYPES[recipe.hardware.precision]
+        return "cuda", _DTYPES[precision]
+    if recipe.hardware.device == "cpu" and precision == "bf16":
+        missing = cpufeatures.missing_bf16()
+        if missing is None:
+            return "cpu", "bfloat16"
+        say(f"this CPU lacks {missing.split(' (')[0]}: the models run in float32, not the recipe's bf16")
     return "cpu", "float32"
 
 

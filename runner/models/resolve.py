@@ -119,9 +119,14 @@ def hub_snapshot(repo_id: str, revision: str = "main", local: Path | None = None
     return _checked_dir(folder)
 
 
+def gguf_target(gguf: Path) -> Path:
+    """Where convert_gguf writes (or wrote) the Hugging Face copy of a .gguf file: cache_dir()/models/gguf-<sha16>/."""
+    return paths.cache_dir() / "models" / f"gguf-{_sha256(gguf)[:16]}"
+
+
 def convert_gguf(gguf: Path) -> Path:
-    """Dequantize a .gguf into cache_dir()/models/gguf-<sha16>/ once (locked, atomic); reuse it after."""
-    target = paths.cache_dir() / "models" / f"gguf-{_sha256(gguf)[:16]}"
+    """Dequantize a .gguf into gguf_target(gguf) once (locked, atomic); reuse it after."""
+    target = gguf_target(gguf)
     if (target / "config.json").is_file():
         return target
     try:

@@ -10,7 +10,10 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, field_validator
 
+from runner.estimate import gpus
+
 SCHEMA_VERSION = 1
+GpuName = Literal[gpus.NAMES]  # one table of GPU models: runner/estimate/gpus.py
 SEMVER = re.compile(r"^\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.-]+)?$")
 
 
@@ -160,12 +163,17 @@ class NcclSpec(Section):
 class HardwareSpec(Section):
     profile: str = Field(description="name of the hardware profile (recipes/_base/hardware/<profile>.yaml)")
     device: Literal["cpu", "cuda"] = "cuda"
-    gpu_model: str | None = Field(None, description="e.g. a100-80g, h100-80g (for MFU)")
+    gpu_model: GpuName | None = Field(None, description="a GPU model of the table in runner/estimate/gpus.py, "
+                                      "e.g. a100-80g, h100-80g: its memory (recipe fit) and peak FLOP/s (MFU)")
+    price_per_gpu_hour: float | None = Field(None, gt=0, description="price of one GPU for one hour (USD), for "
+                                             "the cost estimate of `recipe fit`")
     gpus: int = Field(1, gt=0, description="processes per node (GPUs on cuda, CPU processes on cpu)")
     nodes: int = Field(1, gt=0)
     deepspeed: Literal["none", "zero2", "zero3", "zero3-offload"] = "none"
     attention: Literal["flash", "sdpa", "eager"] = "sdpa"
-    precision: Literal["bf16", "fp16", "fp32"] = "bf16"
+    precision: Literal["bf16", "fp16", "fp32"] = Field(
+        "bf16", description="bf16 | fp16 | fp32; on cpu: bf16 (needs a CPU with bf16 instructions, checked when "
+        "training starts) or fp32")
     nccl: NcclSpec = NcclSpec()
 
     @property
@@ -177,8 +185,12 @@ class HardwareSpec(Section):
         if self.device == "cpu" and self.attention == "flash":
             problems.append(("hardware.attention", f"flash attention needs a GPU but profile {self.profile!r} is "
                              "cpu; use sdpa or eager"))
-        if self.device == "cpu" and self.precision != "fp32":
-            problems.append(("hardware.precision", f"{self.precision} training is not supported on cpu; use fp32"))
+        if self.device == "cpu" and self.precision == "fp16":
+            problems.append(("hardware.precision", "fp16 training is not supported on cpu; use bf16 (on a CPU with "
+                             "AVX-512 BF16, AMX or Arm BF16; checked when training starts) or fp32"))
+        if self.device == "cpu" and self.precision == "bf16" and self.deepspeed != "none":
+            problems.append(("hardware.precision", f"bf16 on cpu runs without DeepSpeed, but deepspeed is "
+                             f"{self.deepspeed}; use precision: fp32 or deepspeed: none"))
         if self.deepspeed in ("zero2", "zero3") and self.world_size < 2:
             problems.append(("hardware.deepspeed", f"{self.deepspeed} shards across processes but gpus x nodes = "
                              f"{self.gpus} x {self.nodes} = 1; use more processes, zero3-offload, or none"))
@@ -203,9 +215,39 @@ class TrackingSpec(Section):
     tensorboard: bool = False
 
 
+def _hub_id(repo_id: str | None) -> str | None:
+    """A hub repo id as huggingface_hub accepts it ('name' or 'namespace/name'), checked before anything runs."""
+    if repo_id is not None:
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:
+            validate_repo_id(repo_id)
+        except HFValidationError as err:
+            raise ValueError(f"{repo_id!r} is not a valid hub repo id: {err}") from None
+    return repo_id
+
+
+HubId = Annotated[str | None, AfterValidator(_hub_id)]
+LICENSE_ID = re.compile(r"^[a-z0-9][a-z0-9.+-]*$")
+
+
+def _license_id(license_id: str | None) -> str | None:
+    if license_id is not None and not LICENSE_ID.match(license_id):
+        raise ValueError(f"{license_id!r} is not a hub license id; write one from "
+                         "https://huggingface.co/docs/hub/repositories-licenses, e.g. apache-2.0, mit, llama3 or other")
+    return license_id
+
+
 class PublishSpec(Section):
-    merge_adapter: bool = False
-    hub_model_id: str | None = None
+    """What `recipe publish` uploads, and what the model card (model/README.md) says."""
+
+    merge_adapter: bool = Field(False, description="merge the LoRA adapter after training; publish the merged model")
+    hub_model_id: HubId = Field(None, description="the repo `recipe publish` uploads to (namespace/name)")
+    license: Annotated[str | None, AfterValidator(_license_id)] = Field(
+        None, description="the card's license id (e.g. apache-2.0, llama3, other); default: the base model card's "
+        "license, when it has one")
+    base_model: HubId = Field(None, description="the base model's hub id for the card, when model.base is a local "
+                              "folder, .gguf or pkg:// file (a hub id in model.base is used as it is)")
 
 
 class Recipe(Section):

@@ -120,7 +120,7 @@ def _provenance(facts: _Facts, inputs: Inputs) -> str:
     seeds = f"train {fmt(facts.get('seeds.train'))} · split {fmt(facts.get('seeds.split'))}"
     rows = [["run", code(inputs.run_id)], ["git commit", code(facts.get("git_commit"))],
             ["base model", code(facts.get("base_model"))], ["base model dir", code(facts.get("base_model_dir"))],
-            ["seeds", seeds]]
+            ["seeds", seeds], *_tracking(facts.get("tracking", note=False))]
     parts = ["## Provenance", table(["", ""], rows)]
     hardware = facts.get("hardware")
     if isinstance(hardware, dict):
@@ -132,6 +132,24 @@ def _provenance(facts: _Facts, inputs: Inputs) -> str:
         rows = [[cell(k, 0), code(v)] for k, v in sorted(packages.items(), key=lambda kv: kv[0].lower())]
         parts += ["### Packages", table(["package", "version"], rows)]
     return "\n\n".join(parts)
+
+
+def _tracking(tracking) -> list[list[str]]:
+    """Rows for the W&B run and TensorBoard log dir in the run directory, when the recipe turned them on."""
+    if not isinstance(tracking, dict):
+        return []
+    rows = []
+    folders = tracking.get("wandb_run_dirs") or []
+    if tracking.get("wandb_run_id"):
+        text = (f"{code(tracking['wandb_run_id'])} ({cell(tracking.get('wandb_mode') or '?', 0)}, project "
+                f"{code(tracking.get('wandb_project'))}): " + ", ".join(code(f) for f in folders))
+        if tracking.get("wandb_mode") == "offline" and folders:
+            text += f"; upload them into one run with {code('wandb sync wandb/offline-run-*')}"
+        rows.append(["W&B run", text])
+    if tracking.get("tensorboard_dir"):
+        logdir = tracking["tensorboard_dir"]
+        rows.append(["TensorBoard", f"{code(logdir + '/')} ({code('tensorboard --logdir ' + logdir)})"])
+    return rows
 
 
 def _data(facts: _Facts) -> str:

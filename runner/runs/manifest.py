@@ -55,6 +55,18 @@ class Hardware(Record):
     gpus_found: list[str] | None = None
 
 
+class PrecisionSeen(Record):
+    """The precision one training process really ran in (the in-trainer plugin records it)."""
+
+    trainer_bf16: bool = False  # TrainingArguments.bf16 / fp16
+    trainer_fp16: bool = False
+    mixed_precision: str | None = None  # accelerate's: no | bf16 | fp16
+    param_dtypes: dict[str, int] = {}  # parameter elements by dtype (all; trainable)
+    trainable_dtypes: dict[str, int] = {}
+    autocast_dtype: str | None = None  # inside the first forward pass; None when autocast was off
+    activation_dtype: str | None = None  # the output dtype of the first Linear layer in that pass
+
+
 class RankEngine(Record):
     """What accelerate set up in one training process (written by the in-trainer plugin)."""
 
@@ -65,6 +77,9 @@ class RankEngine(Record):
     zero_stage: int | None = None
     params_total: int | None = None
     params_trainable: int | None = None
+    precision: PrecisionSeen | None = None
+    peak_gpu_memory_gib: float | None = None  # torch.cuda.max_memory_allocated at the end of training
+    peak_gpu_reserved_gib: float | None = None  # torch.cuda.max_memory_reserved (allocator's cache included)
 
 
 class RankSummary(Record):
@@ -92,6 +107,19 @@ class TrainSummary(Record):
     tflops: float | None = None  # achieved, all processes together
     peak_tflops: float | None = None  # per process, dense bf16, when the GPU model is known
     mfu: float | None = None
+    precision: PrecisionSeen | None = None  # what rank 0 trained in (autocast dtype, parameter dtypes)
+    peak_gpu_memory_gib: float | None = None  # the largest over the ranks (max_memory_allocated); cuda only
+
+
+class Tracking(Record):
+    """Where the run's experiment tracking keeps its files (paths relative to the run directory)."""
+
+    wandb_project: str | None = None
+    wandb_entity: str | None = None
+    wandb_run_id: str | None = None
+    wandb_mode: Literal["offline", "online"] | None = None
+    wandb_run_dirs: list[str] = []  # the training run's folder, then one per resume (`recipe eval`), oldest first
+    tensorboard_dir: str | None = None
 
 
 class EvalRef(Record):
@@ -129,6 +157,7 @@ class Manifest(Contract):
     slurm_job_id: str | None = None
     train_pid: int | None = None
     merged_dir: str | None = None
+    tracking: Tracking | None = None
 
     @property
     def stop(self) -> list[str]:

@@ -72,10 +72,15 @@ def _no_grad_zero12_all_gather() -> None:
     which autograd rejects ("Output 0 of Split is a view and is being modified inplace"). NCCL does not.
     """
     import torch
-    from deepspeed.runtime.zero import stage_1_and_2
 
+    if not _cpu_only():
+        return
+    try:
+        from deepspeed.runtime.zero import stage_1_and_2
+    except ImportError:  # DeepSpeed is optional (the `deepspeed` extra): without it there is nothing to patch
+        return
     original = stage_1_and_2.all_gather_dp_groups
-    if not _cpu_only() or getattr(original, "_recipe_runner_cpu", False):
+    if getattr(original, "_recipe_runner_cpu", False):
         return
 
     def all_gather_dp_groups(*args, **kwargs):

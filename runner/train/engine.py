@@ -82,6 +82,10 @@ def axolotl_config(recipe: Recipe, base_model: str, *, has_val: bool = True) -> 
     if cpu:
         # axolotl's fused LoRA kernels are Triton and allocate on "cuda" (STACK.md).
         config |= {"lora_mlp_kernel": False, "lora_qkv_kernel": False, "lora_o_kernel": False}
+        if hardware.precision == "bf16":
+            # transformers refuses bf16 without a bf16 GPU unless TrainingArguments.use_cpu is set; the plugin
+            # passes it on (axolotl has no key for it). Autocast then runs on the CPU in bf16.
+            config["recipe_runner_use_cpu"] = True
     if hardware.deepspeed != "none":
         config["deepspeed"] = "deepspeed.json"
     if hardware.world_size > 1:
@@ -92,8 +96,8 @@ def axolotl_config(recipe: Recipe, base_model: str, *, has_val: bool = True) -> 
             config["wandb_entity"] = recipe.tracking.wandb.entity
     if recipe.tracking.tensorboard:
         config["use_tensorboard"] = True
-    if recipe.publish.hub_model_id:
-        config["hub_model_id"] = recipe.publish.hub_model_id
+    # publish.hub_model_id is not passed on: axolotl would push every checkpoint to the hub while training (and
+    # need the network and a token from the start); `recipe publish` uploads the finished model with its card.
     return dict(sorted(config.items()))
 
 
@@ -130,7 +134,7 @@ def accelerate_config(recipe: Recipe) -> dict:
     return {
         "compute_environment": "LOCAL_MACHINE",
         "distributed_type": ("MULTI_GPU" if gpu else "MULTI_CPU") if hardware.world_size > 1 else "NO",
-        "mixed_precision": {"bf16": "bf16", "fp16": "fp16"}.get(hardware.precision, "no") if gpu else "no",
+        "mixed_precision": {"bf16": "bf16", "fp16": "fp16"}.get(hardware.precision, "no"),  # cpu: fp32 or bf16
         "num_machines": hardware.nodes,
         "num_processes": hardware.world_size,
         "machine_rank": 0,
@@ -153,6 +157,11 @@ def _environment(recipe: Recipe) -> list[str]:
              "export PYTHONUNBUFFERED=1",
              "# set aside checkpoints cut off mid-write, so a resume starts from the newest complete one",
              CHECKPOINT_GUARD]
+    if recipe.tracking.wandb:
+        # W&B keeps its run in wandb/ here, with the run directory's name as id; a relaunch resumes that run
+        lines.append('export WANDB_DIR="$PWD" WANDB_RUN_ID="${PWD##*/}" WANDB_NAME="${PWD##*/}" WANDB_RESUME=allow')
+    if recipe.tracking.tensorboard:
+        lines.append("export TENSORBOARD_LOGGING_DIR=tensorboard  # event files beside the model, not inside it")
     if recipe.hardware.device == "cpu" and recipe.hardware.deepspeed == "none":
         # accelerate: CPU processes with gloo between them (under DeepSpeed this would switch DeepSpeed off)
         lines.append("export ACCELERATE_USE_CPU=true")

@@ -16,12 +16,13 @@ import time
 from collections import deque
 from pathlib import Path
 
-from runner.core import paths
+from runner.core import cpufeatures, paths
 from runner.core.errors import NO_SPACE, Problem, RunFailed, UserError, storage_error
 from runner.data import prepare
 from runner.data.prepare import Prepared
 from runner.recipe.loading import Loaded
-from runner.runs import rundir
+from runner.recipe.schema import Recipe
+from runner.runs import rundir, tracking
 from runner.runs.manifest import RunError, Status
 from runner.train import plan, summary
 
@@ -93,12 +94,14 @@ def _close_quietly(handle) -> None:
             pass
 
 
-def launch_env() -> dict:
-    """The trainer's environment: this venv first on PATH, telemetry off, unbuffered output."""
+def launch_env(recipe: Recipe | None = None) -> dict:
+    """The trainer's environment: this venv first on PATH, telemetry off, unbuffered output.
+
+    W&B runs only for a recipe with tracking.wandb, offline unless WANDB_MODE says otherwise (see tracking)."""
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     env |= {"AXOLOTL_DO_NOT_TRACK": "1", "DO_NOT_TRACK": "1", "PYTHONUNBUFFERED": "1"}
-    env.setdefault("WANDB_MODE", "disabled")
+    env["WANDB_MODE"] = tracking.wandb_mode(recipe) if recipe is not None else env.get("WANDB_MODE") or "disabled"
     return env
 
 
@@ -166,6 +169,8 @@ def train(loaded: Loaded, target: str = "local", resume: str | None | bool = Fal
     target slurm submits the run with sbatch and waits for the job (or returns at once when detach).
     A resumed run keeps the target its launch.sh was written for."""
     recipe = loaded.recipe
+    if target != "slurm":  # a SLURM job runs on a node this machine cannot inspect
+        cpufeatures.require_bf16(recipe, paths.display(loaded.path))
     started = time.monotonic()
     prepared = prepare.prepare(loaded)
     prepare_s = round(time.monotonic() - started, 2)
@@ -177,7 +182,9 @@ def train(loaded: Loaded, target: str = "local", resume: str | None | bool = Fal
     print(f"training {recipe.name} in {paths.display(run.path)} (log: logs/train.log)", file=sys.stderr)
     launched = time.monotonic()
     try:
-        code, tail = _via_slurm(run, launch_env(), detach) if target == "slurm" else _stream(run, launch_env(), verbose)
+        env = launch_env(recipe)
+        tracking.announce(run, recipe, env["WANDB_MODE"])
+        code, tail = _via_slurm(run, env, detach) if target == "slurm" else _stream(run, env, verbose)
         if code is None:
             run.update(status=Status.SUBMITTED)
             return run
@@ -188,7 +195,11 @@ def train(loaded: Loaded, target: str = "local", resume: str | None | bool = Fal
     timings["train_s"] = round(time.monotonic() - launched, 2)
     if code != 0:
         raise _failed(run, code, tail, timings)
-    run.update(status=Status.TRAINED, timings=timings, train=summary.summarize(run, run.manifest()))
+    run.update(status=Status.TRAINED, timings=timings, train=summary.summarize(run, run.manifest()),
+               tracking=tracking.locate(run, recipe))
+    from runner.ship import card
+
+    card.refresh(run)  # model/README.md, the Hugging Face model card (a note, never a failure, if it cannot be)
     if recipe.publish.merge_adapter and recipe.method.adapter is not None:
         from runner.train.merge import merge
 

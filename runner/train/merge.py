@@ -9,6 +9,7 @@ from runner.core import paths
 from runner.core.atomic import staging_dir
 from runner.core.errors import Problem, UserError
 from runner.runs import rundir
+from runner.ship import card
 
 MERGED = "merged"
 
@@ -34,5 +35,6 @@ def merge(run: rundir.RunDir) -> Path:
     with staging_dir(target) as staging, redirect_stdout(sys.stderr):  # deepspeed logs to stdout on save
         merged.save_pretrained(staging)
         AutoTokenizer.from_pretrained(adapter_dir).save_pretrained(staging)
+        card.try_write(run, merged=True, folder=staging)  # merged/README.md, the model card published with it
     run.update(merged_dir=MERGED)
     return target

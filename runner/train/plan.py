@@ -15,6 +15,7 @@ from runner.recipe import loading
 from runner.recipe.loading import Loaded
 from runner.runs import rundir
 from runner.runs.manifest import Batch, Manifest, Seeds, Status
+from runner.serve import vllm
 from runner.train import engine, provenance
 
 
@@ -36,6 +37,7 @@ def engine_files(loaded: Loaded, target: str, base_model: str, has_val: bool) ->
         files["deepspeed.json"] = json.dumps(deepspeed, indent=2, sort_keys=True) + "\n"
     if target == "accelerate":
         files["accelerate.yaml"] = dump_yaml(engine.accelerate_config(recipe))
+    files |= vllm.files(recipe, base_model)  # GPU profiles: serve.sh (vLLM) and chat_template.jinja
     return files
 
 
@@ -43,6 +45,8 @@ def write_plan(run: rundir.RunDir, loaded: Loaded, target: str, base_model: str,
     for name, text in engine_files(loaded, target, base_model, has_val).items():
         write_text_atomic(run.file(name), text)
     run.file("launch.sh").chmod(0o755)
+    if run.file(vllm.SCRIPT).exists():
+        run.file(vllm.SCRIPT).chmod(0o755)
     run.file("logs").mkdir(exist_ok=True)  # sbatch opens --output=logs/slurm-%j.out before the script runs
 
 

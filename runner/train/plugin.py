@@ -8,6 +8,7 @@ that a distributed run really stepped on each process.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -23,6 +24,18 @@ class RecipeRunnerArgs(BaseModel):
     """Keys this plugin adds to axolotl's config schema."""
 
     recipe_runner_metrics: str | None = None
+    recipe_runner_use_cpu: bool | None = None  # TrainingArguments.use_cpu (bf16 autocast on a CPU)
+
+
+def param_count(param) -> int:
+    """Elements a parameter stands for: its full size under ZeRO-3 (ds_numel), its unquantized size for a 4-bit
+    bitsandbytes weight (which stores two values per uint8: its quant_state keeps the real shape), else numel()."""
+    if getattr(param, "ds_numel", None):
+        return param.ds_numel
+    shape = getattr(getattr(param, "quant_state", None), "shape", None)
+    if shape is not None:
+        return math.prod(shape)
+    return param.numel()
 
 
 class MetricsCallback(TrainerCallback):
@@ -33,6 +46,46 @@ class MetricsCallback(TrainerCallback):
         self.rank_path = path.parent / "ranks" / f"rank-{self.rank}.jsonl"
         self.started = time.monotonic()
         self.last_tokens, self.last_time = 0, self.started
+        self.engine: dict = {}
+        self.precision_hook = None
+        self.precision_written = False
+
+    def _write_engine(self) -> None:
+        self.rank_path.parent.mkdir(parents=True, exist_ok=True)
+        self.rank_path.with_suffix(".engine.json").write_text(json.dumps(self.engine, sort_keys=True) + "\n")
+
+    def _watch_precision(self, args, model) -> None:
+        """Record the precision training really ran in: the trainer's flags, accelerate's mixed precision, the
+        parameters' dtypes, and (from inside the first forward pass of the first Linear layer) whether autocast
+        was on, in which dtype, and the dtype of that layer's output."""
+        import torch
+        from accelerate.state import AcceleratorState
+
+        state = AcceleratorState() if AcceleratorState._shared_state else None
+        mixed = getattr(state, "mixed_precision", None)
+        seen = {"trainer_bf16": bool(args.bf16), "trainer_fp16": bool(args.fp16),
+                "mixed_precision": str(mixed) if mixed is not None else None, "param_dtypes": {},
+                "trainable_dtypes": {}}
+        for p in model.parameters():
+            name = str(p.dtype).removeprefix("torch.")
+            n = param_count(p)
+            seen["param_dtypes"][name] = seen["param_dtypes"].get(name, 0) + n
+            if p.requires_grad:
+                seen["trainable_dtypes"][name] = seen["trainable_dtypes"].get(name, 0) + n
+        self.engine["precision"] = seen
+        layer = next((m for m in model.modules() if isinstance(m, torch.nn.Linear)), None)
+        if layer is None:
+            return
+
+        def hook(module, inputs, output):
+            device = output.device.type
+            on = torch.is_autocast_enabled(device)
+            seen["autocast_dtype"] = str(torch.get_autocast_dtype(device)).removeprefix("torch.") if on else None
+            seen["activation_dtype"] = str(output.dtype).removeprefix("torch.")
+            self.precision_hook.remove()
+            self.precision_hook = None
+
+        self.precision_hook = layer.register_forward_hook(hook)
 
     def _append(self, path: Path, record: dict) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,14 +104,27 @@ class MetricsCallback(TrainerCallback):
         if plugin is not None:
             engine["zero_stage"] = plugin.zero_stage
         model = kwargs.get("model")
-        if model is not None:  # for FLOPs per token; ZeRO-3 keeps each parameter's full size in ds_numel
-            sizes = [(getattr(p, "ds_numel", None) or p.numel(), p.requires_grad) for p in model.parameters()]
+        if model is not None:  # for FLOPs per token (ZeRO-3 and 4-bit weights counted at their full size)
+            sizes = [(param_count(p), p.requires_grad) for p in model.parameters()]
             engine["params_total"] = sum(n for n, _ in sizes)
             engine["params_trainable"] = sum(n for n, trainable in sizes if trainable)
-        self.rank_path.parent.mkdir(parents=True, exist_ok=True)
-        self.rank_path.with_suffix(".engine.json").write_text(json.dumps(engine, sort_keys=True) + "\n")
+        self.engine = engine
+        if model is not None:
+            self._watch_precision(args, model)
+        self._write_engine()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        import torch
+
+        if torch.cuda.is_available():  # the allocator's peak on this process's GPU (what an OOM is measured against)
+            self.engine["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+            self.engine["peak_gpu_reserved_gib"] = round(torch.cuda.max_memory_reserved() / 2**30, 3)
+            self._write_engine()
 
     def on_step_end(self, args, state, control, **kwargs):
+        if not self.precision_written and "activation_dtype" in self.engine.get("precision", {}):
+            self.precision_written = True  # the first forward pass has been seen: record what it ran in, once
+            self._write_engine()
         self._append(self.rank_path, {"rank": self.rank, "world_size": self.world_size, "step": state.global_step,
                                       "tokens_seen": int(getattr(state, "num_input_tokens_seen", 0) or 0)})
 
@@ -87,6 +153,9 @@ class RecipeRunnerPlugin(BasePlugin):
 
     def get_input_args(self):
         return "runner.train.plugin.RecipeRunnerArgs"
+
+    def get_training_args(self, cfg):
+        return {"use_cpu": True} if cfg.recipe_runner_use_cpu else None
 
     def add_callbacks_post_trainer(self, cfg, trainer):
         if not cfg.recipe_runner_metrics:

@@ -9,18 +9,14 @@ from __future__ import annotations
 import json
 
 from runner.core import jsonl
+from runner.estimate import gpus
 from runner.runs.manifest import Manifest, RankEngine, RankSummary, TrainSummary
 from runner.runs.rundir import RunDir
 
-# Dense bf16 tensor-core peak per GPU in TFLOP/s (vendor datasheets); the first substring of gpu_model wins.
-PEAK_TFLOPS = (("H100-PCIE", 756.0), ("H100 PCIE", 756.0), ("H100", 989.0), ("H200", 989.0), ("A100", 312.0),
-               ("L4", 121.0), ("A10G", 70.0))
-
 
 def peak_tflops(gpu_model: str | None) -> float | None:
-    if not gpu_model:
-        return None
-    return next((tflops for name, tflops in PEAK_TFLOPS if name in gpu_model.upper()), None)
+    """Peak dense bf16 TFLOP/s of one GPU, from the one GPU table (runner/estimate/gpus.py)."""
+    return gpus.peak_tflops(gpu_model)
 
 
 def _figure(value: float) -> float:
@@ -71,6 +67,9 @@ def summarize(run: RunDir, manifest: Manifest) -> TrainSummary:
         tokens_per_s=round(tokens / elapsed, 2) if elapsed else None,
         first_loss=losses[0]["loss"] if losses else None, final_loss=losses[-1]["loss"] if losses else None,
         final_eval_loss=evals[-1]["eval_loss"] if evals else None, logged_steps=len(losses))
+    summary.precision = next((r.engine.precision for r in ranks.values() if r.engine and r.engine.precision), None)
+    peaks = [r.engine.peak_gpu_memory_gib for r in ranks.values() if r.engine and r.engine.peak_gpu_memory_gib]
+    summary.peak_gpu_memory_gib = max(peaks) if peaks else None
     engine = next((r.engine for r in ranks.values() if r.engine and r.engine.params_total), None)
     if engine is not None:
         summary.params_total, summary.params_trainable = engine.params_total, engine.params_trainable

@@ -1,0 +1,44 @@
+"""Verbs that ship a run's model: publish (the adapter or merged model with its model card, to the hub)."""
+from __future__ import annotations
+
+from runner.core import console, paths
+from runner.recipe import loading
+
+
+def cmd_publish(args) -> int:
+    from runner.runs import rundir
+    from runner.ship import publish
+
+    loaded = loading.load(args.recipe, args.overrides)
+    repo_id = publish.repo_id_for(loaded.recipe, args.repo_id)  # the current publish section is the one used
+    token = None if args.dry_run else publish.hub_token()
+    run = rundir.find(loaded.recipe.name, args.run)
+    recipe = publish.recipe_for_publish(run, loaded.recipe)
+    log = run.file("logs", "publish.log")
+    with console.third_party_to(log, args.verbose):  # huggingface_hub's and transformers' messages go to the log
+        plan = publish.plan(run, recipe, repo_id, args.merged, args.private)
+    if args.dry_run:
+        print(publish.describe(plan, token_set=publish.has_token()), end="")
+        return 0
+    console.say(f"publishing the {plan.what} in {paths.display(plan.folder)} to {plan.endpoint}/{repo_id} "
+                f"({len(plan.files)} files)")
+    with console.third_party_to(log, args.verbose):
+        url = publish.publish(plan, token)
+    print(f"published {paths.display(plan.folder)} to {plan.endpoint}/{repo_id}\n  commit: {url}")
+    return 0
+
+
+def register(verb, with_recipe) -> None:
+    sub = with_recipe(verb("publish", cmd_publish, "upload a run's LoRA adapter (or merged model) with its model card "
+                           "to the Hugging Face hub; the token comes from HF_TOKEN"))
+    sub.add_argument("--run", default=None, help="run id (default: latest)")
+    sub.add_argument("--repo-id", default=None, metavar="NAMESPACE/NAME",
+                     help="the hub repo (default: publish.hub_model_id)")
+    sub.add_argument("--merged", action="store_true", default=None,
+                     help="the merged model in merged/ (default when publish.merge_adapter; `recipe merge` makes it)")
+    sub.add_argument("--no-merged", dest="merged", action="store_false", help="the adapter in model/, even when "
+                     "publish.merge_adapter is set")
+    sub.add_argument("--private", action="store_true", help="create the repo private (an existing repo keeps its "
+                     "visibility)")
+    sub.add_argument("--dry-run", action="store_true", help="list every file and its size and print the model card; "
+                     "upload nothing (needs no token)")
