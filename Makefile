@@ -14,7 +14,7 @@ export DO_NOT_TRACK := 1
 # WANDB_MODE=online make ... logs live (needs WANDB_API_KEY and network), WANDB_MODE=disabled turns it off.
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast validate lock golden render show tiny-model prepare plan train merge eval report demo bench gpu-check gpu-check-wheels gpu-check-dry fuzz test-distributed test-slurm test-browser
+.PHONY: help setup test test-fast validate lock golden render show tiny-model prepare plan fit train merge eval report demo bench gpu-check gpu-check-wheels gpu-check-dry fuzz test-distributed test-slurm test-browser
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -62,6 +62,9 @@ prepare: setup ## prepare recipe=NAME's data (cached by content) and print its s
 plan: setup ## write recipe=NAME's axolotl/DeepSpeed/launch files into a run dir (target=local|accelerate|torchrun|slurm)
 	$(RECIPE) plan $(recipe) $(args) --target $(or $(target),local)
 
+fit: setup ## estimate recipe=NAME's peak memory per GPU, whether it fits, what would make it fit, time and cost
+	$(RECIPE) fit $(recipe) $(args)
+
 train: setup $(if $(filter tiny-cpu,$(recipe)),tiny-model) ## prepare, plan and train recipe=NAME -> runs/NAME/latest
 	$(RECIPE) train $(recipe) $(args)
 
@@ -89,7 +92,7 @@ test-browser: setup tiny-model ## `recipe chat` in a real headless chromium (ins
 	bash tests/browser/install.sh
 	$(PY) -m pytest -q -m browser tests/test_chat_page.py
 
-bench: setup tiny-model ## benchmarks: runner overhead, data-prep speed, packing, eval batching, demo stages -> bench/results.json
+bench: setup tiny-model ## benchmarks: runner overhead, data-prep speed, packing, eval batching, demo stages, recipe fit vs measured memory -> bench/results.json
 	$(PY) bench/run.py
 
 gpu-check: ## on a GPU machine, offline: install .gpu-check/wheels, train LoRA and QLoRA steps of a random 7B, compare with `recipe fit`

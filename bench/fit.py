@@ -4,15 +4,18 @@
     `recipe fit --json` for the same recipe and overrides on its CPU profile (there the "GPU memory" is RAM).
     `data.packing=true` makes every step exactly micro batch x max_seq_len tokens, the shape the estimate assumes
     (unpacked batches are padded only to their longest row). Full run: the demo's LoRA (SmolLM2-135M, micro
-    batch 8) and a full fine-tune of SmolLM2, 3 steps each; quick run: tiny-cpu, 1 step.
+    batch 8) and a full fine-tune of SmolLM2, 2 steps each (the second has every optimizer state), once with
+    glibc returning freed blocks to the system (MALLOC_MMAP_THRESHOLD_=65536: RSS then follows what is
+    allocated, as the estimate and a GPU's max_memory_allocated do) and once with glibc's defaults (freed
+    heap memory stays in RSS); quick run: tiny-cpu, 1 step.
 (b) GPU: every row of bench/published_memory.json (source, model, settings, the measured peak or OOM) is
     estimated by runner.estimate with the row's settings and the source framework's memory layout, in a
     worker process (`python -m bench.fit --published OUT`); quick runs estimate three rows.
 
 Figures: `fit_published_verdicts_agree` (share of rows whose fit/OOM verdict the estimate reproduces),
 `fit_published_within_25pct` (share of measured peaks estimated within +-25%), `fit_published_median_abs_error`,
-`fit_cpu_lora_error` and `fit_cpu_full_error` ((estimate - measured) / measured RSS). Goals (details.fit.goals):
-every verdict reproduced, every peak within 25%.
+`fit_cpu_<case>_error` ((estimate - measured) / measured RSS). Goals (details.fit.goals): every verdict
+reproduced, every peak within 25%.
 """
 from __future__ import annotations
 
@@ -28,11 +31,14 @@ from bench.common import DEMO_RECIPE, PYTHON, RECIPE, ROOT, Context, Failed, ens
 PUBLISHED = ROOT / "bench" / "published_memory.json"
 QUICK_ROWS = ("hub/mistral-7b-lora", "tables/llama-2-7b-lora-mb4", "torchtune/llama-3.1-8b-qlora-4090")
 PACKED = ["data.packing=true"]
-CPU_CASES = {
-    "quick": {"lora": ("tiny-cpu", ["train.max_steps=1", *PACKED])},
-    "full": {"lora": (DEMO_RECIPE, ["train.max_steps=3", *PACKED]),
-             "full": (DEMO_RECIPE, ["train.max_steps=3", "method.kind=full", "method.lora=null",
-                                    "train.learning_rate=2.0e-5", *PACKED])},
+FULL_FT = ["method.kind=full", "method.lora=null", "train.learning_rate=2.0e-5"]
+RETURN_FREED = {"MALLOC_MMAP_THRESHOLD_": "65536"}  # glibc hands freed blocks of 64 KiB or more back to the system
+CPU_CASES = {  # name: (recipe, overrides, extra environment)
+    "quick": {"lora": ("tiny-cpu", ["train.max_steps=1", *PACKED], RETURN_FREED)},
+    "full": {"lora": (DEMO_RECIPE, ["train.max_steps=2", *PACKED], RETURN_FREED),
+             "lora_default_malloc": (DEMO_RECIPE, ["train.max_steps=2", *PACKED], {}),
+             "full": (DEMO_RECIPE, ["train.max_steps=2", *FULL_FT, *PACKED], RETURN_FREED),
+             "full_default_malloc": (DEMO_RECIPE, ["train.max_steps=2", *FULL_FT, *PACKED], {})},
 }
 TOLERANCE = 0.25
 
@@ -129,10 +135,11 @@ def _published(ctx: Context) -> list[dict]:
     return json.loads(out.read_text(encoding="utf-8"))
 
 
-def _cpu_case(ctx: Context, name: str, recipe: str, overrides: list[str]) -> dict:
-    say(f"fit: recipe train {recipe} {' '.join(overrides)} (peak RSS)")
-    run = timed(f"fit-train-{name}", [RECIPE, "train", recipe, *overrides], cwd=ROOT, env=ctx.env(), logs=ctx.logs,
-                rss=True, timeout=3600)
+def _cpu_case(ctx: Context, name: str, recipe: str, overrides: list[str], extra_env: dict) -> dict:
+    say(f"fit: recipe train {recipe} {' '.join(overrides)} (peak RSS{', ' if extra_env else ''}"
+        f"{' '.join(f'{k}={v}' for k, v in extra_env.items())})")
+    run = timed(f"fit-train-{name}", [RECIPE, "train", recipe, *overrides], cwd=ROOT, env=ctx.env(**extra_env),
+                logs=ctx.logs, rss=True, timeout=3600)
     measured = run.get("peak_rss_max_process_mb")
     if measured is None:
         raise Failed("/usr/bin/time is needed for the peak RSS of the trainer process")
@@ -142,7 +149,8 @@ def _cpu_case(ctx: Context, name: str, recipe: str, overrides: list[str]) -> dic
         raise Failed(f"recipe fit {recipe}: exit {done.returncode}: {done.stderr[-2000:]}")
     report = json.loads(done.stdout)
     estimate_mb = report["memory"]["peak_gib"] * 1024
-    return {"recipe": recipe, "overrides": overrides, "measured_rss_mb": measured, "estimate_mb": round(estimate_mb, 1),
+    return {"recipe": recipe, "overrides": overrides, "environment": extra_env, "measured_rss_mb": measured,
+            "estimate_mb": round(estimate_mb, 1),
             "error": round((estimate_mb - measured) / measured, 3), "train_wall_s": run["wall_s"],
             "parts_gib": {p["name"]: p["gib"] for p in report["memory"]["parts"]},
             "peak_tree_pss_mb": run.get("peak_pss_tree_mb")}
@@ -150,8 +158,7 @@ def _cpu_case(ctx: Context, name: str, recipe: str, overrides: list[str]) -> dic
 
 def bench(ctx: Context) -> tuple[dict, dict]:
     ensure_tiny_model(ctx.env(), ctx.logs)
-    cpu = {name: _cpu_case(ctx, name, recipe, overrides)
-           for name, (recipe, overrides) in CPU_CASES["quick" if ctx.quick else "full"].items()}
+    cpu = {name: _cpu_case(ctx, name, *case) for name, case in CPU_CASES["quick" if ctx.quick else "full"].items()}
     rows = _published(ctx)
     figures, counts = summarize(rows)
     for name, case in cpu.items():

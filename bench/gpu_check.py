@@ -229,28 +229,51 @@ def dry_run(folder: Path, gpu_model: str, plan: bool = True) -> dict:
     record: dict = {"wheels": wheel_table(folder / "wheels"), "model_dir": str(work / "model-7b"),
                     "recipes": {m: str(p) for m, p in recipes.items()}, "gpu_model": gpu_model, "planned": {},
                     "estimates": {}}
-    for method, recipe in recipes.items():
+    for method, recipe in recipes.items():  # in this process: the same verbs without an interpreter start each
         if plan:
-            done = subprocess.run([py, "-m", "runner", "plan", str(recipe)], cwd=ROOT, env=env, capture_output=True,
-                                  text=True)
-            if done.returncode != 0:
-                raise SystemExit(f"gpu-check: recipe plan {recipe} failed:\n{done.stdout}{done.stderr}")
+            code, out, err = _in_process(["plan", str(recipe)], env)
+            if code != 0:
+                raise SystemExit(f"gpu-check: recipe plan {recipe} failed:\n{out}{err}")
             run = max(p for p in (work / "runs" / f"gpu-check-{method}").iterdir() if p.is_dir() and not p.is_symlink())
             record["planned"][method] = {"run_dir": str(run), "files": sorted(p.name for p in run.iterdir())}
-        record["estimates"][method] = estimate(py, recipe, env)
+        record["estimates"][method] = estimate(py, recipe, env, in_process=True)
     record["commands"] = [{"name": c["name"], "command": shlex.join(c["argv"])}
                           for c in commands("python3", folder / "wheels", work, site)]
     (folder / "plan.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
     return record
 
 
-def estimate(py: str, recipe: Path, env: dict) -> dict:
+def _in_process(argv: list[str], env: dict) -> tuple[int, str, str]:
+    """`recipe ARGV` run by this process (the runner's CLI entry point), under env; (exit code, stdout, stderr)."""
+    import contextlib
+    import io
+
+    from runner import cli
+
+    saved = dict(os.environ)
+    out, err = io.StringIO(), io.StringIO()
+    os.environ.update({k: env[k] for k in ("RECIPE_RUNS_DIR", "RECIPE_CACHE_DIR", "HF_HUB_OFFLINE",
+                                           "HF_DATASETS_OFFLINE")})
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli.main(argv)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return code, out.getvalue(), err.getvalue()
+
+
+def estimate(py: str, recipe: Path, env: dict, in_process: bool = False) -> dict:
     """`recipe fit --json` for the recipe: predicted peak memory and the throughput at the assumed MFU."""
-    done = subprocess.run([py, "-m", "runner", "fit", str(recipe), "--json"], cwd=ROOT, env=env, capture_output=True,
-                          text=True)
-    if done.returncode != 0:
-        return {"error": (done.stderr or done.stdout).strip()[-2000:]}
-    report = json.loads(done.stdout)
+    argv = ["fit", str(recipe), "--json"]
+    if in_process:
+        code, out, err = _in_process(argv, env)
+    else:
+        done = subprocess.run([py, "-m", "runner", *argv], cwd=ROOT, env=env, capture_output=True, text=True)
+        code, out, err = done.returncode, done.stdout, done.stderr
+    if code != 0:
+        return {"error": (err or out).strip()[-2000:]}
+    report = json.loads(out)
     memory, timing = report.get("memory") or {}, report.get("time") or {}
     out = {"allocated_gib": memory.get("allocated_gib"), "peak_gib": memory.get("peak_gib"),
            "fits": report.get("fits"), "device_memory_gib": (report.get("device") or {}).get("memory_gib"),

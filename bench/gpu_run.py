@@ -113,7 +113,7 @@ def _step(name: str, argv: list[str], env: dict, logs: Path, deadline: float) ->
     return result
 
 
-def _steady_tokens_per_s(run: Path) -> float | None:
+def steady_tokens_per_s(run: Path) -> float | None:
     """Tokens/s between the first and the last logged step (the first step's warm-up left out)."""
     from runner.core import jsonl
 
@@ -133,7 +133,7 @@ def measured(work: Path, method: str) -> dict:
         return {"run": str(run), "error": "no training summary"}
     seen = train.precision
     return {"run": str(run), "steps": train.steps, "tokens": train.tokens, "tokens_per_s": train.tokens_per_s,
-            "tokens_per_s_steady": _steady_tokens_per_s(run), "tflops": train.tflops, "mfu": train.mfu,
+            "tokens_per_s_steady": steady_tokens_per_s(run), "tflops": train.tflops, "mfu": train.mfu,
             "peak_tflops": train.peak_tflops, "peak_gpu_memory_gib": train.peak_gpu_memory_gib,
             "params_total": train.params_total, "params_trainable": train.params_trainable,
             "first_loss": train.first_loss, "final_loss": train.final_loss,
@@ -165,8 +165,9 @@ def _install(py: str, folder: Path, work: Path, env: dict, deadline: float, logs
         (SITE / "wandb").mkdir(parents=True, exist_ok=True)
         (SITE / "wandb" / "__init__.py").write_text(WANDB_STANDIN)
         step["wandb"] = "stand-in"
-    sys.path.insert(0, str(SITE))  # pydantic (for the runner's contracts) now comes from there
-    importlib.invalidate_caches()
+    if step["ok"]:
+        sys.path.insert(0, str(SITE))  # pydantic (for the runner's contracts) now comes from there
+        importlib.invalidate_caches()
     return step
 
 
@@ -178,6 +179,8 @@ def run(folder: Path, rehearse: bool = False) -> int:
                      "wheels": wheel_table(folder / "wheels"), "steps": {}, "methods": {}, "rehearsal": rehearse}
     try:
         results["steps"]["install"] = _install(py, folder, work, env, deadline, logs, rehearse)
+        if results["steps"]["install"].get("skipped"):
+            env = environment(work, None)  # this Python's own packages only
         results["versions"] = _versions()
         gpu_model = None if rehearse else results["gpu"]["gpu_model"] or "h100-80g"
         tokenizer = tokenizer_source(py, env, None if rehearse else work / "model-7b")

@@ -85,6 +85,7 @@ def test_param_count_sees_through_4bit_weights():
     assert param_count(torch.nn.Parameter(torch.zeros(3, 5))) == 15
 
 
+@pytest.mark.model
 def test_fp32_run_records_no_autocast(trained_tiny_run):
     seen = trained_tiny_run.manifest().train.precision
     assert seen is not None

@@ -84,8 +84,8 @@ def test_gradient_checkpointing_keeps_each_layer_input_and_recomputes_one_layer(
     assert off == 2 * (32 * 200_000 * 1024 + 138_000 * 1024)
     assert on == 2 * (32 * 8192 * 1024 + 200_000 * 1024 + 138_000 * 1024)
     eager = ACTS.model_copy(update={"per_token2": 96.0})  # 32 heads x (4 + 2) bytes: probabilities per query
-    assert memory.activation_bytes(setup(), arch(), eager, False) - memory.activation_bytes(setup(), arch(), ACTS,
-                                                                                             False) == 32 * 96 * 1024 ** 2
+    fused = memory.activation_bytes(setup(), arch(), ACTS, False)
+    assert memory.activation_bytes(setup(), arch(), eager, False) - fused == 32 * 96 * 1024 ** 2
 
 
 def test_the_gpu_table_is_the_one_table_for_memory_peak_and_mfu():
@@ -115,6 +115,13 @@ def test_an_unknown_gpu_model_is_a_schema_error_with_the_table_names(run_cli):
     code, out, err = run_cli("fit", "gemma7b-dolly-chatml", "hardware.gpu_model=a100-80gb")
     assert code == 2 and "Traceback" not in err
     assert "hardware.gpu_model" in err and "did you mean a100-80g" in err and "h200-141g" in err
+
+
+def test_an_impossible_mfu_or_token_count_is_a_user_error(run_cli):
+    code, out, err = run_cli("fit", "gemma7b-dolly-chatml", "--mfu", "40")
+    assert code == 2 and "--mfu 40.0" in err and "at most 1" in err
+    code, out, err = run_cli("fit", "gemma7b-dolly-chatml", "--tokens", "0")
+    assert code == 2 and "--tokens 0" in err
 
 
 def test_every_shipped_hardware_profile_names_a_gpu_of_the_table():
@@ -206,6 +213,7 @@ def test_recipe_fit_works_for_every_shipped_recipe(fit_cache, run_cli, name):
                           "working buffers", "margin"}
     assert report["memory"]["peak_gib"] == pytest.approx(report["memory"]["allocated_gib"] + parts["margin"], abs=0.02)
     assert report["fits"] in (True, False) and report["device"]["memory_gib"] > 0
+    assert report["verdict"] == ("fits" if report["fits"] else "does not fit")
     assert report["model"]["params_total"] > 0 and report["model"]["activations_measured"] == "meta forward pass"
 
 
@@ -237,7 +245,8 @@ def test_a_recipe_that_does_not_fit_gets_changes_that_each_lower_the_peak(fit_ca
         assert json.loads(again)["memory"]["peak_gib"] == s["peak_gib"]
         assert json.loads(again)["fits"] == s["fits"]
     code, text, err = run_cli("fit", "codellama7b-text-to-sql", "hardware.gpu_model=a10g-24g")
-    assert "does NOT fit" in text and "changes, each re-estimated" in text and "train.gradient_checkpointing=true" in text
+    assert "does NOT fit" in text and "changes, each re-estimated" in text
+    assert "train.gradient_checkpointing=true" in text
 
 
 @pytest.mark.model
@@ -292,3 +301,37 @@ def test_a_cpu_recipe_takes_its_time_from_a_finished_run_and_its_tokens_from_the
     assert timing["steps"] == 30 and timing["hours"] == pytest.approx(30 * timing["tokens_per_step"] / rate / 3600,
                                                                       rel=1e-2)
     assert any(f"measured in run {own_trained_run.run_id}" in note for note in timing["assumptions"])
+
+
+@pytest.mark.slow
+def test_bench_fit_phase_quick_compares_estimates_with_published_and_measured_memory(tmp_path):
+    """bench/run.py --quick --only fit: a real tiny-cpu training's peak RSS beside `recipe fit`, and three published
+    GPU rows estimated; the user's runs and cache folders are left alone."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from bench.fit import QUICK_ROWS
+
+    root = Path(__file__).resolve().parent.parent
+    out, runs, cache = tmp_path / "results.json", tmp_path / "runs", tmp_path / "cache"
+    runs.mkdir()
+    cache.mkdir()
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", RECIPE_RUNS_DIR=str(runs),
+               RECIPE_CACHE_DIR=str(cache))
+    argv = [sys.executable, str(root / "bench" / "run.py"), "--quick", "--only", "fit", "--out", str(out)]
+    done = subprocess.run(argv, cwd=root, env=env, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads(out.read_text())
+    figures, details = results["figures"], results["details"]["fit"]
+    for key in ("fit_published_verdicts_agree", "fit_published_within_25pct", "fit_published_median_abs_error",
+                "fit_cpu_lora_error"):
+        assert isinstance(figures[key], float), key
+    assert [row["id"] for row in details["published"]] == list(QUICK_ROWS)
+    for row in details["published"]:
+        assert row["estimate"] > 0 and row["agree"] in (True, False) and row["source"] and row["unit"] in ("GB", "GiB")
+    cpu = details["cpu"]["lora"]
+    assert cpu["measured_rss_mb"] > 100 and cpu["estimate_mb"] > 100 and cpu["recipe"] == "tiny-cpu"
+    assert "tables/llama-2-7b-lora-mb4" in done.stdout and "cpu lora: tiny-cpu measured" in done.stdout
+    assert list(runs.iterdir()) == [] and list(cache.iterdir()) == []

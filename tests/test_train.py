@@ -43,7 +43,7 @@ def test_tiny_cpu_trains_end_to_end(trained_tiny_run):
     # parameter counts from the trainer's own model (the plugin), so FLOP/s are measured, not guessed
     assert 0 < manifest["train"]["params_trainable"] < manifest["train"]["params_total"]
     assert manifest["train"]["tflops"] > 0 and manifest["train"]["mfu"] is None  # a CPU has no peak on record
-    assert rundir.find("tiny-cpu").path == run.path  # runs/tiny-cpu/latest
+    assert rundir.find("tiny-cpu", run.run_id).path == run.path  # `latest` is checked where no test trains between
     ranks = run.file("ranks", "rank-0.jsonl").read_text().splitlines()
     assert len(ranks) == 30 and json.loads(ranks[-1])["world_size"] == 1
 
@@ -150,6 +150,7 @@ def test_publish_merge_adapter_merges_after_training(session_dirs, tiny_model_di
     run = train(loading.load("tiny-cpu", ["publish.merge_adapter=true", "train.max_steps=2", "train.seed=11"]))
     assert run.manifest().merged_dir == "merged" and (run.path / "merged" / "config.json").is_file()
     assert not list(run.path.glob(".merged*"))  # staged, then published whole
+    assert rundir.find("tiny-cpu").path == run.path  # runs/tiny-cpu/latest is the newest trained run
 
 
 @pytest.mark.slow

@@ -16,8 +16,13 @@ EXAMPLES = """examples:
 
 
 def cmd_fit(args) -> int:
+    from runner.core.errors import UserError
     from runner.estimate import fit, text
 
+    if args.mfu is not None and not 0 < args.mfu <= 1:
+        raise UserError(f"--mfu {args.mfu}: a model FLOPs utilisation is a fraction of the peak, above 0 and at most 1")
+    if args.tokens is not None and args.tokens <= 0:
+        raise UserError(f"--tokens {args.tokens}: give the training tokens per epoch, a positive count")
     loaded = loading.load(args.recipe, args.overrides)
     log = paths.cache_dir() / "logs" / "fit.log"
     with console.third_party_to(log, args.verbose):  # transformers' and peft's messages go to the log
@@ -40,6 +45,8 @@ def plan_section(loaded, overrides: list[str], verbose: bool = False) -> str:
             report = fit.fit(loaded, overrides, timing=False)
     except UserError as err:
         return f"memory fit: not estimated: {err}\n"
+    except Exception as err:  # noqa: BLE001 - the estimate is advice: the plan is written whatever happens to it
+        return f"memory fit: not estimated ({type(err).__name__}: {err}); `recipe fit -v` shows more\n"
     return text.render(report, head=False)
 
 

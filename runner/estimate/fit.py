@@ -3,6 +3,7 @@ shared by the CLI's text, its --json and `recipe plan`."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from runner.core import paths
 from runner.core.contracts import Record
@@ -45,6 +46,7 @@ class FitReport(Record):
     device: Device
     memory: MemoryEstimate
     fits: bool | None  # None when the device's memory is unknown
+    verdict: Literal["fits", "does not fit", "unknown"]
     suggestions: list[Suggestion] = []
     time: throughput.TimeEstimate | None = None
 
@@ -171,7 +173,8 @@ def fit(loaded: Loaded, overrides: list[str] = (), *, suggest: bool = True, timi
                                                       recipe.model.trust_remote_code)
     device = device_of(recipe)
     fits = None if device.memory_gib is None else estimate.peak_gib <= device.memory_gib
-    found = suggestions(loaded, list(overrides), estimate.peak_gib, device.memory_gib) if suggest and not fits else []
+    found = suggestions(loaded, list(overrides), estimate.peak_gib, device.memory_gib) if suggest and fits is False \
+        else []
     time = None
     if timing:
         data = data_size.measure(loaded) if tokens is None else data_size.DataSize(
@@ -181,5 +184,6 @@ def fit(loaded: Loaded, overrides: list[str] = (), *, suggest: bool = True, timi
         time = throughput.estimate(recipe, data, gpu, arch.params_total, trainable, mfu, rate)
     model = Model(base=recipe.model.base, config_source=config.source, params_total=arch.params_total,
                   params_trainable=trainable, activations_measured=acts.how)
+    verdict = "unknown" if fits is None else "fits" if fits else "does not fit"
     return FitReport(recipe=recipe.name, model=model, setup=setup, device=device, memory=estimate, fits=fits,
-                     suggestions=found, time=time)
+                     verdict=verdict, suggestions=found, time=time)

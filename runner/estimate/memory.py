@@ -147,14 +147,17 @@ def _parameter_parts(setup: Setup, arch: Architecture, trainable: int) -> dict[s
         state_size, grads, count = (4 if sharded_master else size), arch.params_total * size / shard, frozen
     else:
         adapter = 4 if setup.framework.adapter_fp32 else size
-        master, state_size, grads, count = trainable * adapter, adapter, trainable * adapter / shard, trainable
+        params_shard = world if ds in ("zero3", "zero3-offload") else 1  # ZeRO-3 partitions the adapters too
+        master, state_size, count = trainable * adapter / params_shard, adapter, trainable
+        grads = trainable * adapter / shard
     per_param = state_bytes(setup.optimizer, state_size)
     states = count * per_param / shard
     if ds == "zero3-offload":
         master = states = 0
     if "paged" in setup.optimizer:
         states = 0  # unified memory: the driver moves the states to the host when the GPU runs short
-    foreach = setup.framework.foreach_step_buffer and "fused" not in setup.optimizer and "bit" not in setup.optimizer
+    foreach = (setup.framework.foreach_step_buffer and setup.device == "cuda"  # torch picks foreach for CUDA only
+               and "fused" not in setup.optimizer and "bit" not in setup.optimizer)
     step = count * per_param / 2 if ds == "none" and foreach else 0  # one state-sized temporary
     return {"weights": weights, "trainable": master, "gradients": grads, "optimizer": states, "step": step,
             "gather": gather}
@@ -202,8 +205,10 @@ def estimate(setup: Setup, arch: Architecture, acts: Activations, trainable: int
         Part(name="margin", gib=_gib(margin), note=margin_note),
     ]
     host = None
-    if setup.deepspeed == "zero3-offload":  # weights, fp32 master, states and fp32 gradients, per node
-        host = _gib(arch.params_total * (setup.size + 4 + state_bytes(setup.optimizer, 4) + 4) / setup.nodes)
+    if setup.deepspeed == "zero3-offload":  # weights, and the fp32 master, states and gradients of what trains
+        training = arch.params_total if setup.method == "full" else trainable
+        host = _gib((arch.params_total * setup.size + training * (4 + state_bytes(setup.optimizer, 4) + 4))
+                    / setup.nodes)
     activations_gib = {"with_checkpointing": _gib(with_gc), "without_checkpointing": _gib(without_gc)}
     return MemoryEstimate(parts=parts, phase=phase, allocated_gib=_gib(allocated), peak_gib=_gib(allocated + margin),
                           activations_gib=activations_gib, host_gib=host)

@@ -35,6 +35,10 @@ class TimeEstimate(Record):
     assumptions: list[str] = []
 
 
+def _figure(value: float) -> float:
+    return float(f"{value:.4g}")  # four significant digits, whatever the scale
+
+
 def _steps(recipe: Recipe, data: DataSize) -> tuple[int | None, str]:
     train = recipe.train
     if train.max_steps:
@@ -84,7 +88,7 @@ def _from_rate(result: TimeEstimate, notes: list[str], rate: tuple[float, str] |
     hours = result.steps * result.tokens_per_step / tokens_per_s / 3600
     notes.append(f"time: {tokens_per_s:,.0f} tokens/s measured in run {run_id} of this recipe (no FLOP/s peak "
                  "for a CPU)")
-    return result.model_copy(update={"hours": round(hours, 3), "gpu_hours": None, "assumptions": notes})
+    return result.model_copy(update={"hours": _figure(hours), "gpu_hours": None, "assumptions": notes})
 
 
 def estimate(recipe: Recipe, data: DataSize, gpu: GpuModel | None, params_total: int, trainable: int,
@@ -121,5 +125,5 @@ def estimate(recipe: Recipe, data: DataSize, gpu: GpuModel | None, params_total:
                      "(hardware.price_per_gpu_hour); start-up, evaluation and checkpoints not counted")
     else:
         notes.append("cost: set hardware.price_per_gpu_hour in the hardware profile to get one")
-    return result.model_copy(update={"hours": round(hours, 3), "gpu_hours": round(hours * world, 2),
+    return result.model_copy(update={"hours": _figure(hours), "gpu_hours": _figure(hours * world),
                                      "cost_usd": cost, "assumptions": notes})
