@@ -3,9 +3,10 @@ same seed, same data, same steps; time per stage and execution accuracy side by 
 
 Figures: `bf16_exec_accuracy_delta` (bf16 - fp32 execution accuracy of the fine-tuned model, in points of 1.0,
 with the paired bootstrap 95% interval over the same held-out items in details); `bf16_train_s_ratio_demo` and
-`bf16_eval_speedup` (fp32 / bf16 train_s and eval_s of those two runs); and `bf16_train_speedup`, the ratio of
-steady training tokens/s measured by short runs back to back (fp32, bf16, bf16, fp32), the fair speed figure on a
-shared machine where two long runs meet different loads. `bf16_vs_fp32` holds each precision's stage seconds,
+`bf16_eval_s_ratio_demo` (fp32 / bf16 train_s and eval_s of those two runs); and the fair speed figures on a
+shared machine, where two long runs meet different loads, measured back to back (fp32, bf16, bf16, fp32):
+`bf16_train_speedup`, the ratio of steady training tokens/s of short runs, and `bf16_eval_speedup`, fp32 / bf16
+seconds to evaluate the two fine-tuned models again. `bf16_vs_fp32` holds each precision's stage seconds,
 accuracy and tokens/s; details the precision the trainer really used (the plugin's record: autocast dtype,
 parameter dtypes). The rule for making bf16 the CPU profile's default: `bf16_accuracy_holds`, bf16 at least as
 good as fp32, or at most 2 points below with the paired interval of the difference containing 0.
@@ -13,7 +14,7 @@ good as fp32, or at most 2 points below with the paired interval of the differen
 The data is prepared once first (`recipe prepare`, timed as `prepare_cold_s`: the GGUF conversion and the data
 cache), so each run's own prepare_s is a cache hit, equal for both. Runs go to their own runs folder inside the
 benchmark's temporary folder. A quick run trains 1 step of 1 row and scores 2 items (no base model), and times
-one fp32 and one bf16 run of 2 steps.
+one fp32 and one bf16 run of 2 steps and one evaluation of each.
 """
 from __future__ import annotations
 
@@ -95,31 +96,44 @@ def compare(fp32: dict, bf16: dict) -> dict:
             "rule": f"bf16 - fp32 >= -{HOLD_POINTS} and the paired 95% interval contains 0 (or bf16 >= fp32)"}
 
 
-def speed_pairs(ctx: Context, env: dict, sizes: dict) -> dict:
-    """Training throughput of short runs back to back in the order fp32, bf16, bf16, fp32 (quick: fp32, bf16), so
-    both precisions meet the same machine load: steady tokens/s (from the second logged step) of each."""
+def speed_pairs(ctx: Context, env: dict, sizes: dict, runs: dict[str, str]) -> dict:
+    """Speed measured back to back in the order fp32, bf16, bf16, fp32 (quick: fp32, bf16), so both precisions meet
+    the same machine load: short trainings (steady tokens/s, from the second logged step on), then evaluations of
+    the two accuracy runs (`runs`: precision -> run id; fine-tuned model only: the runner's eval_finetuned_s)."""
     from bench.gpu_run import steady_tokens_per_s
+    from runner.runs.manifest import Manifest
 
+    order, folder = sizes["speed_order"], Path(env["RECIPE_RUNS_DIR"]) / DEMO_RECIPE
     rates: dict[str, list[float]] = {p: [] for p in PRECISIONS}
-    for index, precision in enumerate(sizes["speed_order"]):
-        say(f"bf16: speed {index + 1}/{len(sizes['speed_order'])}: {precision}")
+    evals: dict[str, list[float]] = {p: [] for p in PRECISIONS}
+    for index, precision in enumerate(order):
+        say(f"bf16: speed {index + 1}/{len(order)}: train {precision}")
         timed(f"bf16-speed-{index}-{precision}", [RECIPE, "train", DEMO_RECIPE, f"hardware.precision={precision}",
                                                   *sizes["speed"]], cwd=ROOT, env=env, logs=ctx.logs, timeout=3600)
-        rate = steady_tokens_per_s((Path(env["RECIPE_RUNS_DIR"]) / DEMO_RECIPE / "latest").resolve())
+        rate = steady_tokens_per_s((folder / "latest").resolve())
         if rate is None:
             raise Failed(f"bf16 speed run {index} ({precision}) logged fewer than two steps")
         rates[precision].append(rate)
-    mean = {p: sum(v) / len(v) for p, v in rates.items()}
-    return {"order": sizes["speed_order"], "overrides": sizes["speed"], "tokens_per_s": rates,
-            "ratio": round(mean["bf16"] / mean["fp32"], 3)}
+    for index, precision in enumerate(order):
+        say(f"bf16: speed {index + 1}/{len(order)}: eval {precision}")
+        timed(f"bf16-speed-eval-{index}-{precision}", [RECIPE, "eval", DEMO_RECIPE, "--run", runs[precision],
+                                                       f"hardware.precision={precision}", *sizes["eval"],
+                                                       "eval.compare_base=false"], cwd=ROOT, env=env, logs=ctx.logs,
+              timeout=3600)
+        evals[precision].append(Manifest.read(folder / runs[precision] / "manifest.json").timings["eval_finetuned_s"])
+    mean = {p: (sum(rates[p]) / len(rates[p]), sum(evals[p]) / len(evals[p])) for p in PRECISIONS}
+    return {"order": order, "overrides": sizes["speed"], "tokens_per_s": rates, "eval_finetuned_s": evals,
+            "train_ratio": round(mean["bf16"][0] / mean["fp32"][0], 3),
+            "eval_ratio": round(mean["fp32"][1] / mean["bf16"][1], 3)}
 
 
 def figures_of(runs: dict, comparison: dict, speed: dict) -> dict:
     a, b = runs["fp32"]["seconds"], runs["bf16"]["seconds"]
     return {
-        "bf16_train_speedup": speed["ratio"],
+        "bf16_train_speedup": speed["train_ratio"],
+        "bf16_eval_speedup": speed["eval_ratio"],
         "bf16_train_s_ratio_demo": round(a["train_s"] / b["train_s"], 3),
-        "bf16_eval_speedup": round(a["eval_s"] / b["eval_s"], 3),
+        "bf16_eval_s_ratio_demo": round(a["eval_s"] / b["eval_s"], 3),
         "bf16_exec_accuracy_delta": comparison["delta"],
         "bf16_accuracy_holds": comparison["holds"],
         "bf16_vs_fp32": {p: {"prepare_s": r["seconds"].get("prepare_s"), "train_s": r["seconds"]["train_s"],
@@ -141,7 +155,7 @@ def bench(ctx: Context) -> tuple[dict, dict]:
                  logs=ctx.logs, timeout=1800)
     runs = {p: one_precision(ctx, p, env, sizes) for p in PRECISIONS}
     comparison = compare(runs["fp32"].pop("_scores"), runs["bf16"].pop("_scores"))
-    speed = speed_pairs(ctx, env, sizes)
+    speed = speed_pairs(ctx, env, sizes, {p: r["run"] for p, r in runs.items()})
     details = {"cpu": cpufeatures.cpu_name(), "cpu_bf16_features": cpufeatures.bf16_features(),
                "prepare_cold_s": cold["wall_s"], "train_overrides": sizes["train"], "eval_overrides": sizes["eval"],
                "runs": runs, "comparison": comparison, "speed": speed}

@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
-"$PYTHON" -c "import torch, transformers, peft, accelerate" || {
+"$PYTHON" -c "import torch, transformers, peft, accelerate" 2>/dev/null || {
   echo "gpu-check: $PYTHON lacks torch, transformers, peft or accelerate (set PYTHON=...)" >&2; exit 2; }
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 exec "$PYTHON" bench/gpu_check.py run --dir "${GPU_CHECK_DIR:-.gpu-check}" "$@"

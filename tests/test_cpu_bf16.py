@@ -85,12 +85,43 @@ def test_param_count_sees_through_4bit_weights():
     assert param_count(torch.nn.Parameter(torch.zeros(3, 5))) == 15
 
 
+def test_auto_precision_is_bf16_where_the_cpu_has_it_else_fp32(project):
+    hardware = loading.load("tiny-cpu").recipe.hardware
+    assert hardware.precision == "auto"  # the cpu profile's default: validated and locked without the machine
+    assert cpufeatures.effective_precision(hardware, missing=None) == "bf16"
+    assert cpufeatures.effective_precision(hardware, missing="AVX-512 BF16") == "fp32"
+    assert cpufeatures.effective_precision(hardware, target="slurm", missing=None) == "fp32"  # nodes unseen
+    with_ds = hardware.model_copy(update={"deepspeed": "zero2", "gpus": 2})
+    assert cpufeatures.effective_precision(with_ds, missing=None) == "fp32"  # bf16 on cpu runs without DeepSpeed
+    fixed = hardware.model_copy(update={"precision": "fp32"})
+    assert cpufeatures.effective_precision(fixed, missing=None) == "fp32"
+    gpu = hardware.model_copy(update={"device": "cuda", "attention": "sdpa"})
+    assert cpufeatures.effective_precision(gpu, missing="x") == "bf16"
+
+
+def test_a_planned_run_records_the_precision_auto_chose(run_cli, project):
+    code, out, err = run_cli("plan", "tiny-cpu")
+    assert code == 0, err
+    import yaml
+
+    from runner.runs import rundir
+
+    run = sorted((project / "runs" / "tiny-cpu").glob("2*"))[-1]
+    chosen = "bf16" if cpufeatures.missing_bf16() is None else "fp32"
+    assert rundir.RunDir(run).recipe().hardware.precision == chosen
+    config = yaml.safe_load((run / "axolotl.yaml").read_text())
+    assert config["bf16"] is (chosen == "bf16")
+
+
 @pytest.mark.model
-def test_fp32_run_records_no_autocast(trained_tiny_run):
+def test_the_session_run_trained_in_the_precision_auto_chose(trained_tiny_run):
     seen = trained_tiny_run.manifest().train.precision
     assert seen is not None
-    assert seen.trainer_bf16 is False and seen.autocast_dtype is None and seen.activation_dtype == "float32"
-    assert set(seen.param_dtypes) == {"float32"}
+    if trained_tiny_run.recipe().hardware.precision == "bf16":
+        assert seen.trainer_bf16 is True and seen.autocast_dtype == "bfloat16"
+    else:
+        assert seen.trainer_bf16 is False and seen.autocast_dtype is None and seen.activation_dtype == "float32"
+        assert set(seen.param_dtypes) == {"float32"}
 
 
 @pytest.mark.model

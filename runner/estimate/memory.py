@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from runner.core import cpufeatures
 from runner.core.contracts import Record
 from runner.estimate.meta import Activations, Architecture
 from runner.recipe.schema import Recipe
@@ -74,7 +75,8 @@ class Setup(Record):
     @classmethod
     def of(cls, recipe: Recipe) -> Setup:
         hw, train = recipe.hardware, recipe.train
-        return cls(method=recipe.method.kind, precision=hw.precision, device=hw.device, world_size=hw.world_size,
+        return cls(method=recipe.method.kind, precision=cpufeatures.effective_precision(hw), device=hw.device,
+                   world_size=hw.world_size,
                    nodes=hw.nodes, deepspeed=hw.deepspeed, micro_batch=train.micro_batch_size,
                    seq_len=recipe.data.max_seq_len, gradient_checkpointing=train.gradient_checkpointing,
                    attention=hw.attention, optimizer=train.optimizer)

@@ -42,7 +42,7 @@ def device_and_dtype(recipe) -> tuple[str, str]:
     computes it natively (else float32, said once), everything else float32."""
     import torch
 
-    precision = recipe.hardware.precision
+    precision = cpufeatures.effective_precision(recipe.hardware)
     if recipe.hardware.device == "cuda" and torch.cuda.is_available():
         return "cuda", _DTYPES[precision]
     if recipe.hardware.device == "cpu" and precision == "bf16":

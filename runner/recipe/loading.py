@@ -37,10 +37,12 @@ class Loaded:
     chain: tuple[Path, ...]  # the recipe file and every file it extends, leaf first
     # key path -> root of the layer (workspace or library) whose file set it; None for an override
     roots: dict[str, Path | None] = field(default_factory=dict, compare=False, repr=False)
+    # the fingerprint of the recipe as written, kept when a run decides machine-dependent values (precision: auto)
+    written_fingerprint: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def fingerprint(self) -> str:
-        return fingerprint(self.recipe)
+        return self.written_fingerprint or fingerprint(self.recipe)
 
     def root_of(self, key: str) -> Path | None:
         """The layer root a relative path at `key` (e.g. data.datasets.0.source) also resolves against, after

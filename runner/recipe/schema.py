@@ -171,9 +171,10 @@ class HardwareSpec(Section):
     nodes: int = Field(1, gt=0)
     deepspeed: Literal["none", "zero2", "zero3", "zero3-offload"] = "none"
     attention: Literal["flash", "sdpa", "eager"] = "sdpa"
-    precision: Literal["bf16", "fp16", "fp32"] = Field(
-        "bf16", description="bf16 | fp16 | fp32; on cpu: bf16 (needs a CPU with bf16 instructions, checked when "
-        "training starts) or fp32")
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "bf16", description="bf16 | fp16 | fp32 | auto; on cpu: bf16 (needs a CPU with bf16 instructions, checked "
+        "when training starts), fp32, or auto: bf16 where this machine's CPU computes it natively, else fp32 "
+        "(decided when a run is made, recorded in its recipe.yaml)")
     nccl: NcclSpec = NcclSpec()
 
     @property

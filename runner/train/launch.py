@@ -134,15 +134,16 @@ def _new_run(loaded: Loaded, target: str, prepared: Prepared) -> rundir.RunDir:
     return run
 
 
-def _resumed_run(loaded: Loaded, resume: str | None) -> rundir.RunDir:
+def _resumed_run(loaded: Loaded, resume: str | None) -> tuple[rundir.RunDir, Loaded]:
     run = rundir.find(loaded.recipe.name, resume or None)
     previous = run.manifest()
+    loaded = plan.concrete(loaded, previous.target)
     if previous.fingerprint != loaded.fingerprint:
         raise UserError(Problem(paths.display(run.path), "fingerprint", "this run was made from a different "
                                 f"resolved recipe ({previous.fingerprint[:12]} vs {loaded.fingerprint[:12]} now); "
                                 "resume with the same recipe and overrides, or start a new run"))
     print(f"resuming {paths.display(run.path)} from its newest checkpoint ({previous.target})", file=sys.stderr)
-    return run
+    return run, loaded
 
 
 def _failed(run: rundir.RunDir, code: int, tail: list[str], timings: dict) -> RunFailed:
@@ -168,13 +169,18 @@ def train(loaded: Loaded, target: str = "local", resume: str | None | bool = Fal
 
     target slurm submits the run with sbatch and waits for the job (or returns at once when detach).
     A resumed run keeps the target its launch.sh was written for."""
+    run = None
+    if resume is not False:
+        run, loaded = _resumed_run(loaded, resume)
+    else:
+        loaded = plan.concrete(loaded, target)
     recipe = loaded.recipe
     if target != "slurm":  # a SLURM job runs on a node this machine cannot inspect
         cpufeatures.require_bf16(recipe, paths.display(loaded.path))
     started = time.monotonic()
     prepared = prepare.prepare(loaded)
     prepare_s = round(time.monotonic() - started, 2)
-    run = _resumed_run(loaded, resume) if resume is not False else _new_run(loaded, target, prepared)
+    run = run or _new_run(loaded, target, prepared)
     manifest = run.manifest()
     target = manifest.target
     timings = manifest.timings | {"prepare_s": prepare_s}

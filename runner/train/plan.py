@@ -1,11 +1,12 @@
 """The plan stage: a new run directory with the resolved recipe, every engine file and a `planned` manifest."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 
-from runner.core import paths
+from runner.core import cpufeatures, paths
 from runner.core.atomic import write_text_atomic
 from runner.core.yamlio import dump_yaml
 from runner.data.info import SPLITS, DataInfo
@@ -77,8 +78,18 @@ def new_manifest(loaded: Loaded, run: rundir.RunDir, target: str, base_model: st
         command=engine.launch_command(target, paths.display(run.path)), status=status, data=data)
 
 
+def concrete(loaded: Loaded, target: str = "local") -> Loaded:
+    """The loaded recipe as a run makes it here: `hardware.precision: auto` decided for this machine and target.
+    The fingerprint stays the written recipe's (what `recipe show` and the lock files print)."""
+    recipe = cpufeatures.concrete(loaded.recipe, target)
+    if recipe is loaded.recipe:
+        return loaded
+    return dataclasses.replace(loaded, recipe=recipe, written_fingerprint=loaded.fingerprint)
+
+
 def plan_run(loaded: Loaded, target: str = "local") -> rundir.RunDir:
     """Write a run directory with every engine file; run nothing. Data is prepared by `train`."""
+    loaded = concrete(loaded, target)
     base_model = base_model_for(loaded)
     run = rundir.create(loaded.recipe.name, loaded.fingerprint)
     write_plan(run, loaded, target, base_model, has_val=True)
