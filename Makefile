@@ -14,7 +14,7 @@ export DO_NOT_TRACK := 1
 # WANDB_MODE=online make ... logs live (needs WANDB_API_KEY and network), WANDB_MODE=disabled turns it off.
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast validate lock golden render show tiny-model prepare plan fit train merge eval report demo bench gpu-check gpu-check-wheels gpu-check-dry fuzz test-distributed test-slurm test-browser
+.PHONY: help setup test test-fast validate lock golden render show tiny-model prepare plan fit train merge eval report compare gate demo demo-dpo bench gpu-check gpu-check-wheels gpu-check-dry fuzz test-distributed test-slurm test-browser
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -74,9 +74,20 @@ merge: setup ## merge the latest run's LoRA adapter into its base model (run=ID 
 eval: setup ## evaluate base vs fine-tuned (latest run of recipe=NAME, or run=ID) and write the report
 	$(RECIPE) eval $(recipe) $(args) $(if $(run),--run $(run))
 
+compare: setup ## runs side by side: runs="A B" (run ids, recipes = their latest runs) -> compare.md, compare.json
+	$(RECIPE) compare $(runs) $(args)
+
+gate: setup ## recipe=NAME's latest run against its eval suite's gates (baseline=RUN): exit 0 pass, 1 fail
+	$(RECIPE) gate $(recipe) $(if $(run),--run $(run)) $(if $(baseline),--baseline $(baseline))
+
 demo: ## the CPU demo: SmolLM2-135M learns text-to-SQL (set-up if needed, train, evaluate, report)
 	$(MAKE) --no-print-directory recipe=smollm2-135m-sql-chatml train eval
 	@echo "report: runs/smollm2-135m-sql-chatml/latest/report.md"
+
+demo-dpo: setup ## after `make demo`: DPO from the SQL demo's SFT model on pairs made from its training questions; report base vs SFT vs DPO
+	$(PY) tools/sql_pairs.py
+	$(MAKE) --no-print-directory recipe=smollm2-135m-sql-dpo train eval
+	@echo "report: runs/smollm2-135m-sql-dpo/latest/report.md"
 
 report: setup ## write report.md and plots for the latest run of recipe=NAME
 	$(RECIPE) report $(recipe) $(if $(run),--run $(run))

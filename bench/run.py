@@ -14,6 +14,7 @@ Figures (one module each under bench/; see bench/README.md for how each is measu
   demo      demo_stage_seconds                          bench/demo.py
   bf16      bf16_train_speedup, bf16_exec_accuracy_delta  bench/bf16.py
   fit       fit_published_verdicts_agree, fit_cpu_*_error  bench/fit.py
+  seeds     seeds_exec_accuracy_sd (the demo over 3 seeds)  bench/seeds.py
 
 Nothing here asserts on time. Every measurement runs in a subprocess; this process only starts, polls and
 reads them. Runs and caches go to a temporary folder (RECIPE_RUNS_DIR / RECIPE_CACHE_DIR), never runs/.
@@ -35,12 +36,12 @@ if __package__ in (None, ""):  # started as a script: import bench/ as the packa
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
     sys.path.insert(0, str(_here.parent))
 
-from bench import bf16, demo, eval_batch, fit, overhead, packing, prep, results  # noqa: E402
+from bench import bf16, demo, eval_batch, fit, overhead, packing, prep, results, seeds  # noqa: E402
 from bench.common import DEMO_RECIPE, ROOT, SIZES, Context, Failed, ensure_tiny_model, say  # noqa: E402
 
 DEFAULT_OUT = ROOT / "bench" / "results.json"
 PHASES = {"overhead": overhead.bench, "prep": prep.bench, "packing": packing.bench, "eval": eval_batch.bench,
-          "demo": demo.bench, "bf16": bf16.bench, "fit": fit.bench}
+          "demo": demo.bench, "bf16": bf16.bench, "fit": fit.bench, "seeds": seeds.bench}
 FIGURES = tuple(PHASES)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import shutil
 import sys
 import textwrap
+from contextlib import contextmanager
 from pathlib import Path
 
 import deepspeed  # noqa: F401  (see below)
@@ -21,6 +22,29 @@ from runner.recipe import templates
 absl_logging.get_absl_handler().python_handler.stream = sys.__stderr__
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+@contextmanager
+def offline_workspace(root: Path, suites: dict[str, str]):
+    """A throw-away project in `root` (recipes, templates, suites copied; data and the tiny model linked), offline,
+    with extra eval suites {name: YAML text}; for module-scoped fixtures, which cannot use monkeypatch."""
+    from runner.models import tiny
+
+    for folder in ("recipes", "templates", "eval_suites"):
+        shutil.copytree(ROOT / folder, root / folder)
+    (root / "data").symlink_to(ROOT / "data")
+    (root / "models").mkdir()
+    (root / "models" / "tiny-llama").symlink_to(tiny.build(ROOT / "models" / "tiny-llama"))
+    with pytest.MonkeyPatch.context() as mp:
+        for name, value in {"RECIPE_RUNNER_HOME": root, "RECIPE_RUNS_DIR": root / "runs",
+                            "RECIPE_CACHE_DIR": root / ".cache", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+                            "TOKENIZERS_PARALLELISM": "false"}.items():
+            mp.setenv(name, str(value))
+        templates.load.cache_clear()
+        for name, text in suites.items():
+            (root / "eval_suites" / f"{name}.yaml").write_text(textwrap.dedent(text))
+        yield root
+    templates.load.cache_clear()
 
 
 @pytest.fixture

@@ -39,7 +39,7 @@ def test_bench_quick_writes_every_figure_without_a_demo_run(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", RECIPE_RUNS_DIR=str(runs),
                RECIPE_CACHE_DIR=str(cache))
     done = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--out", str(out)], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=1200)
+                          env=env, capture_output=True, text=True, timeout=2400)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     text = out.read_text()
     results = json.loads(text)
@@ -65,6 +65,9 @@ def test_bench_quick_writes_every_figure_without_a_demo_run(tmp_path):
                 "bf16_eval_s_ratio_demo", "bf16_exec_accuracy_delta"):
         assert is_number(figures.get(key)), (key, figures.get(key))
     assert figures["bf16_accuracy_holds"] in (True, False)
+    assert is_number(figures["seeds_exec_accuracy_sd"]) and len(figures["seeds_exec_accuracy_range"]) == 2  # seeds.py
+    seed_runs = results["details"]["seeds"]["runs"]
+    assert [r["seed"] for r in seed_runs] == [1, 2] and results["details"]["seeds"]["group"]
     bf16_runs = results["details"]["bf16"]["runs"]
     assert bf16_runs["bf16"]["precision_seen"]["autocast_dtype"] == "bfloat16"
     assert bf16_runs["fp32"]["precision_seen"]["autocast_dtype"] is None

@@ -32,7 +32,19 @@ def test_shortened_demo_end_to_end(session_dirs):
     assert set(metrics) == {"sql_execution", "sql_exact_match"}
     for figures in metrics.values():
         assert figures["n"] == 4 and 0 <= figures["base"] <= 1 and 0 <= figures["finetuned"] <= 1
+    # the recipe's candidates: base zero-shot, base with 3 train examples as prior ChatML turns, fine-tuned
+    candidates = summary.candidates
+    assert list(candidates) == ["base", "base+fewshot:3", "finetuned"] and summary.reference == "finetuned"
+    for label in ("base", "base+fewshot:3"):
+        figures = candidates[label].metrics["sql_execution"]
+        assert figures.n == 4 and 0 <= figures.value <= 1 and len(figures.ci95) == 2
+    shot_prompt = json.loads(run.file("eval", "samples-base-fewshot-3-recipe_heldout_generate.jsonl").open()
+                             .readline())["prompt"]
+    assert shot_prompt.count("<|im_start|>system") == 1 and shot_prompt.count("<|im_start|>user") == 4
+    assert shot_prompt.count("<|im_start|>assistant") == 4 and shot_prompt.endswith("<|im_start|>assistant\n")
     report = write_report(run).read_text()
     assert "sql\\_execution" in report or "sql_execution" in report
+    assert "### Candidates" in report and "base+fewshot:3 (base model, 3 examples from the train split" in report
+    assert "Δ vs finetuned (95% CI)" in report and run.file("plots", "candidates.png").is_file()
     assert (run.file("plots", "loss.png")).stat().st_size > 1000 and (run.file("plots", "eval.png")).is_file()
     assert json.loads(run.file("eval", "summary.json").read_text())["suite"] == "sql"

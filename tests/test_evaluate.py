@@ -25,11 +25,11 @@ from runner.data import prepare
 from runner.evaluate import evaluation, generate, task_hooks, tasks
 from runner.evaluate.judge_run import judge_run
 from runner.evaluate.summary import EvalSummary, format_summary
-from runner.models import tiny
-from runner.recipe import loading, suites, templates
+from runner.recipe import loading, suites
 from runner.runs import rundir
 from runner.runs.manifest import Status
 from runner.train import plan
+from tests.conftest import offline_workspace
 
 ROOT = Path(__file__).resolve().parent.parent
 OVERRIDES = ["eval.max_items=6", "eval.max_new_tokens=12", "eval.batch_size=4"]
@@ -43,26 +43,13 @@ MC_ROWS = [("What color is the sky on a clear day?", ["blue", "green", "red"], 0
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """A throw-away project (recipes, templates, suites; data and the tiny model linked), offline."""
-    root = tmp_path_factory.mktemp("project")
-    for folder in ("recipes", "templates", "eval_suites"):
-        shutil.copytree(ROOT / folder, root / folder)
-    (root / "data").symlink_to(ROOT / "data")
-    (root / "models").mkdir()
-    (root / "models" / "tiny-llama").symlink_to(tiny.build(ROOT / "models" / "tiny-llama"))
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in {"RECIPE_RUNNER_HOME": root, "RECIPE_RUNS_DIR": root / "runs",
-                            "RECIPE_CACHE_DIR": root / ".cache", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-                            "TOKENIZERS_PARALLELISM": "false"}.items():
-            mp.setenv(name, str(value))
-        templates.load.cache_clear()
-        (root / "eval_suites" / "test-chat.yaml").write_text(textwrap.dedent("""\
+    with offline_workspace(tmp_path_factory.mktemp("project"), {"test-chat": """\
             suite: 1
             version: 0.1.0
             metrics: [exact_match, token_f1, bleu, rouge_l, perplexity]
             judge: {kind: local, model: models/tiny-llama, max_items: 2, max_new_tokens: 8}
-            """))
+            """}) as root:
         yield root
-    templates.load.cache_clear()
 
 
 def make_run(adapter: bool = True) -> tuple[rundir.RunDir, object]:
@@ -218,13 +205,15 @@ def test_openai_compatible_judge(own_evaluated, monkeypatch):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     _Judge.calls.clear()
     try:
-        result = judge_run(run, recipe, _suite({
+        result, judges = judge_run(run, recipe, _suite({
             "kind": "openai", "model": "judge-1", "url": f"http://127.0.0.1:{server.server_port}/v1",
             "api_key_env": "TEST_JUDGE_KEY", "max_items": 3}))
     finally:
         server.shutdown()
         server.server_close()
     assert result.wins == 3 and result.n == 3 and result.win_rate == 1.0
+    assert [(p.a, p.b, p.wins, p.position_bias, p.unparseable) for p in judges.pairs] == [
+        ("finetuned", "base", 3, 0, 0)]
     assert len(_Judge.calls) == 6
     path, auth, body = _Judge.calls[0]
     assert path == "/v1/chat/completions" and auth == "Bearer sk-test-123" and body["model"] == "judge-1"
@@ -246,7 +235,7 @@ def _closed_port() -> int:
 ])
 def test_unavailable_judge_is_skipped_not_a_crash(own_evaluated, judge, reason):
     run, recipe, _ = own_evaluated
-    result = judge_run(run, recipe, _suite(judge)).model_dump()
+    result = judge_run(run, recipe, _suite(judge))[0].model_dump()
     assert reason in result["skipped"]
     assert json.loads(run.file("eval", "judge.json").read_text())["skipped"] == result["skipped"]
 

@@ -502,3 +502,12 @@ def test_a_registered_metric_is_usable_by_suites_and_scored_by_the_task_hooks():
     finally:
         del metrics.REGISTRY["shouting"]
         importlib.reload(suites)
+
+
+def test_one_rule_gives_every_metric_its_direction():
+    from runner.evaluate import metrics as registry
+
+    assert registry.higher_is_better("sql_execution") and not registry.higher_is_better("perplexity")
+    assert not registry.higher_is_better("perplexity", recorded=True)  # the registry wins for its own metrics
+    assert registry.higher_is_better("hellaswag/acc,none") and not registry.higher_is_better("wikitext/word_perplexity")
+    assert registry.higher_is_better("wikitext/word_perplexity", recorded=True)  # lm-eval's own config wins

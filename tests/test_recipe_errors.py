@@ -74,7 +74,8 @@ def test_wrong_type_names_the_value(write_recipe, run_cli):
 def test_closed_choice_lists_allowed_values(write_recipe, run_cli):
     code, err = _validate(write_recipe, run_cli, VALID + "method:\n  kind: qlor\n")
     assert code == 2
-    assert "method.kind: 'qlor' is not allowed (allowed: full, lora, qlora) (did you mean qlora?)" in err
+    assert ("method.kind: 'qlor' is not allowed (allowed: full, lora, qlora, dpo, ipo, orpo, kto, simpo, grpo) "
+            "(did you mean qlora?)") in err
 
 
 def test_all_problems_reported_at_once(write_recipe, run_cli):

@@ -34,6 +34,7 @@ CASES = {
                                                    "system": "You are a caring assistant."}),
     "falcon-instruct-no-system": ("falcon-instruct", {"instruction": "I can't sleep.", "output": "Let's talk."}),
     "tokenizer-multi-turn": ("tokenizer", {"messages": CHAT}),
+    "zephyr-multi-turn-system": ("zephyr", {"messages": CHAT, "system": "You are terse."}),
 }
 
 

@@ -6,10 +6,10 @@ import argparse
 import re
 import sys
 
-from runner.cli import chat_verbs, fit_verbs, recipe_verbs, run_verbs, serve_verbs, ship_verbs
+from runner.cli import chat_verbs, decide_verbs, fit_verbs, recipe_verbs, run_verbs, serve_verbs, ship_verbs
 from runner.core.errors import STORAGE_ERRNOS, RunFailed, UserError, storage_error
 
-VERB_MODULES = (recipe_verbs, run_verbs, chat_verbs, ship_verbs, serve_verbs, fit_verbs)
+VERB_MODULES = (recipe_verbs, run_verbs, chat_verbs, ship_verbs, serve_verbs, fit_verbs, decide_verbs)
 
 EPILOG = """examples:
   recipe init my-repo                   # a starter workspace: recipes/my-model.yaml, data, README, .gitignore
@@ -27,6 +27,9 @@ EPILOG = """examples:
   recipe generate smollm2-135m-sql-chatml --prompt "How many customers live in Paris?"
   recipe publish tiny-cpu --repo-id me/tiny-cpu-lora --dry-run   # files, sizes and the model card
   recipe chat tiny-cpu                  # a web page: base and fine-tuned answers side by side
+  recipe train tiny-cpu --seeds 1,2,3   # one run per seed, one seed group
+  recipe compare tiny-cpu@RUN_ID tiny-cpu   # side by side: recipe diff, losses, paired intervals -> compare.md
+  recipe gate tiny-cpu --baseline RUN_ID    # the suite's gates on 95% intervals: exit 0 pass, 1 fail
 """
 
 

@@ -23,9 +23,11 @@ def cmd_prepare(args) -> int:
     prepared = prepare(loading.load(args.recipe, args.overrides))
     info = prepared.info
     print(f"prepared {paths.display(prepared.dir)}")
-    print(f"  rows: {info.counts}  duplicates removed: {info.duplicates_removed}")
+    unit = {"pairs": "pairs", "kto": "labeled rows"}.get(info.rows, "rows")
+    print(f"  {unit}: {info.counts}  duplicates removed: {info.duplicates_removed}")
     for source, report in info.sources.items():
-        print(f"  {source}: {report.rows} rows, {report.incomplete} incomplete")
+        identical = f", {report.identical_pairs} identical pairs dropped" if info.rows == "pairs" else ""
+        print(f"  {source}: {report.rows} rows, {report.incomplete} incomplete{identical}")
     for split, stats in info.stats.items():
         per_row = stats.tokens_per_row.model_dump() if stats.tokens_per_row else {}
         print(f"  {split}: {stats.rows} rows, {stats.tokens} tokens, per row {per_row}, "
@@ -47,9 +49,49 @@ def cmd_plan(args) -> int:
     return 0
 
 
+def _seeds(text: str) -> list[int]:
+    """--seeds 1,2,3 -> [1, 2, 3]: distinct integers."""
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        seeds = []
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise UserError(Problem("--seeds", "", f"{text!r}: give distinct integer seeds separated by commas, e.g. "
+                                "--seeds 1,2,3"))
+    return seeds
+
+
+def cmd_train_seeds(args) -> int:
+    """One run per seed (train.seed overridden), all tagged with one group id for compare and gate."""
+    import time
+
+    from runner.train.launch import train
+
+    seeds = _seeds(args.seeds)
+    if args.resume is not None or args.target == "slurm":
+        raise UserError(Problem("--seeds", "", "trains new runs one after another; it cannot be combined with "
+                                "--resume or --target slurm (submit one job per seed instead)"))
+    if any(o.split("=", 1)[0] == "train.seed" for o in args.overrides):
+        raise UserError(Problem("--seeds", "", "also given train.seed=...; use one or the other"))
+    name = loading.recipe_name(args.recipe)
+    group = f"seeds-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{'-'.join(map(str, seeds))}"
+    for seed in seeds:
+        run = train(loading.load(args.recipe, [*args.overrides, f"train.seed={seed}"]), args.target,
+                    verbose=args.verbose)
+        manifest = run.update(group=group)
+        summary = manifest.train
+        loss = f"loss {_figure(summary.first_loss)} -> {_figure(summary.final_loss)}" if summary else "no metrics"
+        print(f"trained {paths.display(run.path)} (seed {seed}, group {group}): {loss}")
+    print(f"seed group {group}: evaluate each run (`recipe eval {name} --run RUN_ID`), then "
+          f"`recipe compare {name}@{group} OTHER` or `recipe gate {name} --run {group} --baseline RUN`")
+    return 0
+
+
 def cmd_train(args) -> int:
     from runner.train.launch import train
 
+    if args.seeds is not None:
+        return cmd_train_seeds(args)
     resume = False if args.resume is None else args.resume
     run = train(loading.load(args.recipe, args.overrides), args.target, resume, detach=args.detach,
                 verbose=args.verbose)
@@ -144,6 +186,8 @@ def register(verb, with_recipe) -> None:
     train.add_argument("--detach", action="store_true", help="with --target slurm: submit and return at once")
     train.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN",
                        help="continue a run (the latest, or RUN) from its newest checkpoint")
+    train.add_argument("--seeds", default=None, metavar="1,2,3",
+                       help="train one run per seed (train.seed), tagged with one seed group id for compare and gate")
     merge = verb("merge", cmd_merge, "merge a run's LoRA adapter into the base model -> run/merged/")
     merge.add_argument("recipe")
     merge.add_argument("--run", default=None, help="run id (default: latest)")

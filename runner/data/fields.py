@@ -42,7 +42,8 @@ def _messages(value) -> list[dict]:
 def to_example(row: dict, spec: DatasetSpec, template: Template) -> dict:
     """One dataset row -> template variables; raises IncompleteRow for a missing or empty required field."""
     wants_messages = "messages" in template.requires
-    optional = template.optional | ({"input"} if wants_messages else set())
+    # system is rendered only when set (a row's empty system prompt falls back to data.system)
+    optional = template.optional | {"system"} | ({"input"} if wants_messages else set())
     example: dict = {}
     for variable, column in spec.fields.items():
         value = row.get(column)

@@ -34,6 +34,7 @@ class SourceReport(Record):
     rows: int
     incomplete: int = 0
     incomplete_reasons: dict[str, int] = {}
+    identical_pairs: int = 0  # preference pairs whose chosen equals rejected: always dropped
 
 
 class DataInfo(Contract):
@@ -41,6 +42,7 @@ class DataInfo(Contract):
     version: Literal[1] = 1
     format: int  # the prepared layout's version (prepare.FORMAT_VERSION), part of the cache key
     key: str
+    rows: Literal["segments", "pairs", "kto", "prompts"] = "segments"  # a train/val row's shape (data/preference.py)
     template: str
     stop: list[str]
     counts: dict[str, int]

@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from runner.core import atomic, jsonl, paths
 from runner.core.errors import Problem, UserError
-from runner.data import fields, sources
+from runner.data import fields, preference, sources
 from runner.data.info import SPLITS, DataInfo
 from runner.models import resolve
 from runner.recipe import templates
@@ -53,18 +53,46 @@ def cache_key(recipe: Recipe, fingerprints: list[str], template: templates.Templ
                "system": data.system, "max_seq_len": data.max_seq_len, "overlength": data.overlength,
                "incomplete": data.incomplete, "dedupe": data.dedupe, "split": data.split.model_dump(mode="json"),
                "tokenizer": tokenizer_id}
+    if recipe.method.rl:  # pairs, kto rows or prompts instead of segments (SFT keys stay as they were)
+        shaping["rows"] = row_shape(recipe)
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
 
 
-def _examples(recipe: Recipe, template: templates.Template, read) -> tuple[list[tuple], dict]:
+def row_shape(recipe: Recipe) -> str:
+    """What a prepared train/val row holds: segments (SFT), pairs (dpo, ipo, orpo, simpo), kto rows or prompts
+    with their reference (grpo)."""
+    kind = recipe.method.rl
+    return "segments" if kind is None else {"kto": "kto", "grpo": "prompts"}.get(kind, "pairs")
+
+
+def _converter(recipe: Recipe, template: templates.Template, tokens: templates.TokenizerTokens | None):
+    """row, spec -> example: template variables (SFT, or no tokens given), or a rendered pair / kto row."""
+    system, shape = recipe.data.system, row_shape(recipe)
+    if shape != "segments" and tokens is not None:
+        build = {"pairs": preference.pair, "kto": preference.kto_row, "prompts": preference.prompt_row}[shape]
+        return lambda row, spec: (build if spec.preference_shape or shape == "prompts" else preference.reference_row)(
+            row, spec, template, tokens, system)
+
+    def convert(row, spec):
+        example = fields.to_example(row, spec, template)
+        return example | {"system": system} if system and not example.get("system") else example
+
+    return convert
+
+
+def _examples(recipe: Recipe, template: templates.Template, read, convert=None) -> tuple[list[tuple], dict]:
     """(source label, example, original row, use) for every usable row, and per-source counts of what was
-    dropped."""
+    dropped. `convert` (row, spec) -> example; default: the template variables of a supervised row."""
+    convert = convert or _converter(recipe, template, None)
     kept, report = [], {}
     for index, (spec, rows) in enumerate(zip(recipe.data.datasets, read, strict=True)):
-        incomplete, reasons = 0, Counter()
+        incomplete, identical, reasons = 0, 0, Counter()
         for number, row in enumerate(rows.rows, start=1):
             try:
-                example = fields.to_example(row, spec, template)
+                example = convert(row, spec)
+            except preference.IdenticalPair:
+                identical += 1
+                continue
             except fields.IncompleteRow as err:
                 if recipe.data.incomplete == "error":
                     raise UserError(Problem(rows.label, f"data.datasets.{index}.fields", f"row {number}: {err} "
@@ -72,15 +100,16 @@ def _examples(recipe: Recipe, template: templates.Template, read) -> tuple[list[
                 incomplete += 1
                 reasons[str(err)] += 1
                 continue
-            if recipe.data.system and not example.get("system"):
-                example["system"] = recipe.data.system
             kept.append((rows.label, example, row, spec.use, index))
-        if incomplete == len(rows.rows):
+        if incomplete and incomplete + identical == len(rows.rows):
             top = reasons.most_common(1)[0][0]
             raise UserError(Problem(rows.label, f"data.datasets.{index}.fields", f"no usable rows: all "
                                     f"{incomplete} are incomplete (e.g. {top}); check the field mapping against "
                                     f"the columns {sorted(rows.rows[0])}"))
-        report[rows.label] = {"rows": len(rows.rows), "incomplete": incomplete,
+        if identical == len(rows.rows):
+            raise UserError(Problem(rows.label, f"data.datasets.{index}.fields", f"no usable rows: in all {identical} "
+                                    "chosen equals rejected; check that the two fields name different columns"))
+        report[rows.label] = {"rows": len(rows.rows), "incomplete": incomplete, "identical_pairs": identical,
                               "incomplete_reasons": dict(reasons.most_common(3))}
     return kept, report
 
@@ -190,6 +219,45 @@ def _render_split(name, items, template, tokens, tokenizer, recipe, stop) -> tup
     return rows, stats
 
 
+def _cut(text: str, room: int, tokenizer) -> str:
+    return tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"][:room])
+
+
+def _render_preference(name, items, template, tokens, tokenizer, recipe, stop) -> tuple[list[dict], dict]:
+    """Pairs (or kto rows), rendered when they were read: a row is prompt + each answer, and is over length when
+    prompt + its longer answer is (as trl forwards prompt + chosen and prompt + rejected). Truncation cuts answers."""
+    answers = {"kto": ("completion",), "prompts": ("reference",)}.get(row_shape(recipe), ("chosen", "rejected"))
+    rows, lengths, over, dropped, by_source = [], [], 0, 0, Counter()
+    limit = recipe.data.max_seq_len
+    texts = [[templates.Segment(item[1][key], False) for key in ("prompt", *answers)] for item in items]
+    for (label, example, original, *_), sizes in zip(items, _token_lengths(texts, tokenizer), strict=True):
+        row = {key: example[key] for key in ("prompt", *answers, "label") if key in example}
+        if "reference" in answers:
+            row["stop"] = list(stop)  # grpo's reward functions cut answers where evaluation does
+        prompt, longest = sizes[0], max(sizes[1:])
+        if prompt + longest > limit:
+            over += 1
+            if recipe.data.overlength == "drop" or prompt >= limit:
+                dropped += 1
+                continue
+            row |= {key: _cut(row[key], limit - prompt, tokenizer) for key in answers}
+            sizes = [prompt, *(min(size, limit - prompt) for size in sizes[1:])]
+        if name == "test":
+            if example.get("label") is False:
+                continue  # an undesirable completion is no reference to score against
+            segments = [templates.Segment(**s) for s in example["segments"]]
+            prompt_text, reference = templates.prompt_and_reference(segments, stop)
+            row |= {"segments": example["segments"], "prompt": prompt_text, "reference": reference,
+                    "source": label, "row": original}
+        lengths.append(sum(sizes))
+        by_source[label] += 1
+        rows.append(row)
+    stats = {"rows": len(rows), "tokens": sum(lengths), "tokens_per_row": _percentiles(lengths),
+             "over_max_seq_len": over, "overlength_action": recipe.data.overlength, "dropped_overlength": dropped,
+             "rows_by_source": dict(by_source)}
+    return rows, stats
+
+
 def _check_special_tokens(template: templates.Template, tokenizer, model: str) -> None:
     for token in template.special_tokens:
         ids = tokenizer(token, add_special_tokens=False)["input_ids"]
@@ -219,7 +287,7 @@ def prepare(loaded: Loaded, quiet: bool = False) -> Prepared:
     tokens = resolve.tokenizer_tokens(model_dir, tokenizer)
     tokenizer.model_max_length = 1 << 30  # lengths are checked here against data.max_seq_len, not the model's
     _check_special_tokens(template, tokenizer, recipe.model.base)
-    items, source_report = _examples(recipe, template, read)
+    items, source_report = _examples(recipe, template, read, _converter(recipe, template, tokens))
     unique, duplicates = _dedupe(items) if recipe.data.dedupe else (items, 0)
     splits = _split(unique, recipe)
     splits["train"] = _weighted(splits["train"], recipe)
@@ -229,7 +297,8 @@ def prepare(loaded: Loaded, quiet: bool = False) -> Prepared:
     with atomic.staging_dir(target, keep_existing=True) as staging:  # an identical copy published first wins
         stats, counts, by_source = {}, {}, {}
         for name in SPLITS:
-            rows, stats[name] = _render_split(name, splits[name], template, tokens, tokenizer, recipe, stop)
+            render = _render_split if row_shape(recipe) == "segments" else _render_preference
+            rows, stats[name] = render(name, splits[name], template, tokens, tokenizer, recipe, stop)
             counts[name] = len(rows)
             by_source[name] = stats[name]["rows_by_source"]
             jsonl.write(staging / f"{name}.jsonl", rows)
@@ -238,7 +307,7 @@ def prepare(loaded: Loaded, quiet: bool = False) -> Prepared:
                                     f"filtering ({stats['train']['dropped_overlength']} dropped as longer than "
                                     f"data.max_seq_len={recipe.data.max_seq_len}); raise max_seq_len, set "
                                     "data.overlength: truncate, or lower data.split.val/test"))
-        info = DataInfo(key=key, counts=counts, rows_by_source=by_source, sources=source_report,
+        info = DataInfo(key=key, rows=row_shape(recipe), counts=counts, rows_by_source=by_source, sources=source_report,
                         fingerprints={r.label: r.fingerprint for r in read}, duplicates_removed=duplicates,
                         template=template.name, stop=list(stop), stats=stats, format=FORMAT_VERSION)
         info.write(staging / DONE)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from runner.core.errors import UserError
-from runner.data import fields, sources
+from runner.data import fields, preference, sources
 from runner.recipe import templates
 from runner.recipe.loading import Loaded
 
@@ -27,6 +27,8 @@ def render_preview(loaded: Loaded, count: int) -> str:
     tokens, note = _tokens(loaded)
     spec = recipe.data.datasets[0]
     rows = sources.read(spec, 0, loaded.root_of("data.datasets.0.source")).rows
+    if spec.preference_shape:
+        return note + _preference_preview(rows[:count], spec, template, tokens, recipe.data.system)
     blocks = []
     for number, row in enumerate(rows[:count], start=1):
         try:
@@ -39,3 +41,22 @@ def render_preview(loaded: Loaded, count: int) -> str:
         segments = templates.render(template, example, tokens)
         blocks.append(f"--- example {number} ({template.name}; trained text between [[ ]])\n{templates.show(segments)}")
     return note + "\n".join(blocks)
+
+
+def _preference_preview(rows: list[dict], spec, template, tokens, system) -> str:
+    """Pairs (or kto rows) as trl receives them: the prompt, then each trained answer between [[ ]]."""
+    build = preference.pair if spec.preference_shape == "pairs" else preference.kto_row
+    blocks = []
+    for number, row in enumerate(rows, start=1):
+        try:
+            built = build(row, spec, template, tokens, system)
+        except (fields.IncompleteRow, preference.IdenticalPair) as err:
+            blocks.append(f"--- example {number}: skipped ({err})")
+            continue
+        answers = [(f"completion (label {str(built['label']).lower()})", built["completion"])] if "label" in built \
+            else [("chosen", built["chosen"]), ("rejected", built["rejected"])]
+        lines = [f"--- example {number} ({template.name}; prompt, then each trained answer between [[ ]])",
+                 built["prompt"].rstrip("\n")]
+        lines += [f"  {name}: [[{text}]]" for name, text in answers]
+        blocks.append("\n".join(lines))
+    return "\n".join(blocks)

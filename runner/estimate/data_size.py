@@ -15,10 +15,10 @@ from pathlib import Path
 from runner.core import paths
 from runner.core.contracts import Record
 from runner.core.errors import UserError
-from runner.data import fields, sources
+from runner.data import fields, preference, sources
 from runner.data.info import DataInfo
 from runner.models import resolve
-from runner.recipe import templates
+from runner.recipe import stages, templates
 from runner.recipe.loading import Loaded
 
 SAMPLE = 200  # rows rendered and tokenized for the tokens-per-row estimate
@@ -37,6 +37,8 @@ def local_model_dir(loaded: Loaded) -> Path | None:
     """The model's directory when it is on this machine as a Hugging Face folder (no download, no conversion)."""
     spec, root = loaded.recipe.model, loaded.root_of("model.base")
     base = spec.base.strip()
+    if stages.is_run(base):  # a staged recipe tokenizes with its parent's tokenizer
+        return local_model_dir(stages.load_parent(base))
     try:
         path = resolve.package_file(base) if base.startswith(resolve.PKG) else paths.resolve_local(base, root)
         if path.is_file():
@@ -79,6 +81,20 @@ def _train_rows(loaded: Loaded, read) -> list[tuple]:
     return chosen
 
 
+def _text(spec, row: dict, template, tokens, system: str | None) -> str:
+    """The text one row trains on; a preference pair is forwarded as prompt + chosen and prompt + rejected."""
+    if spec.preference_shape == "pairs":
+        pair = preference.pair(row, spec, template, tokens, system)
+        return pair["prompt"] + pair["chosen"] + pair["prompt"] + pair["rejected"]
+    if spec.preference_shape == "kto":
+        kto = preference.kto_row(row, spec, template, tokens, system)
+        return kto["prompt"] + kto["completion"]
+    example = fields.to_example(row, spec, template)
+    if system and not example.get("system"):
+        example["system"] = system
+    return "".join(s.text for s in templates.render(template, example, tokens))
+
+
 def _sampled(loaded: Loaded, chosen: list[tuple], model_dir: Path | None) -> tuple[float, float, str]:
     """(mean, p90) tokens per rendered row over a sample, and how they were counted."""
     template = templates.load(loaded.recipe.data.template)
@@ -93,12 +109,9 @@ def _sampled(loaded: Loaded, chosen: list[tuple], model_dir: Path | None) -> tup
     texts = []
     for spec, row in sample:
         try:
-            example = fields.to_example(row, spec, template)
-        except fields.IncompleteRow:
+            texts.append(_text(spec, row, template, tokens, loaded.recipe.data.system))
+        except (fields.IncompleteRow, preference.IdenticalPair):
             continue
-        if loaded.recipe.data.system and not example.get("system"):
-            example["system"] = loaded.recipe.data.system
-        texts.append("".join(s.text for s in templates.render(template, example, tokens)))
     if not texts:
         return 0.0, 0.0, "no complete row in the sample"
     if tokenizer is not None:

@@ -124,8 +124,9 @@ def _candidates(recipe: Recipe) -> list[tuple[str, list[str]]]:
             found.append((f"micro batch {micro} (global batch {recipe.global_batch} kept by accumulation)", extra))
         micro //= 2
     if hw.device == "cuda":
-        if recipe.method.kind != "qlora":
-            found.append(("QLoRA: the frozen base in 4-bit", ["method.kind=qlora"]))
+        if recipe.method.weights != "qlora":
+            key = "method.kind" if recipe.method.preference is None else "method.tuning"
+            found.append(("QLoRA: the frozen base in 4-bit", [f"{key}=qlora"]))
         if hw.world_size > 1 and hw.deepspeed not in ("zero3", "zero3-offload"):
             found.append(("DeepSpeed ZeRO-3 (shards weights, gradients and optimizer states)",
                           ["hardware.deepspeed=zero3"]))

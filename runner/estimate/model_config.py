@@ -4,6 +4,7 @@
 - pkg://<package>/<file> or a local .gguf: the converted copy's config.json when the GGUF was converted
   already, else the GGUF file's own metadata (transformers reads it; nothing is dequantized);
 - a local directory: its config.json (a directory holding only a config.json is enough);
+- run:<recipe>: the parent recipe's model (no run needed: training keeps the architecture);
 - a hub id: the local Hugging Face cache, else the copy kept in runner/estimate/configs/<org>--<name>/
   (the shipped recipes' models and those of the published measurements in bench/published_memory.json).
 """
@@ -19,6 +20,7 @@ from runner.core import paths
 from runner.core.atomic import write_json_atomic
 from runner.core.errors import Problem, UserError
 from runner.models import resolve
+from runner.recipe import stages
 from runner.recipe.schema import ModelSpec
 
 KEPT = Path(__file__).resolve().parent / "configs"
@@ -98,6 +100,9 @@ def _from_hub(repo_id: str, revision: str, where: str) -> ModelConfig:
 def find(spec: ModelSpec, root: Path | None = None, where: str = "recipe") -> ModelConfig:
     """The config of spec.base; problems are reported against `where` (the recipe file)."""
     base = spec.base.strip()
+    if stages.is_run(base):  # a staged recipe: the parent's trained model has the parent's base's architecture
+        parent = stages.load_parent(base)
+        return find(parent.recipe.model, parent.root_of(KEY), paths.display(parent.path))
     if base.startswith(resolve.PKG):
         try:
             return _from_gguf(resolve.package_file(base), where)

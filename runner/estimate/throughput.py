@@ -107,9 +107,10 @@ def estimate(recipe: Recipe, data: DataSize, gpu: GpuModel | None, params_total:
     if gpu is None:
         return _from_rate(result, notes, rate)
     if mfu is None:
-        mfu = gpu.mfu * (QLORA_MFU_FACTOR if recipe.method.kind == "qlora" else 1.0)
+        qlora = recipe.method.weights == "qlora"
+        mfu = gpu.mfu * (QLORA_MFU_FACTOR if qlora else 1.0)
         notes.append(f"MFU {mfu:.2f}: assumed for {gpu.name} ({gpu.mfu:.2f} for bf16 training with flash attention"
-                     + (f", x {QLORA_MFU_FACTOR} for QLoRA's dequantization" if recipe.method.kind == "qlora" else "")
+                     + (f", x {QLORA_MFU_FACTOR} for QLoRA's dequantization" if qlora else "")
                      + "); --mfu sets another")
     else:
         notes.append(f"MFU {mfu:.2f}: given with --mfu")

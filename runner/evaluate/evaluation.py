@@ -1,23 +1,29 @@
-"""The eval stage: run a suite on the base and the fine-tuned model with lm-evaluation-harness.
+"""The eval stage: run a suite on every candidate (by default the base and the fine-tuned model) with
+lm-evaluation-harness, then the judge.
 
 evaluate(run, recipe, suite) writes into run/eval/:
   tasks/                              lm-eval task YAMLs for the held-out split (runner.evaluate.tasks)
-  results-base.json, results-finetuned.json
-                                      lm-eval's results dicts, JSON-safe, keyed by "heldout" / "standard"
-  samples-<model>-<task>.jsonl        per item: doc_id, prompt, reference, prediction, scores
-  judge.json                          per-item pairwise verdicts (when the suite has a judge)
+  tasks-<slug>/                       the same items for a candidate prompted otherwise (few-shot, another
+                                      template or tokenizer; runner.evaluate.fewshot)
+  results-<slug>.json                 lm-eval's results dicts, JSON-safe, keyed by "heldout" / "standard"
+  samples-<slug>-<task>.jsonl         per item: doc_id, prompt, reference, prediction, scores
+  judge.json                          per-item judge verdicts and grades (when the suite has a judge)
   summary.json                        runner.evaluate.summary.EvalSummary
-Both models see the same items: same task files, same `limit`, deterministic order, fixed seeds.
+<slug> is the candidate's file-safe label (base, finetuned, base-fewshot-3, run-other-recipe...). Every candidate
+sees the same items: same test rows and references, same `limit`, same decoding settings, fixed seeds.
+Every candidate is resolved (its model found, its run finished) before any is evaluated.
 """
 from __future__ import annotations
 
+import shutil
 import time
 
 from runner.core import paths
 from runner.core.console import say
-from runner.evaluate import harness, tasks
-from runner.evaluate.judge_run import MODELS, judge_run
-from runner.evaluate.summary import BOOTSTRAP_ITERS, SEED, EvalSummary, summarize
+from runner.core.errors import Problem, UserError
+from runner.evaluate import candidates, fewshot, harness, tasks
+from runner.evaluate.judge_run import judge_run
+from runner.evaluate.summary import BOOTSTRAP_ITERS, SEED, EvalSummary, candidate_metrics, summarize
 from runner.recipe.suites import Suite, for_recipe
 from runner.runs import tracking
 from runner.runs.manifest import EvalRef, RunError, Status
@@ -27,41 +33,87 @@ def _clear(run) -> None:
     for stale in ("samples-*.jsonl", "results-*.json", "judge.json", "summary.json"):
         for path in run.file("eval").glob(stale):  # a re-run with another suite must not leave old files
             path.unlink()
+    for folder in run.file("eval").glob("tasks-*"):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _candidate_tasks(run, recipe, suite: Suite, resolved: candidates.Resolved, heldout):
+    """The held-out task folder this candidate answers: this run's own, or its own prompts in eval/tasks-<slug>/."""
+    if resolved.same_prompts or heldout is None:
+        return heldout
+    c = resolved.candidate
+    say(f"eval: {c.label}: rendering the {heldout.n_items} items in template {resolved.template}"
+        f"{f' with {c.shots} examples from the train split' if c.shots else ''}")
+    prompts, stop = fewshot.candidate_prompts(run, recipe, resolved.template, resolved.system, resolved.tokenizer_dir,
+                                              shots=c.shots, seed=SEED)
+    return tasks.write_tasks(run, recipe, suite, folder=run.file("eval", f"tasks-{c.slug}"), prompts=prompts,
+                             stop=stop, tokenizer_dir=resolved.tokenizer_dir)
+
+
+def _run_candidate(run, recipe, suite, resolved, heldout, standard, device, manager) -> dict:
+    c = resolved.candidate
+    held = _candidate_tasks(run, recipe, suite, resolved, heldout)
+    if held is not heldout:  # its own task folder: the same task names, so a manager of its own
+        manager = harness.task_manager(held.dir, suite)
+    runs_standard = standard and c.kind != "fewshot"  # lm-eval's own tasks keep their own prompts: base again
+    calls = [x for x in (("heldout", held.names if held else [], False),
+                         ("standard", standard if runs_standard else [], None)) if x[1]]
+    if not calls:
+        return {}
+    items = f", {held.n_items} held-out items" if held else ""
+    say(f"eval: {c.label}: {', '.join(n for _, names, _ in calls for n in names)} ({device}{items})")
+    results = harness.run_model(resolved.args, device, calls, manager, recipe, lm=_load(resolved, device, recipe))
+    return harness.write_outputs(run, c.slug, results, suite)
+
+
+def _load(resolved: candidates.Resolved, device: str, recipe):
+    """The candidate's model; one that is not this run's own and cannot be loaded is the user's to fix (exit 2)."""
+    c = resolved.candidate
+    if c.kind in candidates.DEFAULT:
+        return None  # this run's models: a failure there is the run's (status failed), loaded by run_model
+    try:
+        return harness.load_model(resolved.args, device, recipe)
+    except Exception as err:  # noqa: BLE001 - transformers, safetensors and peft raise many types for a bad model
+        detail = (str(err).strip().splitlines() or [""])[0][:300]
+        raise UserError(Problem(f"eval.candidates: {c.label}", "", f"{resolved.source} could not be loaded "
+                                f"({type(err).__name__}: {detail}); give a model directory written by "
+                                "save_pretrained, a .gguf file, pkg:// or a hub id in the cache")) from None
 
 
 def _measure(run, recipe, suite: Suite, manifest, timings: dict) -> EvalSummary:
     say(f"eval: suite {suite.name} {suite.version}")
+    listed, reference = candidates.for_eval(recipe, suite)
+    device, dtype = harness.device_and_dtype(recipe)
+    resolved = [candidates.resolve(c, run, manifest, recipe, dtype) for c in listed]  # all found before any runs
     heldout = None
     if suite.metrics or suite.judge:
         say(f"eval: writing lm-eval tasks for the held-out split to {paths.display(tasks.tasks_dir(run))}")
         heldout = tasks.write_tasks(run, recipe, suite)
     manager = harness.task_manager(heldout.dir if heldout else None, suite)
     standard, skipped = harness.standard_tasks(suite, manager)
-    calls = [c for c in (("heldout", heldout.names if heldout else [], False), ("standard", standard, None)) if c[1]]
-    device, dtype = harness.device_and_dtype(recipe)
     rows: dict[str, dict[str, list[dict]]] = {}
-    for which in MODELS if recipe.eval.compare_base else ("finetuned",):
+    for r in resolved:
         phase = time.monotonic()
-        if calls:
-            items = f", {heldout.n_items} held-out items" if heldout else ""
-            task_names = ", ".join(n for _, names, _ in calls for n in names)
-            say(f"eval: {which} model: {task_names} ({device}, {dtype}{items})")
-        args = harness.model_args(run, manifest, which, recipe, dtype)
-        results = harness.run_model(args, device, calls, manager, recipe) if calls else {}
-        rows[which] = harness.write_outputs(run, which, results, suite)
-        timings[f"eval_{which}_s"] = round(time.monotonic() - phase, 2)
-    judge = None
+        rows[r.candidate.label] = _run_candidate(run, recipe, suite, r, heldout, standard, device, manager)
+        timings[f"eval_{r.candidate.slug}_s"] = round(time.monotonic() - phase, 2)
+    judge = judges = None
     if suite.judge is not None:
         phase = time.monotonic()
-        judge = judge_run(run, recipe, suite)
+        judge, judges = judge_run(run, recipe, suite, {r.candidate.label: r.candidate.slug for r in resolved},
+                                  reference)
         timings["judge_s"] = round(time.monotonic() - phase, 2)
-    return EvalSummary(metrics=summarize(rows), skipped=skipped, judge=judge,
+    per_candidate = candidate_metrics(rows, reference)
+    summary_of = {r.candidate.label: {"kind": r.candidate.kind, "slug": r.candidate.slug, "source": r.source,
+                                      "template": r.template, "shots": r.candidate.shots,
+                                      "metrics": per_candidate[r.candidate.label]} for r in resolved}
+    default = {k: v for k, v in rows.items() if k in candidates.DEFAULT}
+    return EvalSummary(metrics=summarize(default), skipped=skipped, judge=judge, judges=judges,
                        n_items=heldout.n_items if heldout else 0, suite=suite.name, suite_version=suite.version,
-                       bootstrap_iters=BOOTSTRAP_ITERS, seed=SEED)
+                       bootstrap_iters=BOOTSTRAP_ITERS, seed=SEED, reference=reference, candidates=summary_of)
 
 
 def evaluate(run, recipe, suite: Suite | None = None) -> EvalSummary:
-    """Evaluate a trained run on its suite (base and fine-tuned); writes run/eval/ and returns the summary."""
+    """Evaluate a trained run's candidates on its suite; writes run/eval/ and returns the summary."""
     suite = suite or for_recipe(recipe)
     manifest = run.trained()
     started = time.monotonic()
@@ -70,6 +122,8 @@ def evaluate(run, recipe, suite: Suite | None = None) -> EvalSummary:
         _clear(run)
         summary = _measure(run, recipe, suite, manifest, timings)
         summary.write(run.file("eval", "summary.json"))
+    except UserError:
+        raise  # a candidate or judge prompt the user must fix: the run stays as it was (trained)
     except BaseException as err:
         run.update(status=Status.FAILED, error=RunError(stage="eval", message=str(err) or type(err).__name__))
         raise

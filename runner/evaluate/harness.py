@@ -99,12 +99,19 @@ def task_manager(heldout_dir: Path | None, suite: Suite):
     return TaskManager(include_path=include, include_defaults=needs_builtin)
 
 
-def run_model(args: dict, device: str, calls: list[tuple[str, list[str], bool]], manager, recipe) -> dict:
-    """Load one model once and run each (label, tasks, add_bos) call through lm_eval.simple_evaluate."""
-    import lm_eval
+def load_model(args: dict, device: str, recipe):
+    """lm-eval's `hf` model for these arguments (loaded once per candidate)."""
     from lm_eval.api.registry import get_model
 
-    lm = get_model("hf").create_from_arg_obj(args, {"batch_size": recipe.eval.batch_size, "device": device})
+    return get_model("hf").create_from_arg_obj(args, {"batch_size": recipe.eval.batch_size, "device": device})
+
+
+def run_model(args: dict, device: str, calls: list[tuple[str, list[str], bool]], manager, recipe, lm=None) -> dict:
+    """Load one model once (or take the loaded `lm`) and run each (label, tasks, add_bos) call through
+    lm_eval.simple_evaluate."""
+    import lm_eval
+
+    lm = lm if lm is not None else load_model(args, device, recipe)
     out = {}
     try:
         for label, tasks, add_bos in calls:

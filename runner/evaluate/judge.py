@@ -46,10 +46,12 @@ class JudgeUnavailable(Exception):
     """The judge endpoint could not be reached or gave an unusable reply (message names the URL, never a key)."""
 
 
-def judge_messages(question: str, reference: str, answer_a: str, answer_b: str) -> list[dict]:
+def judge_messages(question: str, reference: str, answer_a: str, answer_b: str,
+                   prompt: dict | None = None) -> list[dict]:
     """Chat messages (system + user) asking the judge to compare answer A with answer B."""
-    user = JUDGE_PROMPT["user"].format(question=question, reference=reference, answer_a=answer_a, answer_b=answer_b)
-    return [{"role": "system", "content": JUDGE_PROMPT["system"]}, {"role": "user", "content": user}]
+    prompt = prompt or JUDGE_PROMPT
+    user = prompt["user"].format(question=question, reference=reference, answer_a=answer_a, answer_b=answer_b)
+    return [{"role": "system", "content": prompt["system"]}, {"role": "user", "content": user}]
 
 
 def parse_verdict(text: str | None) -> str | None:
@@ -60,10 +62,13 @@ def parse_verdict(text: str | None) -> str | None:
     return "tie" if found[-1] == "C" else found[-1]
 
 
-def judge_pair(question: str, reference: str, base_answer: str, ft_answer: str, ask: Ask) -> dict:
-    """Judge both orders; 'win'/'loss' for the fine-tuned model only if both orders agree, else 'tie'."""
-    raw_base_first = ask(judge_messages(question, reference, base_answer, ft_answer))
-    raw_ft_first = ask(judge_messages(question, reference, ft_answer, base_answer))
+def judge_pair(question: str, reference: str, base_answer: str, ft_answer: str, ask: Ask,
+               prompt: dict | None = None) -> dict:
+    """Judge both orders; 'win'/'loss' for the fine-tuned model only if both orders agree, else 'tie'.
+    Also counts the replies without a verdict (`unparseable`) and flags `position_bias`: both replies named the
+    same position, so the verdict flipped with the order."""
+    raw_base_first = ask(judge_messages(question, reference, base_answer, ft_answer, prompt))
+    raw_ft_first = ask(judge_messages(question, reference, ft_answer, base_answer, prompt))
     v_base_first, v_ft_first = parse_verdict(raw_base_first), parse_verdict(raw_ft_first)
     preferred = [
         {"A": "base", "B": "finetuned", "tie": "tie"}.get(v_base_first),
@@ -81,7 +86,36 @@ def judge_pair(question: str, reference: str, base_answer: str, ft_answer: str, 
         "verdict_ft_first": v_ft_first,
         "preferred": preferred,
         "raw": [raw_base_first, raw_ft_first],
+        "unparseable": (v_base_first is None) + (v_ft_first is None),
+        "position_bias": v_base_first == v_ft_first and v_base_first in ("A", "B"),
     }
+
+
+_RATING = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]")
+
+
+def parse_rating(text: str | None) -> float | None:
+    """The last [[rating]] in the judge's reply, 1 to 10; None when there is none or it is out of range."""
+    found = _RATING.findall(text or "")
+    if not found:
+        return None
+    value = float(found[-1])
+    return value if 1 <= value <= 10 else None
+
+
+def grade_messages(question: str, reference: str | None, answer: str, prompt: dict) -> list[dict]:
+    """Chat messages asking for a 1-10 rating of one answer; reference-guided when there is a reference."""
+    if reference:
+        user = prompt["user_reference"].format(question=question, reference=reference, answer=answer)
+    else:
+        user = prompt["user"].format(question=question, answer=answer)
+    return [{"role": "system", "content": prompt["system"]}, {"role": "user", "content": user}]
+
+
+def grade(question: str, reference: str | None, answer: str, ask: Ask, prompt: dict) -> dict:
+    """{rating (None when unparseable), raw} for one answer."""
+    raw = ask(grade_messages(question, reference, answer, prompt))
+    return {"rating": parse_rating(raw), "raw": raw}
 
 
 def tally(outcomes: Iterable[str | dict]) -> dict:

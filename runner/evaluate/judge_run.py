@@ -1,23 +1,33 @@
-"""The suite's pairwise judge over a run: base vs fine-tuned answers per held-out item, both answer orders,
-per-item verdicts in eval/judge.json and the tally for eval/summary.json."""
+"""The suite's judge over a run's candidates: pairwise (both answer orders, every pair or each against the
+reference) and single-answer grading, per item into eval/judge.json, tallies, Bradley-Terry ranking and grades for
+eval/summary.json. The prompts are files, eval_suites/<judge.prompts>/pairwise.yaml and single.yaml, with a version.
+
+A judge that cannot be reached, or fails mid-way, leaves the judge section `skipped` with the reason (the
+report shows it); a reply without a verdict is counted as unparseable (and a tie), never read as a verdict.
+"""
 from __future__ import annotations
 
+import itertools
 import json
 
-from runner.core import jsonl
+import numpy as np
+
+from runner.core import jsonl, paths
 from runner.core.atomic import write_json_atomic
 from runner.core.console import say
-from runner.core.errors import UserError
+from runner.core.errors import Problem, UserError
+from runner.core.yamlio import read_yaml
 from runner.data import fields
-from runner.evaluate import tasks
-from runner.evaluate.judge import JudgeUnavailable, judge_pair, local_model_asker, openai_chat_asker, tally
-from runner.evaluate.summary import GENERATE_TASK, JudgeSummary
+from runner.evaluate import ranking, stats, tasks
+from runner.evaluate.judge import JudgeUnavailable, grade, judge_pair, local_model_asker, openai_chat_asker, tally
+from runner.evaluate.summary import BOOTSTRAP_ITERS, GENERATE_TASK, SEED, JudgesSummary, JudgeSummary
 from runner.models import resolve
 from runner.recipe import suites, templates
 from runner.recipe.schema import ModelSpec
 from runner.recipe.suites import Suite
 
 MODELS = ("base", "finetuned")
+PROMPT_KEYS = {"pairwise": ("version", "system", "user"), "single": ("version", "system", "user", "user_reference")}
 
 
 def _question(item: dict, recipe) -> str:
@@ -41,7 +51,7 @@ def _asker(spec, root=None):
     """ask(messages) for the suite's judge; raises JudgeUnavailable when the model cannot be had. A relative
     local model path is under the workspace, else under root (the suite file's layer)."""
     if spec.kind == "openai":
-        return openai_chat_asker(spec.url, spec.model, spec.api_key_env)
+        return openai_chat_asker(spec.url, spec.model, spec.api_key_env, timeout=spec.timeout_s)
     try:
         model_dir = resolve.resolve_base(ModelSpec(base=spec.model), source="judge.model", root=root)
         return local_model_asker(str(model_dir), max_new_tokens=spec.max_new_tokens)
@@ -52,32 +62,140 @@ def _asker(spec, root=None):
                                f"{err})") from None
 
 
-def judge_run(run, recipe, suite: Suite) -> JudgeSummary:
-    """Judge base vs fine-tuned answers per item into eval/judge.json; the tally, or why it was skipped."""
-    spec, task = suite.judge, GENERATE_TASK
-    base_file, ft_file = (run.file("eval", f"samples-{m}-{task}.jsonl") for m in MODELS)
-    result: dict = {"kind": spec.kind, "model": spec.model}
-    if not (base_file.is_file() and ft_file.is_file()):
-        result["skipped"] = "the judge compares base and fine-tuned answers; set eval.compare_base: true"
+def load_prompts(suite: Suite) -> dict[str, dict]:
+    """The judge's prompt files for its modes: {mode: {version, system, user[, user_reference]}}; exit 2 when
+    one is missing or lacks a key."""
+    spec, found = suite.judge, {}
+    for mode in spec.methods:
+        path = paths.find_in_layers("eval_suites", spec.prompts, f"{mode}.yaml")
+        where = f"eval_suites/{spec.prompts}/{mode}.yaml"
+        if path is None:
+            raise UserError(Problem(f"eval_suites/{suite.name}.yaml", "judge.prompts", f"{where} does not exist; "
+                                    "the judge's prompts are files (see eval_suites/judges/)"))
+        data, _ = read_yaml(path, paths.display(path))
+        missing = [k for k in PROMPT_KEYS[mode] if not isinstance(data.get(k), str) or not data[k].strip()]
+        if missing:
+            raise UserError(Problem(paths.display(path), missing[0], f"missing; a {mode} judge prompt has "
+                                    f"{', '.join(PROMPT_KEYS[mode])}"))
+        found[mode] = {k: data[k] for k in PROMPT_KEYS[mode]} | {"file": where}
+    return found
+
+
+def _pairs(labels: list[str], reference: str, how: str) -> list[tuple[str, str]]:
+    """(a, b) pairs, tallied from a's side: a is the reference (pairs: reference) or the later-listed candidate."""
+    if how == "reference":
+        return [(reference, b) for b in labels if b != reference]
+    return [(b, a) for a, b in itertools.combinations(labels, 2)]
+
+
+def _answers(run, slugs: dict[str, str], limit: int | None) -> tuple[list[int], dict[str, dict[int, dict]]]:
+    answers = {label: {r["doc_id"]: r for r in jsonl.read(run.file("eval", f"samples-{slug}-{GENERATE_TASK}.jsonl"))
+                       .rows} for label, slug in slugs.items()}
+    shared = sorted(set.intersection(*(set(a) for a in answers.values())))
+    return shared[:limit], answers
+
+
+def _pairwise(pairs, doc_ids, answers, questions, ask, prompt) -> tuple[list[dict], list[dict]]:
+    """Per pair: its tally (wins for a) and per-item verdicts."""
+    tallies, verdicts = [], []
+    for a, b in pairs:
+        items = []
+        for doc_id in doc_ids:
+            mine, theirs = answers[a][doc_id], answers[b][doc_id]
+            # judge_pair(question, ref, other, this): asks other-first, then this-first; the outcome is this side's
+            v = judge_pair(questions[doc_id], mine["reference"], theirs["prediction"], mine["prediction"], ask, prompt)
+            items.append({"doc_id": doc_id, "answers": {a: mine["prediction"], b: theirs["prediction"]},
+                          "outcome": v["outcome"], "verdict_b_first": v["verdict_base_first"],
+                          "verdict_a_first": v["verdict_ft_first"], "raw": v["raw"],
+                          "unparseable": v["unparseable"], "position_bias": v["position_bias"]})
+        counts = tally(items)
+        tallies.append({"a": a, "b": b, "wins": counts["wins"], "ties": counts["ties"], "losses": counts["losses"],
+                        "n": counts["n"], "win_rate": counts["adjusted_win_rate"],
+                        "position_bias": sum(i["position_bias"] for i in items),
+                        "unparseable": sum(i["unparseable"] for i in items)})
+        verdicts.append({"a": a, "b": b, "items": items})
+    return tallies, verdicts
+
+
+def _ranking(labels: list[str], verdicts: list[dict], doc_ids: list[int]) -> list[dict]:
+    index, position = {label: i for i, label in enumerate(labels)}, {d: i for i, d in enumerate(doc_ids)}
+    score = {"win": 1.0, "tie": 0.5, "loss": 0.0}
+    outcomes = [(position[item["doc_id"]], index[pair["a"]], index[pair["b"]], score[item["outcome"]])
+                for pair in verdicts for item in pair["items"]]
+    return ranking.rank(labels, ranking.per_item_scores(outcomes, len(doc_ids), len(labels)), seed=SEED)
+
+
+def _grades(labels, doc_ids, answers, questions, ask, prompt) -> tuple[dict, dict]:
+    grades, per_item = {}, {}
+    for label in labels:
+        rows = [{"doc_id": d, **grade(questions[d], answers[label][d]["reference"], answers[label][d]["prediction"],
+                                      ask, prompt)} for d in doc_ids]
+        rated = np.array([r["rating"] for r in rows if r["rating"] is not None], dtype=float)
+        ci = stats.bootstrap_ci(lambda idx, rated=rated: rated[idx].mean(axis=1), len(rated), BOOTSTRAP_ITERS,
+                                SEED) if len(rated) else None
+        grades[label] = {"mean": round(float(rated.mean()), 6) if len(rated) else None,
+                         "ci95": None if ci is None else [round(x, 6) for x in ci], "n": len(rated),
+                         "unparseable": len(rows) - len(rated)}
+        per_item[label] = rows
+    return grades, per_item
+
+
+def judge_run(run, recipe, suite: Suite, slugs: dict[str, str] | None = None,
+              reference: str = "finetuned") -> tuple[JudgeSummary, JudgesSummary]:
+    """Judge the candidates' answers (label -> file slug; default base and fine-tuned) into eval/judge.json;
+    returns the fine-tuned-vs-base tally (as summary.judge always held) and the whole judges section."""
+    spec = suite.judge
+    slugs = slugs or {m: m for m in MODELS if run.file("eval", f"samples-{m}-{GENERATE_TASK}.jsonl").is_file()}
+    labels = list(slugs)
+    prompts = load_prompts(suite)
+    result: dict = {"kind": spec.kind, "model": spec.model,
+                    "prompts": {p["file"]: p["version"] for p in prompts.values()}}
+    written: dict = {}
+    if len(labels) < 2 and "pairwise" in spec.methods:
+        result["skipped"] = "the pairwise judge compares candidates; list two or more (e.g. base and finetuned)"
     else:
+        doc_ids, answers = _answers(run, slugs, spec.max_items)
         items = {i["doc_id"]: i for i in jsonl.read(tasks.tasks_dir(run) / tasks.ITEMS_FILE).rows}
-        base = {r["doc_id"]: r for r in jsonl.read(base_file).rows}
-        pairs = [(base[r["doc_id"]], r) for r in jsonl.read(ft_file).rows if r["doc_id"] in base][:spec.max_items]
-        say(f"eval: judge ({spec.kind} {spec.model}): {len(pairs)} items, both answer orders")
-        verdicts = []
+        questions = {d: _question(items[d], recipe) for d in doc_ids}
+        pairs = _pairs(labels, reference, spec.pairs) if "pairwise" in spec.methods else []
+        say(f"eval: judge ({spec.kind} {spec.model}): {len(doc_ids)} items, {len(pairs)} pairs in both answer "
+            f"orders{', single grades of ' + str(len(labels)) + ' candidates' if 'single' in spec.methods else ''}")
         try:
             ask = _asker(spec, suites.root_of(suite))
-            for b, f in pairs:
-                verdict = judge_pair(_question(items[f["doc_id"]], recipe), f["reference"], b["prediction"],
-                                     f["prediction"], ask)
-                verdicts.append({"doc_id": f["doc_id"], "base": b["prediction"], "finetuned": f["prediction"],
-                                 **verdict})
-            result |= tally(verdicts)
+            if pairs:
+                result["pairs"], written["pairs"] = _pairwise(pairs, doc_ids, answers, questions, ask,
+                                                              prompts["pairwise"])
+                if len(labels) >= 3:
+                    result["ranking"] = _ranking(labels, written["pairs"], doc_ids)
+            if "single" in spec.methods:
+                result["grades"], written["grades"] = _grades(labels, doc_ids, answers, questions, ask,
+                                                              prompts["single"])
+                result["reference_guided"] = all(answers[labels[0]][d]["reference"] for d in doc_ids)
         except JudgeUnavailable as err:
-            result["skipped"] = str(err)
-        write_json_atomic(run.file("eval", "judge.json"), {**result, "items": verdicts})
+            result = {k: v for k, v in result.items() if k in ("kind", "model", "prompts")} | {"skipped": str(err)}
+            written = {}
+    legacy = _legacy(result, written)
+    write_json_atomic(run.file("eval", "judge.json"), {**result, **legacy, **written})
     if "skipped" in result:
         say(f"eval: judge skipped: {result['skipped']}")
-    return JudgeSummary.model_validate(result)
+    return JudgeSummary.model_validate({k: v for k, v in legacy.items() if k != "items"} | {
+        "kind": spec.kind, "model": spec.model}), JudgesSummary.model_validate(result)
 
 
+def _legacy(result: dict, written: dict) -> dict:
+    """summary.judge (version 1's shape): fine-tuned vs base, with judge.json's per-item `items` beside it."""
+    if "skipped" in result:
+        return {"skipped": result["skipped"]}
+    pair = next((p for p in written.get("pairs", []) if {p["a"], p["b"]} == set(MODELS)), None)
+    if pair is None:
+        return {"skipped": "no fine-tuned vs base pair was judged" if "pairs" in written else
+                "the suite's judge grades single answers (see judges)"}
+    flip = pair["a"] == "base"  # tallied from base's side: swap wins and losses
+    items = []
+    for i in pair["items"]:
+        outcome = {"win": "loss", "loss": "win"}.get(i["outcome"], i["outcome"]) if flip else i["outcome"]
+        first = (i["verdict_a_first"], i["verdict_b_first"]) if flip else (i["verdict_b_first"], i["verdict_a_first"])
+        items.append({"doc_id": i["doc_id"], "base": i["answers"]["base"], "finetuned": i["answers"]["finetuned"],
+                      "outcome": outcome, "verdict_base_first": first[0], "verdict_ft_first": first[1],
+                      "raw": i["raw"] if not flip else i["raw"][::-1]})
+    return tally(items) | {"items": items}

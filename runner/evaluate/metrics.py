@@ -111,6 +111,19 @@ register(Metric("sql_execution", "generation", _sql_execution, needs_database=Tr
 register(Metric("sql_exact_match", "generation", _sql_exact_match))
 TEXT_METRICS = ("exact_match", "token_f1", "rouge_l", "bleu")  # reference-only metrics, for score_all
 
+# words that mark a standard lm-eval metric ("<task>/<metric>") as lower-is-better when nothing recorded it
+LOWER_IS_BETTER_WORDS = frozenset({"perplexity", "ppl", "loss", "error", "wer", "cer", "bpb", "bits"})
+
+
+def higher_is_better(name: str, recorded: bool | None = None) -> bool:
+    """The direction of a metric, the one rule for report, model card, compare and gate: the registry's for its
+    own metrics, else what the summary recorded (lm-eval's task config), else by the words of its name."""
+    if name in REGISTRY:
+        return REGISTRY[name].higher_is_better
+    if recorded is not None:
+        return recorded
+    return not (LOWER_IS_BETTER_WORDS & set(re.split(r"[^a-z0-9]+", name.lower())))
+
 
 def score_all(predictions: Sequence[str], references: Sequence[str], names: Sequence[str]) -> dict[str, list[float]]:
     """Per-item scores for each named reference-only metric: {name: [score per item]}."""

@@ -91,10 +91,12 @@ def _sql_database(suite: Suite, rows: list[dict], where: str) -> str | None:
     return pattern
 
 
-def _items(rows: list[dict], tokenizer) -> list[dict]:
+def _items(rows: list[dict], tokenizer, prompts: list[str] | None = None) -> list[dict]:
     items = []
     for index, row in enumerate(rows):
         original = row.get("row") or {}
+        if prompts is not None:  # a candidate prompted otherwise (few-shot, another template): same item, reference
+            row = row | {"prompt": prompts[index]}
         item = {"doc_id": index, "prompt": row["prompt"], "reference": row["reference"],
                 "source": str(row.get("source", "")), "db": str(original.get("db", "")) if isinstance(original, dict)
                 else "", "row": json.dumps(original, ensure_ascii=False, sort_keys=True)}
@@ -109,11 +111,13 @@ def _task_yaml(config: dict, process_results: str) -> str:
     return dump_yaml(config) + f"process_results: !function {SHIM_FILE[:-3]}.{process_results}\n"
 
 
-def write_tasks(run, recipe, suite: Suite) -> HeldoutTasks:
-    """Write the held-out items, task YAMLs, metric shim and its config into run/eval/tasks/."""
+def write_tasks(run, recipe, suite: Suite, folder: Path | None = None, prompts: list[str] | None = None,
+                stop: list[str] | None = None, tokenizer_dir: str | None = None) -> HeldoutTasks:
+    """Write the held-out items, task YAMLs, metric shim and its config into run/eval/tasks/ (or `folder`: a
+    candidate's own prompts, stop strings and tokenizer for perplexity token counts)."""
     manifest = run.manifest()
     rows = read_test_split(run)
-    folder = tasks_dir(run)
+    folder = folder or tasks_dir(run)
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("*.yaml"):  # a task dropped from the suite must not linger in the include path
         old.unlink()
@@ -122,11 +126,11 @@ def write_tasks(run, recipe, suite: Suite) -> HeldoutTasks:
     if want_ppl:
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(manifest.base_model_dir,
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir or manifest.base_model_dir,
                                                   trust_remote_code=recipe.model.trust_remote_code)
     items_path = folder / ITEMS_FILE
-    jsonl.write(items_path, _items(rows, tokenizer))
-    stop = manifest.stop
+    jsonl.write(items_path, _items(rows, tokenizer, prompts))
+    stop = manifest.stop if stop is None else stop
     write_json_atomic(folder / CONFIG_FILE, {
         "metrics": suite.generation_metrics, "stop": stop, "package_root": str(paths.PACKAGE_DIR.parent),
         "sql_database": _sql_database(suite, rows, paths.display(run.file("data", "test.jsonl")))})

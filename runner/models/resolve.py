@@ -1,9 +1,9 @@
 """Base models: turn `model.base` into a local Hugging Face model directory, or a UserError with a fix.
 
-`model.base` may be pkg://<package>/<file> (a file shipped in an installed Python package), a local
-.gguf file (dequantized once into the cache), a local HF directory, or a hub id (local HF cache only:
-these machines never reach the hub). transformers is imported only when a model must be loaded, so a
-cache hit stays fast.
+`model.base` may be pkg://<package>/<file> (a file shipped in an installed Python package), run:<recipe>
+(another recipe's trained model: runner/models/parent.py), a local .gguf file (dequantized once into the cache),
+a local HF directory, or a hub id (local HF cache only: these machines never reach the hub). transformers is
+imported only when a model must be loaded, so a cache hit stays fast.
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from runner.core import paths
 from runner.core.atomic import file_lock, staging_dir
 from runner.core.errors import Problem, UserError
 from runner.recipe.schema import ModelSpec
+from runner.recipe.stages import RUN
 from runner.recipe.templates import TokenizerTokens
 
 KEY = "model.base"
@@ -48,6 +49,10 @@ def resolve_base(spec: ModelSpec, source: str = "recipe", root: Path | None = No
 
 
 def _resolve(base: str, revision: str, root: Path | None = None) -> Path:
+    if base.startswith(RUN):
+        from runner.models import parent  # late: it reads runs, which most resolutions never need
+
+        return parent.resolve(base).model_dir
     if base.startswith(PKG):
         path = package_file(base)
     else:

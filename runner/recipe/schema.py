@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from runner.estimate import gpus
 
@@ -46,20 +46,91 @@ class LoraSpec(Section):
     target: Literal["all-linear"] | list[str] = Field("all-linear", description="modules to adapt")
 
 
+SFT_KINDS = ("full", "lora", "qlora")
+PAIR_KINDS = ("dpo", "ipo", "orpo", "simpo")  # trained on (prompt, chosen, rejected)
+PREFERENCE_KINDS = (*PAIR_KINDS, "kto")  # kto: (prompt, completion, label) rows
+RL_KINDS = (*PREFERENCE_KINDS, "grpo")  # grpo: prompts; the model generates, the eval metrics reward
+DEFAULT_BETA = {"dpo": 0.1, "ipo": 0.1, "orpo": 0.1, "kto": 0.1, "simpo": 2.0, "grpo": 0.0}  # trl's defaults
+GRPO_KEYS = ("rewards", "generations", "max_completion_length")
+
+
 class MethodSpec(Section):
-    kind: Literal["full", "lora", "qlora"]
+    kind: Literal["full", "lora", "qlora", "dpo", "ipo", "orpo", "kto", "simpo", "grpo"] = Field(
+        description="full | lora | qlora: supervised fine-tuning; dpo | ipo | orpo | simpo: preference tuning on "
+        "(prompt, chosen, rejected) pairs; kto: on (prompt, completion, label) rows; grpo: the model answers each "
+        "prompt several times and the eval metrics (method.rewards) score the answers against the reference")
+    tuning: Literal["full", "lora", "qlora"] | None = Field(
+        None, description="preference kinds and grpo: which weights train (default lora). With an adapter, dpo, ipo "
+        "and kto score the reference with the adapter switched off, so no second copy of the model is loaded")
     lora: LoraSpec | None = Field(None, description="adapter settings; lora and qlora only")
+    beta: float | None = Field(
+        None, gt=0, description="preference kinds: dpo/ipo/kto: weight of the reference (KL) term (default 0.1); "
+        "orpo: lambda, the weight of the odds-ratio term (default 0.1); simpo: the reward scale (default 2.0); "
+        "grpo: the KL weight (unset: no KL term and no reference model)")
+    gamma: float | None = Field(None, ge=0, description="simpo only: target reward margin (default 0.5)")
+    desirable_weight: float | None = Field(None, gt=0, description="kto only: loss weight of label-true rows (1.0)")
+    undesirable_weight: float | None = Field(None, gt=0, description="kto only: loss weight of label-false rows (1.0)")
+    rewards: list[str] | None = Field(None, min_length=1, description="grpo only: generation metrics of the registry "
+                                      "(runner/evaluate/metrics.py) that reward each answer, summed, e.g. [token_f1]")
+    generations: int | None = Field(None, ge=2, description="grpo only: answers sampled per prompt (default 4)")
+    max_completion_length: int | None = Field(None, gt=0, description="grpo only: tokens per sampled answer "
+                                              "(default eval.max_new_tokens)")
 
     def problems(self) -> list[tuple[str, str]]:
-        if self.kind == "full" and self.lora is not None:
-            return [("method.lora", "LoRA settings given but method.kind is 'full'; remove method.lora or use "
-                     "kind: lora / qlora")]
-        return []
+        problems = []
+        if self.kind in SFT_KINDS:
+            given = [key for key in ("tuning", "beta", "gamma", "desirable_weight", "undesirable_weight")
+                     if getattr(self, key) is not None]
+            problems += [(f"method.{key}", f"{key} is a preference-tuning setting but method.kind is {self.kind!r}; "
+                          f"remove method.{key} or set kind to one of {list(RL_KINDS)}") for key in given]
+        if self.kind != "grpo":
+            problems += [(f"method.{key}", f"{key} is a grpo setting but method.kind is {self.kind!r}; remove it or "
+                          "use kind: grpo") for key in GRPO_KEYS if getattr(self, key) is not None]
+        else:
+            problems += self._reward_problems()
+        if self.gamma is not None and self.kind != "simpo":
+            problems.append(("method.gamma", f"gamma is simpo's target margin but method.kind is {self.kind!r}; "
+                             "remove it or use kind: simpo"))
+        for key in ("desirable_weight", "undesirable_weight"):
+            if getattr(self, key) is not None and self.kind in PAIR_KINDS:
+                problems.append((f"method.{key}", f"{key} weighs kto's labeled rows but method.kind is "
+                                 f"{self.kind!r}; remove it or use kind: kto"))
+        if self.weights == "full" and self.lora is not None:
+            where = "method.kind is 'full'" if self.kind == "full" else "method.tuning is 'full'"
+            problems.append(("method.lora", f"LoRA settings given but {where}; remove method.lora or train an "
+                             "adapter (lora / qlora)"))
+        return problems
+
+    def _reward_problems(self) -> list[tuple[str, str]]:
+        from runner.train import rewards  # late: the metric registry, which metrics can score an answer
+
+        scorable = rewards.names()
+        if not self.rewards:
+            return [("method.rewards", f"grpo needs the metrics that reward an answer; add e.g. rewards: [token_f1] "
+                     f"(allowed: {', '.join(scorable)})")]
+        return [("method.rewards", f"{name!r} cannot reward a grpo answer (allowed: {', '.join(scorable)}; metrics "
+                 "that execute SQL need the suite's database, not wired into training yet)")
+                for name in self.rewards if name not in scorable]
+
+    @property
+    def rl(self) -> str | None:
+        """The trl method axolotl runs (`rl:`): a preference kind or grpo; None for supervised fine-tuning."""
+        return self.kind if self.kind in RL_KINDS else None
+
+    @property
+    def preference(self) -> str | None:
+        """The preference method (dpo, ipo, orpo, kto, simpo), or None for supervised fine-tuning."""
+        return self.kind if self.kind in PREFERENCE_KINDS else None
+
+    @property
+    def weights(self) -> Literal["full", "lora", "qlora"]:
+        """What trains: the kind itself for supervised kinds, method.tuning (default lora) for preference kinds."""
+        return self.kind if self.kind in SFT_KINDS else (self.tuning or "lora")
 
     @property
     def adapter(self) -> LoraSpec | None:
         """The LoRA settings in force (defaults when an adapter method leaves them out)."""
-        return None if self.kind == "full" else (self.lora or LoraSpec())
+        return None if self.weights == "full" else (self.lora or LoraSpec())
 
 
 class RegexExtract(Section):
@@ -84,6 +155,9 @@ class RegexExtract(Section):
         return set(re.compile(self.pattern).groupindex)
 
 
+PREFERENCE_FIELDS = {"prompt", "chosen", "rejected", "completion", "label"}
+
+
 class DatasetSpec(Section):
     source: str = Field(description="hf:<id> or file:<path .jsonl|.json|.csv|.parquet> (relative to the project)")
     revision: str | None = Field(None, description="hub dataset revision")
@@ -105,9 +179,27 @@ class DatasetSpec(Section):
         return source
 
     @property
-    def variables(self) -> set[str]:
-        """Template variables this dataset provides."""
+    def mapped(self) -> set[str]:
+        """Names this dataset maps: template variables, and for preference data prompt/chosen/rejected/..."""
         return set(self.fields) | (self.extract.variables if self.extract else set())
+
+    @property
+    def preference_shape(self) -> Literal["pairs", "kto"] | None:
+        """pairs: chosen and rejected mapped; kto: completion and label; None: supervised rows."""
+        mapped = self.mapped
+        if mapped & {"chosen", "rejected"}:
+            return "pairs"
+        return "kto" if mapped & {"completion", "label"} else None
+
+    @property
+    def variables(self) -> set[str]:
+        """Template variables this dataset provides. In preference data the prompt plays the instruction and each
+        answer the output; with no prompt mapped, chosen/rejected hold whole conversations (messages)."""
+        mapped = self.mapped
+        if self.preference_shape is None:
+            return mapped
+        rest = mapped - PREFERENCE_FIELDS
+        return rest | ({"instruction", "output"} if "prompt" in mapped else {"messages"})
 
 
 class SplitSpec(Section):
@@ -148,6 +240,9 @@ class TrainSpec(Section):
         "(each hardware profile sets its own; null: no checkpoints, a stopped run starts over)")
     save_total_limit: int | None = Field(2, gt=0, description="checkpoints kept (older ones are deleted); null: all")
     seed: int = 42
+    deterministic: bool = Field(
+        False, description="deterministic kernels (torch.use_deterministic_algorithms), a fixed thread count and "
+        "seeds set in the trainer process: the same machine gives the same losses run after run (slower)")
 
     def problems(self) -> list[tuple[str, str]]:
         if self.epochs is None and self.max_steps is None:
@@ -204,6 +299,20 @@ class EvalSpec(Section):
     max_items: int | None = Field(None, gt=0, description="cap on test items (quick looks)")
     max_new_tokens: int = Field(128, gt=0)
     batch_size: int = Field(8, gt=0)
+    candidates: list[str | dict[str, str]] | None = Field(
+        None, description="what answers the items: base, finetuned, base+fewshot:K, run:RECIPE[@ID], a model, or "
+        "{model, label, template: recipe|tokenizer} (default: the suite's, else base and finetuned)")
+    reference: str | None = Field(None, description="the candidate every other is compared with (default finetuned)")
+
+    @model_validator(mode="after")
+    def _candidates(self):
+        from runner.evaluate import candidates  # the candidate language lives with the eval stage
+
+        if self.candidates is not None:
+            candidates.check(self.candidates, self.reference)
+        elif self.reference is not None:
+            raise ValueError("eval.reference needs eval.candidates (the list it is one of)")
+        return self
 
 
 class WandbSpec(Section):
@@ -297,10 +406,50 @@ class Recipe(Section):
         return []
 
     def _method_problems(self) -> list[tuple[str, str]]:
-        if self.method.kind == "qlora" and self.hardware.device != "cuda":
-            return [("method.kind", f"qlora needs 4-bit kernels on a GPU, but hardware profile "
-                     f"{self.hardware.profile!r} is cpu; use lora on cpu or a GPU profile")]
-        return []
+        problems = []
+        if self.method.weights == "qlora" and self.hardware.device != "cuda":
+            key = "method.kind" if self.method.kind == "qlora" else "method.tuning"
+            problems.append((key, f"qlora needs 4-bit kernels on a GPU, but hardware profile "
+                             f"{self.hardware.profile!r} is cpu; use lora on cpu or a GPU profile"))
+        return problems + self._preference_problems()
+
+    def _preference_problems(self) -> list[tuple[str, str]]:
+        """Datasets shaped for the method: pairs for dpo/ipo/orpo/simpo, labeled rows for kto, neither for SFT."""
+        kind, problems = self.method.preference, []
+        wants = {None: None, "kto": "kto"}.get(kind, "pairs")
+        needs = {"pairs": ["chosen", "rejected"], "kto": ["completion", "label"]}
+        for index, spec in enumerate(self.data.datasets):
+            key, shape = f"data.datasets.{index}.fields", spec.preference_shape
+            if wants is not None and shape is None and spec.use == "test":
+                continue  # held-out rows are scored on prompt + reference, never trained: supervised rows serve
+            if wants is None and shape is not None:
+                takes = "prompts with a reference" if self.method.rl else "supervised rows"
+                problems.append((key, f"maps {sorted(spec.mapped & PREFERENCE_FIELDS)}, preference data, but "
+                                 f"method.kind is {self.method.kind!r}, which takes {takes}; set method.kind to "
+                                 f"{'kto' if shape == 'kto' else 'dpo (or ipo, orpo, simpo)'}"))
+            elif wants is not None and shape != wants:
+                missing = [name for name in needs[wants] if name not in spec.mapped]
+                problems.append((key, f"method.kind {kind} trains on {' + '.join(needs[wants])} but this dataset "
+                                 f"maps no {' and no '.join(missing)}; map them, e.g. `{missing[0]}: <column>`"
+                                 + (" (kto takes completion + label rows, not pairs)" if shape == "pairs" else "")))
+            elif wants is not None:
+                missing = [name for name in needs[wants] if name not in spec.mapped]
+                if missing:
+                    problems.append((key, f"method.kind {kind} needs {' and '.join(needs[wants])} but "
+                                     f"{missing[0]} is not mapped; add `{missing[0]}: <column>`"))
+        if self.method.rl is not None and self.data.packing:
+            problems.append(("data.packing", f"{self.method.rl} trains on whole prompt/answer rows, which are not "
+                             "packed; set data.packing: false"))
+        if self.method.kind == "grpo":
+            generations = self.method.generations or 4
+            if self.global_batch % generations:
+                problems.append(("method.generations", f"trl samples {generations} answers per prompt from a batch of "
+                                 f"{self.global_batch} (micro_batch_size x accumulation x processes); make the batch a "
+                                 f"multiple of {generations}"))
+        if kind == "simpo" and self.train.warmup_ratio:
+            problems.append(("train.warmup_ratio", "axolotl's simpo trainer takes no warmup_ratio; set "
+                             "train.warmup_ratio: 0"))
+        return problems
 
     @property
     def gradient_accumulation(self) -> int:

@@ -44,6 +44,14 @@ class JudgeSpec(Section):
     api_key_env: str = Field("OPENAI_API_KEY", description="environment variable holding the API key")
     max_items: int | None = Field(None, gt=0, description="judge at most this many items")
     max_new_tokens: int = Field(256, gt=0, description="local judge: tokens to generate per verdict")
+    timeout_s: float = Field(60, gt=0, description="openai: seconds to wait for each reply")
+    methods: list[Literal["pairwise", "single"]] = Field(
+        default_factory=lambda: ["pairwise"], min_length=1,
+        description="pairwise: A vs B in both orders; single: a 1-10 [[rating]] per answer")
+    pairs: Literal["all", "reference"] = Field("all", description="pairwise: every pair of candidates, or each "
+                                               "candidate against the reference")
+    prompts: str = Field("judges", description="folder of the judge prompt files (pairwise.yaml, single.yaml), "
+                         "relative to eval_suites/")
 
     @model_validator(mode="after")
     def _openai_needs_url(self):
@@ -59,6 +67,24 @@ class SqlSpec(Section):
                           "library)")
 
 
+class GateSpec(Section):
+    """A review gate on one metric, judged on its 95% interval, not the point estimate (runner.decide.gate): the
+    conservative reading, so a regression cannot pass on noise. min/max: the interval of the run's own value must
+    lie above min (below max). max_drop: the paired interval of (run - baseline) must not reach a worsening larger
+    than max_drop (for a lower-is-better metric such as perplexity a worsening is a rise)."""
+
+    min: float | None = Field(None, description="floor: fails unless the interval's lower bound is >= min")
+    max: float | None = Field(None, description="ceiling: fails unless the interval's upper bound is <= max")
+    max_drop: float | None = Field(None, ge=0, description="allowed worsening against a baseline run (`recipe gate "
+                                   "--baseline RUN`): fails when the paired interval reaches past it")
+
+    @model_validator(mode="after")
+    def _some_bound(self):
+        if self.min is None and self.max is None and self.max_drop is None:
+            raise ValueError("a gate needs min, max or max_drop, e.g. {min: 0.75} or {max_drop: 0.02}")
+        return self
+
+
 class Suite(Section):
     suite: Literal[1] = Field(description="eval-suite language version")
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
@@ -69,6 +95,11 @@ class Suite(Section):
     lm_eval_include: list[str] = Field(default_factory=list, description="extra folders of lm-eval task YAMLs")
     judge: JudgeSpec | None = None
     sql: SqlSpec | None = None
+    candidates: list[str | dict[str, str]] | None = Field(
+        None, description="what answers the items (see the recipe's eval.candidates); a recipe's own list wins")
+    reference: str | None = Field(None, description="the candidate the others are compared with (default finetuned)")
+    gates: dict[str, GateSpec] = Field(default_factory=dict, description="review gates per metric the suite "
+                                       "computes (`recipe gate`), e.g. sql_execution: {min: 0.75}")
 
     @field_validator("metrics", "lm_eval_tasks")
     @classmethod
@@ -84,6 +115,12 @@ class Suite(Section):
             raise ValueError(f"{', '.join(m for m in self.metrics if metrics.REGISTRY[m].needs_database)} need an "
                              "`sql:` section naming the database, e.g. "
                              "sql: {database: data/sql-demo/{db}.sql}")
+        if self.candidates is not None:
+            from runner.evaluate import candidates  # the candidate language lives with the eval stage
+
+            candidates.check(self.candidates, self.reference)
+        elif self.reference is not None:
+            raise ValueError("reference needs candidates (the list it is one of)")
         if not (self.metrics or self.lm_eval_tasks or self.judge):
             raise ValueError("the suite measures nothing: list metrics, lm_eval_tasks or a judge")
         return self
@@ -206,6 +243,20 @@ def _task_problems(suite: Suite, where: str, lines: dict[str, int], root: Path |
     return problems
 
 
+def _gate_problems(suite: Suite, where: str, lines: dict[str, int]) -> list[Problem]:
+    """A gate must name a metric the suite computes: one of its metrics, or <lm-eval task>/<metric>."""
+    problems = []
+    for name in suite.gates:
+        task = name.split("/", 1)[0]
+        if name in suite.metrics or ("/" in name and task in suite.lm_eval_tasks):
+            continue
+        computed = list(suite.metrics) + [f"{t}/<metric>" for t in suite.lm_eval_tasks]
+        problems.append(Problem(where, f"gates.{name}", f"the suite does not compute {name!r}"
+                                f"{did_you_mean(name, suite.metrics)}; it computes: {', '.join(computed) or 'nothing'}",
+                                _line(f"gates.{name}", lines) or _line("gates", lines)))
+    return problems
+
+
 def load_file(path: Path) -> Suite:
     """Read and validate one suite file; a UserError lists every problem with its key and line."""
     where = paths.display(path)
@@ -229,6 +280,7 @@ def load_file(path: Path) -> Suite:
             problems.append(Problem(where, key, message, _line(key, lines)))
         raise UserError(problems) from None
     problems += _task_problems(suite, where, lines, paths.layer_of(path))
+    problems += _gate_problems(suite, where, lines)
     if problems:
         raise UserError(problems)
     return suite

@@ -4,6 +4,7 @@ counted), the resolved recipe. Absent or unreadable files are listed, never fata
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from runner.core import jsonl
 from runner.core.errors import UserError
@@ -28,6 +29,7 @@ class Inputs:
     resolved_yaml: str | None = None
     missing_files: list[str] = field(default_factory=list)
     unreadable: list[str] = field(default_factory=list)
+    gate: dict | None = None  # gate.json (runner.decide.gate.GateResult) once `recipe gate` judged the run
 
     @property
     def eval_metrics(self) -> dict[str, dict]:
@@ -60,10 +62,21 @@ def read_inputs(run: RunDir) -> Inputs:
             inputs.unreadable.append(f"`{SUMMARY}`: {'; '.join(p.message for p in err.problems)}")
     else:
         inputs.missing_files.append(SUMMARY)
-    for side in ("base", "finetuned"):
-        for path in sorted(run.file("eval").glob(f"samples-{side}-*.jsonl")):
+    others = [c.slug for c in inputs.summary.candidates.values() if c.slug not in ("base", "finetuned")] \
+        if inputs.summary else []  # few-shot, other runs and models: eval/samples-<slug>-<task>.jsonl
+    claimed: set[Path] = set()  # samples-base-*.jsonl also matches base-fewshot-3's files: longest name first
+    for side in sorted(("base", "finetuned", *others), key=len, reverse=True):
+        for path in sorted(set(run.file("eval").glob(f"samples-{side}-*.jsonl")) - claimed):
+            claimed.add(path)
             task = path.name[len(f"samples-{side}-"):-len(".jsonl")]
             inputs.samples.setdefault(task, {})[side] = _tolerant(run, f"eval/{path.name}", inputs.unreadable)
     if not inputs.samples:
         inputs.missing_files.append("eval/samples-*.jsonl")
+    if run.file("gate.json").is_file():  # optional: only a gated run has it
+        from runner.decide.gate import GateResult
+
+        try:
+            inputs.gate = GateResult.read(run.file("gate.json")).to_json()
+        except UserError as err:
+            inputs.unreadable.append(f"`gate.json`: {'; '.join(p.message for p in err.problems)}")
     return inputs

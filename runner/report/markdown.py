@@ -9,11 +9,11 @@ points at plots that were not written.
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 from runner.core.atomic import write_text_atomic
-from runner.report import plots
+from runner.evaluate import metrics as metric_registry
+from runner.report import candidate_tables, plots
 from runner.report.cells import CELL_CHARS, cell, code, duration, fenced, fmt, interval, is_number, p_value, table
 from runner.report.inputs import METRICS, RESOLVED, SUMMARY, Inputs, read_inputs
 from runner.runs.rundir import RunDir
@@ -25,7 +25,6 @@ SHORT_FINGERPRINT = 12
 ID_KEYS = ("doc_id", "index")
 TEXT_KEYS = ("prompt", "reference", "prediction")
 HARDWARE_KEYS = ("device", "profile", "gpus", "nodes", "world_size", "gpu_model", "cpu_count", "platform")
-LOWER_IS_BETTER = {"perplexity", "ppl", "loss", "error", "wer", "cer", "bpb", "bits"}
 STATUS_NOTES = {"planned": "nothing has run yet", "submitted": "submitted to SLURM, not finished yet",
                 "training": "training is under way, or stopped without recording why",
                 "trained": "trained, not evaluated yet"}
@@ -35,8 +34,10 @@ WRITTEN_BY = {RESOLVED: "plan", METRICS: "train", SUMMARY: "eval", "eval/samples
 def write_report(run: RunDir) -> Path:
     """Write run/report.md and run/plots/*.png from the run directory's own files; returns report.md's path."""
     inputs = read_inputs(run)
-    lower = frozenset(name for name, m in inputs.eval_metrics.items() if _lower_is_better(name, m))
-    written = plots.write_plots(run.file("plots"), inputs.records, inputs.eval_metrics, lower)
+    lower = _lower(inputs)
+    candidates = inputs.summary.to_json() if inputs.summary else {}
+    written = plots.write_plots(run.file("plots"), inputs.records, inputs.eval_metrics, lower,
+                                candidates=None if candidate_tables.is_default(candidates) else candidates)
     return write_text_atomic(run.file(REPORT), render(inputs, written))
 
 
@@ -60,7 +61,7 @@ def render(inputs: Inputs, written: dict[str, str]) -> str:
     missing: list[tuple[str, str]] = []
     facts = _Facts(inputs.manifest.to_json(), "manifest.json", missing)
     body = [_provenance(facts, inputs), _data(facts), _training(facts, inputs, written),
-            _evaluation(inputs, written, missing), _samples(inputs), _recipe(inputs)]
+            _evaluation(inputs, written, missing), _gate(inputs), _samples(inputs), _recipe(inputs)]
     head = [_title(facts, inputs), _status(facts, inputs), _missing(inputs, missing)]
     return "\n\n".join(part for part in head + body if part) + "\n"
 
@@ -120,7 +121,7 @@ def _provenance(facts: _Facts, inputs: Inputs) -> str:
     seeds = f"train {fmt(facts.get('seeds.train'))} · split {fmt(facts.get('seeds.split'))}"
     rows = [["run", code(inputs.run_id)], ["git commit", code(facts.get("git_commit"))],
             ["base model", code(facts.get("base_model"))], ["base model dir", code(facts.get("base_model_dir"))],
-            ["seeds", seeds], *_tracking(facts.get("tracking", note=False))]
+            ["seeds", seeds], *_parent(facts.get("parent", note=False)), *_tracking(facts.get("tracking", note=False))]
     parts = ["## Provenance", table(["", ""], rows)]
     hardware = facts.get("hardware")
     if isinstance(hardware, dict):
@@ -132,6 +133,15 @@ def _provenance(facts: _Facts, inputs: Inputs) -> str:
         rows = [[cell(k, 0), code(v)] for k, v in sorted(packages.items(), key=lambda kv: kv[0].lower())]
         parts += ["### Packages", table(["package", "version"], rows)]
     return "\n\n".join(parts)
+
+
+def _parent(parent) -> list[list[str]]:
+    """A staged run (model.base: run:<recipe>): the run it started from, and that run's own base."""
+    if not isinstance(parent, dict):
+        return []
+    started = (f"{code(parent.get('recipe'))} run {code(parent.get('run_id'))} (version "
+               f"{fmt(parent.get('recipe_version'))}, fingerprint {code(str(parent.get('fingerprint'))[:12])})")
+    return [["parent run", started], ["parent's base model", code(parent.get("base_model"))]]
 
 
 def _tracking(tracking) -> list[list[str]]:
@@ -154,8 +164,9 @@ def _tracking(tracking) -> list[list[str]]:
 
 def _data(facts: _Facts) -> str:
     counts = {split: facts.get(f"data.counts.{split}") for split in ("train", "val", "test")}
-    parts = ["## Data", " · ".join(f"{split} {fmt(n)} rows" for split, n in counts.items()) +
-             f"; duplicates removed: {fmt(facts.get('data.duplicates_removed'))}."]
+    unit = {"pairs": "preference pairs", "kto": "labeled completions"}.get(facts.get("data.rows", note=False), "rows")
+    parts = ["## Data", " · ".join(f"{split} {fmt(n)} {unit}" for split, n in counts.items()) +
+             f"; duplicates removed: {fmt(facts.get('data.duplicates_removed'))}{_identical(facts)}."]
     fingerprints = facts.get("data.fingerprints")
     if isinstance(fingerprints, dict):
         parts.append(table(["source", "fingerprint"], [[cell(k, 0), code(v)] for k, v in fingerprints.items()]))
@@ -171,6 +182,15 @@ def _data(facts: _Facts) -> str:
         parts.append(table(["split", "rows", "tokens", "tokens/row p50", "p90", "p99", "max", "over max_seq_len",
                              "dropped"], rows, numeric_from=1))
     return "\n\n".join(parts)
+
+
+def _identical(facts: _Facts) -> str:
+    """Preference data: pairs dropped because chosen equals rejected, summed over the sources."""
+    sources = facts.get("data.sources", note=False)
+    if facts.get("data.rows", note=False) != "pairs" or not isinstance(sources, dict):
+        return ""
+    count = sum(s.get("identical_pairs") or 0 for s in sources.values() if isinstance(s, dict))
+    return f"; identical pairs (chosen = rejected) dropped: {fmt(count)}"
 
 
 def _training(facts: _Facts, inputs: Inputs, written: dict[str, str]) -> str:
@@ -208,7 +228,21 @@ def _training(facts: _Facts, inputs: Inputs, written: dict[str, str]) -> str:
     parts.append("### Learning rate")
     parts.append(f"![Learning rate against step](plots/{written['lr']})" if "lr" in written else
                  f"_No learning rate was logged (`{METRICS}` has no `lr`)._")
+    if "rewards" in written:
+        parts += ["### Preference rewards", _rewards_table(inputs.records),
+                  f"![Rewards and reward accuracy against step](plots/{written['rewards']})"]
     return "\n\n".join(parts)
+
+
+def _rewards_table(records: list[dict]) -> str:
+    """First and last logged value of each trl reward metric (train, then eval)."""
+    rows = []
+    keys = plots.reward_keys(records)
+    for key in (*keys, *(f"eval_{k}" for k in keys)):
+        steps, values = plots.series(records, key)
+        if steps:
+            rows.append([code(key), fmt(steps[0]), fmt(values[0], ".4f"), fmt(steps[-1]), fmt(values[-1], ".4f")])
+    return table(["metric", "first step", "value", "last step", "value"], rows, 1)
 
 
 def _batch(facts: _Facts) -> str:
@@ -252,7 +286,7 @@ def _evaluation(inputs: Inputs, written: dict[str, str], missing: list[tuple[str
     recorded = summary.get("metrics")
     metrics = inputs.eval_metrics
     if metrics:
-        rows = [[cell(name, 0) + (" (lower is better)" if _lower_is_better(name, m) else ""),
+        rows = [[cell(name, 0) + (" (lower is better)" if lower_is_better(name, m) else ""),
                  fmt(m.get("base"), ".4f"), fmt(m.get("finetuned"), ".4f"), fmt(m.get("delta"), "+.4f"),
                  interval(m.get("ci95")), fmt(m.get("n")), p_value(m.get("p_sign")), _verdict(name, m)]
                 for name, m in metrics.items()]
@@ -262,11 +296,37 @@ def _evaluation(inputs: Inputs, written: dict[str, str], missing: list[tuple[str
         parts.append("_No metrics were computed._")
     if "eval" in written:
         parts.append(f"![Base vs fine-tuned per metric](plots/{written['eval']})")
+    data = inputs.summary.to_json()
+    if not candidate_tables.is_default(data):
+        parts += ["### Candidates", candidate_tables.candidates_section(data, _lower(inputs))]
+        if "candidates" in written:
+            parts.append(f"![Every candidate per metric](plots/{written['candidates']})")
     skipped = summary.get("skipped", note=False)
     if isinstance(skipped, dict) and skipped:
         parts += ["### Skipped tasks", "\n".join(f"- {code(task)}: {cell(why, 0)}" for task, why in skipped.items())]
-    parts += ["### Judge", _judge(summary.get("judge", note=False))]
-    return "\n\n".join(parts)
+    parts += ["### Judge", _judge(summary.get("judge", note=False)), candidate_tables.judges_section(data["judges"])]
+    return "\n\n".join(part for part in parts if part)
+
+
+def _lower(inputs: Inputs) -> frozenset[str]:
+    """Metrics where lower is better, over every candidate's metrics."""
+    names = {n for c in (inputs.summary.candidates.values() if inputs.summary else ()) for n in c.metrics}
+    return frozenset(n for n in names | set(inputs.eval_metrics) if lower_is_better(n, inputs.eval_metrics.get(n, {})))
+
+
+def _gate(inputs: Inputs) -> str:
+    """The verdict of `recipe gate` (gate.json), when the run was gated."""
+    gate = inputs.gate
+    if not gate:
+        return ""
+    rows = [[cell(r["metric"], 0), f"{r['rule']} {r['bound']:g}", fmt(r.get("value"), ".4f"), interval(r.get("ci95")),
+             fmt(r.get("n")), fmt(r.get("seed_sd"), ".4f"), f"**{r['verdict']}**: {cell(r['why'], 0)}"]
+            for r in gate["rows"]]
+    baseline = f" against baseline {', '.join(code(b) for b in gate['baseline'])}" if gate.get("baseline") else ""
+    verdict = "PASS" if gate["passed"] else "FAIL"
+    return (f"## Gate: {verdict}\n\nSuite {code(gate['suite'])} {fmt(gate['suite_version'])}{baseline}. A gate passes "
+            "only when the whole 95% interval is on the allowed side (`recipe gate`).\n\n" +
+            table(["metric", "gate", "value or Δ", "95% CI", "n", "seed sd", "verdict"], gate["rows"] and rows, 2, 6))
 
 
 def _judge(judge) -> str:
@@ -281,7 +341,7 @@ def _judge(judge) -> str:
 
 
 def _verdict(name: str, m: dict) -> str:
-    lower = _lower_is_better(name, m)
+    lower = lower_is_better(name, m)
     ci, p, delta = m.get("ci95"), m.get("p_sign"), m.get("delta")
     if isinstance(ci, list) and len(ci) == 2 and all(is_number(x) for x in ci):
         if ci[0] > 0 or ci[1] < 0:
@@ -294,28 +354,37 @@ def _verdict(name: str, m: dict) -> str:
     return "no interval or test"
 
 
-def _lower_is_better(name: str, m: dict) -> bool:
-    if isinstance(m.get("higher_is_better"), bool):
-        return not m["higher_is_better"]
-    return bool(LOWER_IS_BETTER & set(re.split(r"[^a-z0-9]+", name.lower())))
+def lower_is_better(name: str, m: dict) -> bool:
+    recorded = m.get("higher_is_better")
+    return not metric_registry.higher_is_better(name, recorded if isinstance(recorded, bool) else None)
 
 
 def _samples(inputs: Inputs) -> str:
     if not inputs.samples:
         return "## Samples\n\n_No samples were written (`eval/samples-*.jsonl`)._"
-    parts = ["## Samples", f"The first {SAMPLES_SHOWN} test items of each task, base and fine-tuned answers paired by "
+    who = "every candidate's answer" if _other_candidates(inputs) else "base and fine-tuned answers"
+    parts = ["## Samples", f"The first {SAMPLES_SHOWN} test items of each task, {who} paired by "
              f"`doc_id`; text longer than {CELL_CHARS} characters is cut in the middle."]
     for task in sorted(inputs.samples):
         sides = {side: {_item_id(item, i): item for i, item in enumerate(items)}
                  for side, items in inputs.samples[task].items()}
         base, finetuned = sides.get("base", {}), sides.get("finetuned", {})
+        others = {label: sides[slug] for label, slug in _other_candidates(inputs).items() if slug in sides}
         rows = []
         for item_id in sorted(set(base) | set(finetuned), key=_id_order)[:SAMPLES_SHOWN]:
             first = base.get(item_id) or finetuned[item_id]
             rows.append([cell(item_id, 0), cell(first.get("prompt", "")), cell(first.get("reference", "")),
-                         _answer(base.get(item_id)), _answer(finetuned.get(item_id))])
-        parts += [f"### {cell(task, 0)}", table(["doc", "prompt", "reference", "base", "fine-tuned"], rows)]
+                         _answer(base.get(item_id)), *(_answer(o.get(item_id)) for o in others.values()),
+                         _answer(finetuned.get(item_id))])
+        headers = ["doc", "prompt", "reference", "base", *(cell(label, 0) for label in others), "fine-tuned"]
+        parts += [f"### {cell(task, 0)}", table(headers, rows)]
     return "\n\n".join(parts)
+
+
+def _other_candidates(inputs: Inputs) -> dict[str, str]:
+    """label -> file slug of the candidates other than base and fine-tuned (their answers join the samples)."""
+    found = inputs.summary.candidates if inputs.summary else {}
+    return {label: c.slug for label, c in found.items() if c.kind not in ("base", "finetuned")}
 
 
 def _item_id(item: dict, position: int):

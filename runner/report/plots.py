@@ -1,4 +1,4 @@
-"""The report's figures as PNG files: loss curve, learning rate, and base-vs-fine-tuned eval bars.
+"""The report's figures as PNG files: loss curve, learning rate, base-vs-fine-tuned eval bars, every candidate.
 
 Reproducible by construction: matplotlib's default style (a user's matplotlibrc is ignored), the Agg
 canvas only (no pyplot, no GUI backend), a fixed size and dpi, and no "Software" tag in the PNG, so
@@ -62,6 +62,51 @@ def lr_figure(records: list[dict]) -> Figure | None:
     return fig
 
 
+REWARDS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
+
+
+def reward_keys(records: list[dict]) -> list[str]:
+    """trl's reward metrics in the records: the preference ones, then grpo's reward and rewards/<metric>/mean."""
+    seen = {key.removeprefix("eval_") for r in records for key in r}
+    grpo = sorted(k for k in seen if k.startswith("rewards/") and k.endswith("/mean"))
+    return [k for k in REWARDS if k in seen] + (["reward"] if "reward" in seen else []) + grpo
+
+
+def rewards_figure(records: list[dict]) -> Figure | None:
+    """A preference or grpo run's trl rewards against step: chosen, rejected and margin (or grpo's reward per metric)
+    on one panel, reward accuracy (the share of pairs whose chosen reward beats the rejected one) on another; eval
+    points as markers. None for supervised runs."""
+    keys = reward_keys(records)
+    if not keys:
+        return None
+    accuracy_logged = "rewards/accuracies" in keys
+    fig = Figure(figsize=(10 if accuracy_logged else 7, 3.6), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    rewards = fig.add_subplot(1, 2 if accuracy_logged else 1, 1)
+    accuracy = fig.add_subplot(1, 2, 2) if accuracy_logged else None
+    colors = {"rewards/chosen": FT_COLOR, "rewards/rejected": EVAL_COLOR, "rewards/margins": "#2ca02c",
+              "rewards/accuracies": FT_COLOR, "reward": "#2ca02c"}
+    for index, key in enumerate(keys):
+        ax = accuracy if key == "rewards/accuracies" else rewards
+        name, color = key.removeprefix("rewards/"), colors.get(key, f"C{index + 3}")
+        train, evals = series(records, key), series(records, f"eval_{key}")
+        if train[0]:
+            ax.plot(*train, color=color, linewidth=1.5, label=f"{name} (train)")
+        if evals[0]:
+            ax.plot(*evals, color=color, marker="o", linestyle=":", linewidth=1, label=f"{name} (eval)")
+    rewards.axhline(0, color=BASE_COLOR, linewidth=0.8)
+    rewards.set(xlabel="step", ylabel="reward (as trl logs it)", title="Rewards")
+    if accuracy is not None:
+        accuracy.set(xlabel="step", ylabel="share of pairs", title="Reward accuracy (chosen > rejected)",
+                     ylim=(-0.05, 1.05))
+    for ax in (rewards, accuracy):
+        if ax is not None:
+            ax.grid(alpha=0.3)
+            if ax.lines:
+                ax.legend(fontsize=8)
+    return fig
+
+
 def eval_figure(metrics: dict[str, dict], lower_is_better: frozenset[str] = frozenset()) -> Figure | None:
     """One panel per metric (own scale): base and fine-tuned bars, the fine-tuned bar's error bar is base + delta CI."""
     shown = {name: m for name, m in metrics.items() if _number(m.get("base")) and _number(m.get("finetuned"))}
@@ -94,12 +139,49 @@ def eval_figure(metrics: dict[str, dict], lower_is_better: frozenset[str] = froz
     return fig
 
 
+def candidates_figure(summary: dict, lower_is_better: frozenset[str] = frozenset()) -> Figure | None:
+    """One panel per metric: a bar per candidate; each non-reference bar's error bar is the reference's value plus
+    the 95% CI of the paired delta (candidate - reference), so it brackets the bar when the difference is noise."""
+    found, reference = summary.get("candidates") or {}, summary.get("reference") or "finetuned"
+    names = list(dict.fromkeys(n for c in found.values() for n in (c.get("metrics") or {})))
+    if not names or len(found) < 2:
+        return None
+    labels = list(found)
+    cols = min(len(names), PANELS_PER_ROW)
+    rows = math.ceil(len(names) / cols)
+    fig = Figure(figsize=(max(2.6, 0.9 * len(labels) + 0.8) * cols + 0.4, 3.4 * rows), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    colors = [FT_COLOR if label == reference else BASE_COLOR for label in labels]
+    for index, name in enumerate(names):
+        ax = fig.add_subplot(rows, cols, index + 1)
+        values = [(found[label].get("metrics") or {}).get(name) or {} for label in labels]
+        heights = [m.get("value") if _number(m.get("value")) else 0 for m in values]
+        ax.bar(range(len(labels)), heights, color=colors, width=0.6)
+        for x, m in enumerate(values):
+            ci, ref = m.get("ci95"), m.get("reference")
+            if labels[x] != reference and isinstance(ci, list) and len(ci) == 2 and all(_number(v) for v in ci) \
+                    and _number(ref) and _number(m.get("value")):
+                low, high, value = ref + ci[0], ref + ci[1], m["value"]
+                ax.errorbar([x], [value], yerr=[[max(value - low, 0)], [max(high - value, 0)]], color="black",
+                            capsize=5)
+        direction = " (lower is better)" if name in lower_is_better else ""
+        ax.set_title(name.replace("$", r"\$") + direction, fontsize=9)
+        ticks = [f"{label.replace('$', '')}\n{h:.3g}" for label, h in zip(labels, heights, strict=True)]
+        ax.set_xticks(range(len(labels)), ticks, fontsize=7)
+        ax.tick_params(axis="y", labelsize=8)
+        ax.margins(y=0.15)
+    fig.suptitle(f"Candidates (blue: reference {reference}; error bar: 95% CI of the paired difference)", fontsize=10)
+    return fig
+
+
 def write_plots(folder: Path, records: list[dict], eval_metrics: dict[str, dict] | None,
-                lower_is_better: frozenset[str] = frozenset()) -> dict[str, str]:
-    """Write the figures that have data under folder; returns {name: file name}; stale ones are removed."""
+                lower_is_better: frozenset[str] = frozenset(), candidates: dict | None = None) -> dict[str, str]:
+    """Write the figures that have data under folder; returns {name: file name}; stale ones are removed.
+    candidates: the eval summary, for the per-candidate chart (None when only base and fine-tuned ran)."""
     with style.context("default"):
-        figures = {"loss": loss_figure(records), "lr": lr_figure(records),
-                   "eval": eval_figure(eval_metrics, lower_is_better) if eval_metrics else None}
+        figures = {"loss": loss_figure(records), "lr": lr_figure(records), "rewards": rewards_figure(records),
+                   "eval": eval_figure(eval_metrics, lower_is_better) if eval_metrics else None,
+                   "candidates": candidates_figure(candidates, lower_is_better) if candidates else None}
         written = {}
         for name, fig in figures.items():
             path = Path(folder) / f"{name}.png"

@@ -80,6 +80,9 @@ class RankEngine(Record):
     precision: PrecisionSeen | None = None
     peak_gpu_memory_gib: float | None = None  # torch.cuda.max_memory_allocated at the end of training
     peak_gpu_reserved_gib: float | None = None  # torch.cuda.max_memory_reserved (allocator's cache included)
+    deterministic: bool | None = None  # train.deterministic: deterministic algorithms were on in this process
+    threads: int | None = None  # torch's intra-op threads in this process (results depend on it on CPU)
+    reference_model: str | None = None  # preference methods: adapter-disabled | copy | none (reference-free)
 
 
 class RankSummary(Record):
@@ -128,6 +131,18 @@ class EvalRef(Record):
     summary: str = "eval/summary.json"
 
 
+class ParentRun(Record):
+    """The run a staged recipe (`model.base: run:<recipe>`) started from: which one, and the model it gave."""
+
+    recipe: str
+    run_id: str
+    fingerprint: str  # the parent's resolved recipe
+    recipe_version: str
+    model_dir: str  # the parent's trained model as loaded: its merged/, or its adapter merged into the cache
+    base_model: str  # the parent's own model.base (the chain goes on through that run's manifest)
+    base_model_dir: str  # where the parent's base model was loaded from (the first stage's base, for a chain of two)
+
+
 class Manifest(Contract):
     VERSION: ClassVar[int] = 1
     version: Literal[1] = 1
@@ -158,6 +173,8 @@ class Manifest(Contract):
     train_pid: int | None = None
     merged_dir: str | None = None
     tracking: Tracking | None = None
+    parent: ParentRun | None = None  # a staged run: the run whose model it starts from
+    group: str | None = None  # `recipe train --seeds`: the id shared by the runs trained together, one per seed
 
     @property
     def stop(self) -> list[str]:

@@ -21,7 +21,7 @@ from runner.evaluate.summary import EvalSummary
 from runner.recipe.schema import Recipe
 from runner.report import plots
 from runner.report.cells import cell, code, duration, fenced, fmt, interval, p_value, table
-from runner.report.markdown import _lower_is_better as lower_is_better  # the report's rule: card and report agree
+from runner.report.markdown import lower_is_better  # the report's rule: card and report agree
 from runner.runs.manifest import Manifest
 from runner.runs.rundir import RESOLVED, RunDir
 

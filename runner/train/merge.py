@@ -18,10 +18,6 @@ def merge(run: rundir.RunDir) -> Path:
     """Write run/merged/ (full model + tokenizer) from the base model and run/model's adapter.
 
     The merged model is staged beside run/merged and renamed into place, so a failure leaves no half model."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     manifest = run.manifest()
     adapter_dir = run.file(manifest.model_dir)
     if not manifest.adapter:
@@ -29,12 +25,20 @@ def merge(run: rundir.RunDir) -> Path:
                                 "folder is already a complete model, there is no adapter to merge"))
     run.trained()  # the adapter and the base model it was trained on are both there
     print(f"merging {paths.display(adapter_dir)} into {manifest.base_model}", file=sys.stderr)
-    base = AutoModelForCausalLM.from_pretrained(manifest.base_model_dir, dtype=torch.float32)
-    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     target = run.file(MERGED)
     with staging_dir(target) as staging, redirect_stdout(sys.stderr):  # deepspeed logs to stdout on save
-        merged.save_pretrained(staging)
-        AutoTokenizer.from_pretrained(adapter_dir).save_pretrained(staging)
+        merge_into(Path(manifest.base_model_dir), adapter_dir, staging)
         card.try_write(run, merged=True, folder=staging)  # merged/README.md, the model card published with it
     run.update(merged_dir=MERGED)
     return target
+
+
+def merge_into(base_dir: Path, adapter_dir: Path, folder: Path) -> None:
+    """Save base_dir's model with adapter_dir's LoRA folded in, and the adapter's tokenizer, into folder."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
+    PeftModel.from_pretrained(base, adapter_dir).merge_and_unload().save_pretrained(folder)
+    AutoTokenizer.from_pretrained(adapter_dir).save_pretrained(folder)

@@ -11,8 +11,8 @@ from runner.core.atomic import write_text_atomic
 from runner.core.yamlio import dump_yaml
 from runner.data.info import SPLITS, DataInfo
 from runner.data.prepare import DONE, Prepared
-from runner.models import resolve
-from runner.recipe import loading
+from runner.models import parent, resolve
+from runner.recipe import loading, stages
 from runner.recipe.loading import Loaded
 from runner.runs import rundir
 from runner.runs.manifest import Batch, Manifest, Seeds, Status
@@ -23,7 +23,7 @@ from runner.train import engine, provenance
 def base_model_for(loaded: Loaded) -> str:
     """What axolotl loads: hub ids stay hub ids (resolved on the cluster); local files become local dirs."""
     spec, root = loaded.recipe.model, loaded.root_of("model.base")  # root: the layer of the file that named it
-    local = (spec.base.startswith(resolve.PKG) or paths.resolve_local(spec.base, root).exists()
+    local = (spec.base.startswith((resolve.PKG, stages.RUN)) or paths.resolve_local(spec.base, root).exists()
              or spec.base.endswith(".gguf"))
     return str(resolve.resolve_base(spec, paths.display(loaded.path), root)) if local else spec.base
 
@@ -75,7 +75,8 @@ def new_manifest(loaded: Loaded, run: rundir.RunDir, target: str, base_model: st
         hardware=provenance.hardware(recipe), seeds=Seeds(train=recipe.train.seed, split=recipe.data.split.seed),
         batch=Batch(micro=recipe.train.micro_batch_size, accumulation=recipe.gradient_accumulation,
                     world_size=recipe.hardware.world_size, global_=recipe.global_batch, packing=recipe.data.packing),
-        command=engine.launch_command(target, paths.display(run.path)), status=status, data=data)
+        command=engine.launch_command(target, paths.display(run.path)), status=status, data=data,
+        parent=parent.record(recipe.model.base))
 
 
 def concrete(loaded: Loaded, target: str = "local") -> Loaded:

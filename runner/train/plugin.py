@@ -3,7 +3,9 @@
 Named in the emitted axolotl.yaml (`plugins:`), it adds a transformers TrainerCallback that appends
 one JSON line per logging step to `metrics.jsonl` (rank 0: step, loss, lr, grad norm, tokens/s, eval
 loss) and, on every rank, a line per optimizer step to `ranks/rank-<N>.jsonl`, which is the evidence
-that a distributed run really stepped on each process.
+that a distributed run really stepped on each process. Under a preference method (axolotl `rl:`) it also
+keeps trl's reward metrics (rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins, and their eval_
+forms) under trl's own names, and records which reference model the trainer scored against.
 """
 from __future__ import annotations
 
@@ -25,6 +27,22 @@ class RecipeRunnerArgs(BaseModel):
 
     recipe_runner_metrics: str | None = None
     recipe_runner_use_cpu: bool | None = None  # TrainingArguments.use_cpu (bf16 autocast on a CPU)
+    recipe_runner_deterministic: bool | None = None  # train.deterministic (see make_deterministic)
+
+
+def make_deterministic(seed: int) -> dict:
+    """train.deterministic, in the trainer process before the model is built: deterministic algorithms (an op
+    without a deterministic implementation is an error, not a silent variation), cuDNN without autotuning, every
+    seed set, and a fixed number of intra-op threads (CPU reductions split their work by thread, so the same
+    thread count gives the same sums). The thread count is torch's default (the physical cores) unless
+    RECIPE_RUNNER_THREADS sets it; it is recorded, since a different count may change the last bits."""
+    import torch
+    from transformers.trainer_utils import enable_full_determinism
+
+    threads = int(os.environ.get("RECIPE_RUNNER_THREADS") or 0) or torch.get_num_threads()
+    torch.set_num_threads(threads)
+    enable_full_determinism(seed)  # seeds, use_deterministic_algorithms, cuDNN flags, CUBLAS_WORKSPACE_CONFIG
+    return {"deterministic": True, "threads": threads}
 
 
 def param_count(param) -> int:
@@ -38,8 +56,29 @@ def param_count(param) -> int:
     return param.numel()
 
 
+# trl's preference metrics: DPO/IPO/ORPO/SimPO log rewards/{chosen,rejected,accuracies,margins}; KTO rewards/* and
+# kl; ORPO also log_odds_ratio and nll_loss; GRPO reward, reward_std and rewards/<function>/mean. Kept under trl's
+# names, eval_ forms included.
+REWARD_KEYS = ("rewards/", "logps/", "kl", "log_odds_ratio", "log_odds_chosen", "nll_loss", "reward",
+               "completions/mean_length")  # grpo: reward, reward_std, rewards/<metric>/mean
+
+
+def _reward_metrics(logs: dict) -> dict:
+    return {key: float(value) for key, value in logs.items()
+            if key.removeprefix("eval_").startswith(REWARD_KEYS) and isinstance(value, (int, float))}
+
+
+def reference_model(cfg, trainer) -> str:
+    """What a preference trainer scores the reference with: none (orpo, simpo), the model with its adapter
+    disabled (trl's default when no reference model is passed: no second copy), or a separate copy."""
+    kind = str(getattr(cfg.rl, "value", cfg.rl))
+    if kind in ("orpo", "simpo") or (kind == "grpo" and not (cfg.trl and cfg.trl.beta)):
+        return "none (reference-free)"
+    return "adapter-disabled" if getattr(trainer, "ref_model", None) is None else "copy"
+
+
 class MetricsCallback(TrainerCallback):
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, reference: str | None = None):
         self.path = path
         self.rank = int(os.environ.get("RANK", 0))
         self.world_size = int(os.environ.get("WORLD_SIZE", 1))
@@ -49,6 +88,7 @@ class MetricsCallback(TrainerCallback):
         self.engine: dict = {}
         self.precision_hook = None
         self.precision_written = False
+        self.reference = reference
 
     def _write_engine(self) -> None:
         self.rank_path.parent.mkdir(parents=True, exist_ok=True)
@@ -108,6 +148,13 @@ class MetricsCallback(TrainerCallback):
             sizes = [(param_count(p), p.requires_grad) for p in model.parameters()]
             engine["params_total"] = sum(n for n, _ in sizes)
             engine["params_trainable"] = sum(n for n, trainable in sizes if trainable)
+        import torch
+
+        engine["threads"] = torch.get_num_threads()
+        if torch.are_deterministic_algorithms_enabled():
+            engine["deterministic"] = True
+        if self.reference:
+            engine["reference_model"] = self.reference
         self.engine = engine
         if model is not None:
             self._watch_precision(args, model)
@@ -139,6 +186,7 @@ class MetricsCallback(TrainerCallback):
                              ("eval_loss", "eval_loss"), ("train_loss", "train_loss")):
             if source in logs:
                 record[name] = float(logs[source])
+        record |= _reward_metrics(logs)
         if tokens and now > self.last_time:
             # num_input_tokens_seen is summed over all ranks by the trainer.
             record["tokens_seen"] = tokens
@@ -154,11 +202,19 @@ class RecipeRunnerPlugin(BasePlugin):
     def get_input_args(self):
         return "runner.train.plugin.RecipeRunnerArgs"
 
+    def pre_model_load(self, cfg):
+        if cfg.recipe_runner_deterministic:
+            make_deterministic(cfg.seed)
+
     def get_training_args(self, cfg):
-        return {"use_cpu": True} if cfg.recipe_runner_use_cpu else None
+        args = {"use_cpu": True} if cfg.recipe_runner_use_cpu else {}
+        if cfg.recipe_runner_deterministic:
+            args["full_determinism"] = True  # the Trainer seeds with enable_full_determinism, not set_seed
+        return args or None
 
     def add_callbacks_post_trainer(self, cfg, trainer):
         if not cfg.recipe_runner_metrics:
             return []
         # axolotl's cwd is the run directory (launch.sh cds there); output_dir is model/ inside it.
-        return [MetricsCallback(Path(cfg.recipe_runner_metrics).resolve())]
+        reference = reference_model(cfg, trainer) if cfg.rl else None
+        return [MetricsCallback(Path(cfg.recipe_runner_metrics).resolve(), reference)]

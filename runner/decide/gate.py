@@ -1,0 +1,152 @@
+"""`recipe gate NAME --baseline RUN`: the eval suite's gates turned into a verdict and an exit code for review.
+
+Every gate is judged on a 95% interval, never the point estimate, in the conservative reading: a gate passes only
+when the whole interval is on the allowed side, so a regression cannot pass because the eval set is small and noisy
+(a small eval set fails more often; the fix is more items, not a looser gate):
+  min: B        pass iff the lower bound of the run's value is >= B       (bootstrap over the run's items)
+  max: B        pass iff the upper bound of the run's value is <= B
+  max_drop: D   pass iff the paired interval of (run - baseline) stays above -D (a lower-is-better metric such as
+                perplexity: stays below +D), over the items both answered
+A fail is "clear" when the whole interval is past the bound and "uncertain" when the interval straddles it.
+The result is gate.json (GateResult) in each gated run, shown in its report.
+"""
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from runner.core import paths
+from runner.core.contracts import Contract, Record
+from runner.core.errors import Problem, UserError
+from runner.decide import items as it
+from runner.decide.runs_select import Side
+from runner.recipe import suites
+
+GATE_FILE = "gate.json"
+
+
+class GateRow(Record):
+    metric: str
+    rule: Literal["min", "max", "max_drop"]
+    bound: float
+    higher_is_better: bool
+    value: float | None = None  # the run's value (min/max) or the delta run - baseline (max_drop)
+    ci95: list[float] | None = None
+    n: int = 0
+    seed_sd: float | None = None  # spread between the seeds of a group (beside the item interval)
+    verdict: Literal["pass", "fail"]
+    why: str
+
+
+class GateResult(Contract):
+    VERSION: ClassVar[int] = 1
+    version: Literal[1] = 1
+    suite: str
+    suite_version: str
+    runs: list[str]
+    baseline: list[str] = []
+    passed: bool
+    rows: list[GateRow]
+    notes: list[str] = []
+
+
+def _floor_row(metric: str, rule: str, bound: float, items: it.Items, up: bool, sd, where: str) -> GateRow:
+    value, ci, n = it.own_interval(metric, items)
+    if ci is None:
+        raise UserError(Problem(where, f"gates.{metric}", "the run has no per-item scores for it (no "
+                                "eval/samples-finetuned-*.jsonl); evaluate it again"))
+    inside = ci[0] >= bound if rule == "min" else ci[1] <= bound
+    beyond = ci[1] < bound if rule == "min" else ci[0] > bound
+    side = "above" if rule == "min" else "below"
+    why = (f"the whole interval is {side} {bound:g}" if inside else
+           f"the whole interval is past {bound:g}" if beyond else f"the interval reaches past {bound:g}")
+    return GateRow(metric=metric, rule=rule, bound=bound, higher_is_better=up, value=value, ci95=ci, n=n, seed_sd=sd,
+                   verdict="pass" if inside else "fail", why=why + ("" if inside else " (clear)" if beyond
+                                                                      else " (uncertain: more items would tell)"))
+
+
+def _drop_row(metric: str, bound: float, mine: it.Items, base: it.Items, up: bool, sd, where: str) -> GateRow:
+    ids, _ = it.shared_ids(base, mine)
+    paired = it.paired(metric, base, mine, ids)
+    if paired is None or paired["ci95"] is None:
+        raise UserError(Problem(where, f"gates.{metric}", "the run and the baseline share no test items (another "
+                                "test split or prompt format), so a drop cannot be measured; gate against a run of "
+                                "the same split"))
+    low, high = paired["ci95"]
+    worst, best = (low, high) if up else (-high, -low)  # in "better is positive" terms
+    inside, beyond = worst >= -bound, best < -bound
+    word = "drop" if up else "rise"
+    why = (f"the {word} stays within {bound:g} across the interval" if inside else
+           f"the whole interval is a {word} beyond {bound:g} (clear)" if beyond else
+           f"the interval reaches a {word} beyond {bound:g} (uncertain: more items would tell)")
+    return GateRow(metric=metric, rule="max_drop", bound=bound, higher_is_better=up, value=paired["delta"],
+                   ci95=paired["ci95"], n=paired["n"], seed_sd=sd, verdict="pass" if inside else "fail", why=why)
+
+
+def _runs_data(side: Side) -> list[it.RunData]:
+    return it.side_runs(side)
+
+
+def judge(candidate: Side, baseline: Side | None) -> GateResult:
+    """Judge the gates of the suite the candidate's runs were evaluated with."""
+    runs = _runs_data(candidate)
+    names = {(d.summary.suite, d.summary.suite_version) for d in runs}
+    if len(names) > 1:
+        raise UserError(Problem(candidate.label, "suite", "its runs were evaluated with different suites: " +
+                                ", ".join(f"{s} {v}" for s, v in sorted(names))))
+    (suite_name, version), = names
+    suite = suites.load(suite_name, key="suite", where=paths.display(runs[0].run.file("eval", "summary.json")))
+    if not suite.gates:
+        raise UserError(Problem(paths.display(suites.path_of(suite.name)), "gates", "the suite declares no gates; add "
+                                "e.g. `gates: {rouge_l: {max_drop: 0.02}}` (see `recipe gate --help`)"))
+    needs_baseline = [m for m, g in suite.gates.items() if g.max_drop is not None]
+    if needs_baseline and baseline is None:
+        raise UserError(Problem(paths.display(suites.path_of(suite.name)), f"gates.{needs_baseline[0]}",
+                                "max_drop gates compare against a baseline run; give --baseline RUN"))
+    base_runs = _runs_data(baseline) if baseline is not None and needs_baseline else []
+    where = paths.display(suites.path_of(suite.name))
+    notes = [] if version == suite.version else [f"the runs were evaluated with {suite_name} {version}; the gates "
+                                                 f"are those of {suite.version}"]
+    rows = []
+    for metric, gate in suite.gates.items():
+        missing = [d.manifest.run_id for d in runs if metric not in d.summary.metrics]
+        if missing:
+            raise UserError(Problem(", ".join(missing), f"gates.{metric}", f"not in the run's eval/summary.json; "
+                                    f"evaluate it again with the suite {suite_name} (`recipe eval`)"))
+        task, _ = it.task_and_key(metric)
+        mine = it.side_items(runs, task)
+        up = it.higher_is_better(metric, runs)
+        sd, _ = it.seed_spread([d.summary.metrics[metric].finetuned for d in runs])
+        for rule in ("min", "max"):
+            if getattr(gate, rule) is not None:
+                rows.append(_floor_row(metric, rule, getattr(gate, rule), mine, up, sd, where))
+        if gate.max_drop is not None:
+            rows.append(_drop_row(metric, gate.max_drop, mine, it.side_items(base_runs, task), up, sd, where))
+    return GateResult(suite=suite_name, suite_version=suite.version, runs=[d.manifest.run_id for d in runs],
+                      baseline=[d.manifest.run_id for d in base_runs], passed=all(r.verdict == "pass" for r in rows),
+                      rows=rows, notes=notes)
+
+
+def format_table(result: GateResult) -> str:
+    """The gate table for the terminal, then the verdict."""
+    lines = [f"gates of suite {result.suite} {result.suite_version} on {', '.join(result.runs)}" +
+             (f" (baseline {', '.join(result.baseline)})" if result.baseline else ""),
+             f"{'metric':24} {'rule':16} {'value':>9} {'95% CI':>21} {'n':>5} {'seed sd':>8}  verdict"]
+    for r in result.rows:
+        rule = f"{r.rule} {r.bound:g}"
+        ci = "-" if r.ci95 is None else f"[{r.ci95[0]:+.4f}, {r.ci95[1]:+.4f}]"
+        value = "-" if r.value is None else (f"{r.value:+.4f}" if r.rule == "max_drop" else f"{r.value:.4f}")
+        sd = "-" if r.seed_sd is None else f"{r.seed_sd:.4f}"
+        lines.append(f"{r.metric:24} {rule:16} {value:>9} {ci:>21} {r.n:>5} {sd:>8}  {r.verdict.upper()}: {r.why}")
+    lines += [f"note: {n}" for n in result.notes]
+    lines.append("PASS: every gate holds" if result.passed else
+                 f"FAIL: {sum(r.verdict == 'fail' for r in result.rows)} of {len(result.rows)} gates fail")
+    return "\n".join(lines) + "\n"
+
+
+def record(candidate: Side, result: GateResult) -> None:
+    """gate.json into each gated run, then its report again (the report shows the verdict)."""
+    from runner.report import markdown
+
+    for run in candidate.runs:
+        result.write(run.file(GATE_FILE))
+        markdown.write_report(run)

@@ -1,0 +1,188 @@
+"""Eval candidates: what answers the held-out items beside the fine-tuned model.
+
+A candidate is written in a recipe's `eval.candidates` or a suite's `candidates` as
+  base                  the run's base model, zero-shot, in the recipe's template
+  finetuned             this run's model (always evaluated: it is the run)
+  base+fewshot:K        the base model with K examples from the train split as prior turns (runner.evaluate.fewshot)
+  run:RECIPE[@RUN_ID]   another recipe's trained model (its latest run, or RUN_ID), on THIS run's items
+  anything else         a model: hub id | local dir | .gguf | pkg://, in the recipe's template
+or as a mapping {model: REF, label: NAME, template: recipe|tokenizer} to name a model candidate or prompt it with its
+tokenizer's own chat template. A `run:` candidate is prompted in the template its own recipe was trained with
+(a model is evaluated in the format it learned), on this run's items and references.
+Every candidate answers with the same decoding settings (eval.max_new_tokens, greedy) and the same `limit`.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from runner.core.errors import Problem, UserError
+
+BASE, FINETUNED = "base", "finetuned"
+DEFAULT = (BASE, FINETUNED)
+_FEWSHOT = re.compile(r"^base\+fewshot:(\d+)$")
+_RUN = re.compile(r"^run:([a-z0-9][a-z0-9._-]*)(?:@([A-Za-z0-9._-]+))?$")
+MAX_SHOTS = 32
+
+
+@dataclass(frozen=True)
+class Candidate:
+    label: str  # as written (the table's column); `slug` names its files
+    kind: str  # base | finetuned | fewshot | run | model
+    shots: int = 0
+    recipe: str | None = None  # run: the other recipe
+    run_id: str | None = None  # run: a run id (None: its latest)
+    model: str | None = None  # model: the reference
+    template: str = "recipe"  # model: recipe | tokenizer
+
+    @property
+    def slug(self) -> str:
+        """A filesystem-safe name: eval/samples-<slug>-<task>.jsonl (base and finetuned keep their names)."""
+        return slug(self.label)
+
+
+def slug(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-.") or "candidate"
+
+
+def parse(entry) -> Candidate:
+    """One candidate from its recipe/suite form; ValueError with the fix when it is malformed."""
+    if isinstance(entry, dict):
+        unknown = set(entry) - {"model", "label", "template"}
+        if unknown or not isinstance(entry.get("model"), str) or not entry["model"].strip():
+            raise ValueError(f"a candidate mapping takes model (required), label and template; got {sorted(entry)}")
+        template = entry.get("template", "recipe")
+        if template not in ("recipe", "tokenizer"):
+            raise ValueError(f"candidate template {template!r}: use recipe or tokenizer")
+        label = entry.get("label") or entry["model"]
+        if not isinstance(label, str) or label in DEFAULT:
+            raise ValueError(f"candidate label {label!r} is reserved or not a string; name it otherwise")
+        return Candidate(label, "model", model=entry["model"].strip(), template=template)
+    if not isinstance(entry, str) or not entry.strip():
+        raise ValueError("a candidate is a non-empty string or a {model, label, template} mapping")
+    text = entry.strip()
+    if text in DEFAULT:
+        return Candidate(text, text)
+    if text.startswith("base+"):
+        match = _FEWSHOT.match(text)
+        if not match or not 0 < int(match[1]) <= MAX_SHOTS:
+            raise ValueError(f"{text!r}: write base+fewshot:K with 1 <= K <= {MAX_SHOTS}, e.g. base+fewshot:3")
+        return Candidate(text, "fewshot", shots=int(match[1]))
+    if text.startswith("run:"):
+        match = _RUN.match(text)
+        if not match:
+            raise ValueError(f"{text!r}: write run:RECIPE or run:RECIPE@RUN_ID, e.g. run:tiny-cpu")
+        return Candidate(text, "run", recipe=match[1], run_id=match[2])
+    return Candidate(text, "model", model=text)
+
+
+def check(entries: list, reference: str | None) -> list[Candidate]:
+    """Parse a candidate list: finetuned present, labels (and file names) unique, reference among them."""
+    parsed = [parse(e) for e in entries]
+    labels = [c.label for c in parsed]
+    if FINETUNED not in labels:
+        raise ValueError("the candidates must include finetuned (this run), e.g. [base, base+fewshot:3, finetuned]")
+    slugs = [c.slug for c in parsed]
+    repeated = sorted({s for s in slugs if slugs.count(s) > 1})
+    if repeated:
+        raise ValueError(f"candidates {', '.join(repeated)} are listed more than once (or share a file name); "
+                         "give model candidates distinct labels")
+    if reference is not None and reference not in labels:
+        raise ValueError(f"reference {reference!r} is not a candidate ({', '.join(labels)})")
+    return parsed
+
+
+def for_eval(recipe, suite) -> tuple[list[Candidate], str]:
+    """The candidates and reference of an eval: the recipe's eval section, else the suite's, else base vs fine-tuned
+    (fine-tuned alone when eval.compare_base is false)."""
+    spec = recipe.eval
+    if spec.candidates is not None:
+        entries, reference = spec.candidates, spec.reference
+    elif suite.candidates is not None:
+        entries, reference = suite.candidates, suite.reference
+    else:
+        entries, reference = list(DEFAULT if spec.compare_base else (FINETUNED,)), None
+    try:
+        return check(list(entries), reference), reference or FINETUNED
+    except ValueError as err:  # validated on load; a run's older recipe may still hold a bad list
+        raise UserError(Problem("recipe", "eval.candidates", str(err))) from None
+
+
+def is_default(candidates: list[Candidate]) -> bool:
+    """Only base and/or fine-tuned: the report keeps its base-vs-fine-tuned layout."""
+    return all(c.kind in DEFAULT for c in candidates)
+
+
+# ---------------------------------------------------------------- what each candidate runs
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A candidate made concrete: lm-eval model arguments, the tokenizer its prompts are measured with, and the
+    template (name, system) its prompts are rendered in; run_dir for a run: candidate."""
+
+    candidate: Candidate
+    args: dict
+    tokenizer_dir: str
+    template: str
+    system: str | None
+    source: str  # what it is, for the summary (a model path, a run directory)
+    same_prompts: bool  # answers this run's own rendered prompts (no separate task folder)
+
+
+def resolve(candidate: Candidate, run, manifest, recipe, dtype: str) -> Resolved:
+    """Model arguments and prompt format of one candidate; a UserError (exit 2) when its model cannot be had."""
+    from runner.evaluate import harness
+
+    where = f"eval.candidates: {candidate.label}"
+    template, system = recipe.data.template, recipe.data.system
+    if candidate.kind in DEFAULT:
+        args = harness.model_args(run, manifest, candidate.kind, recipe, dtype)
+        source = manifest.base_model_dir if candidate.kind == BASE else str(run.file(manifest.model_dir))
+        return Resolved(candidate, args, manifest.base_model_dir, template, system, source, True)
+    if candidate.kind == "fewshot":
+        args = harness.model_args(run, manifest, BASE, recipe, dtype)
+        return Resolved(candidate, args, manifest.base_model_dir, template, system, manifest.base_model_dir, False)
+    if candidate.kind == "run":
+        return _other_run(candidate, recipe, dtype, where)
+    return _model(candidate, recipe, dtype, where)
+
+
+def _other_run(candidate: Candidate, recipe, dtype: str, where: str) -> Resolved:
+    from runner.evaluate import harness
+    from runner.runs import rundir
+
+    try:
+        other = rundir.find(candidate.recipe, candidate.run_id)
+        manifest = other.trained()
+        other_recipe = other.recipe()
+    except UserError as err:
+        raise UserError(Problem(where, "", f"{err.problems[0].message} ({err.problems[0].file}); train it or "
+                                "name a finished run as run:RECIPE@RUN_ID")) from None
+    args = harness.model_args(other, manifest, FINETUNED, other_recipe, dtype)
+    data = other_recipe.data
+    # its own task folder: its template, stop strings and tokenizer (perplexity token counts) may differ
+    return Resolved(candidate, args, manifest.base_model_dir, data.template, data.system, str(other.path), False)
+
+
+def _model(candidate: Candidate, recipe, dtype: str, where: str) -> Resolved:
+    from runner.models import resolve as models
+    from runner.recipe.schema import ModelSpec
+
+    try:
+        model_dir = models.resolve_base(ModelSpec(base=candidate.model), source=where)
+    except UserError as err:
+        raise UserError([Problem(where, "", p.message) for p in err.problems]) from None
+    if not any(Path(model_dir).glob("*.safetensors")) and not any(Path(model_dir).glob("*.bin")):
+        raise UserError(Problem(where, "", f"{model_dir} holds no weights (*.safetensors or *.bin); give a model "
+                                "directory written by save_pretrained"))
+    try:
+        models.load_tokenizer(Path(model_dir))
+    except Exception as err:  # noqa: BLE001 - transformers raises many types for a folder without a tokenizer
+        detail = (str(err).strip().splitlines() or [""])[0][:200]
+        raise UserError(Problem(where, "", f"{model_dir} has no usable tokenizer ({type(err).__name__}: {detail}); "
+                                "give a model directory with its tokenizer files")) from None
+    args = {"pretrained": str(model_dir), "dtype": dtype, "trust_remote_code": False}
+    template = "tokenizer" if candidate.template == "tokenizer" else recipe.data.template
+    return Resolved(candidate, args, str(model_dir), template, recipe.data.system, str(model_dir), False)

@@ -1,0 +1,40 @@
+"""A shortened SFT -> DPO demo through the real SmolLM2-135M-Instruct: the shortened SQL demo trains, the DPO recipe
+starts from its run (model.base: run:smollm2-135m-sql-chatml), trains on the project's pairs through axolotl and trl,
+and evaluates SmolLM2, the SFT run and the DPO run on the same held-out items.
+
+The full demo's timing and accuracy are benchmark figures (README), not assertions here.
+"""
+from __future__ import annotations
+
+import pytest
+
+from runner.evaluate.evaluation import evaluate
+from runner.recipe import loading, suites
+from runner.report.markdown import write_report
+from runner.train.launch import train
+from tests.conftest import ROOT
+from tests.test_demo import SHORT
+
+pytestmark = pytest.mark.model
+SHORT_DPO = [*SHORT, "data.split.val=0"]  # no validation pass: the reward metrics come from training steps
+
+
+@pytest.mark.slow
+def test_shortened_dpo_demo_starts_from_the_sft_run(session_dirs):
+    sft = train(loading.load("smollm2-135m-sql-chatml", SHORT))
+    loaded = loading.load("smollm2-135m-sql-dpo", SHORT_DPO)
+    run = train(loaded)
+    manifest = run.manifest()
+    assert manifest.status == "trained" and manifest.train.steps == 2
+    assert (manifest.parent.recipe, manifest.parent.run_id) == ("smollm2-135m-sql-chatml", sft.run_id)
+    assert manifest.parent.fingerprint == sft.manifest().fingerprint
+    assert manifest.data.counts["test"] == 90  # the SFT demo's held-out questions, as supervised rows
+    pairs = len((ROOT / "data" / "sql-demo" / "pairs.jsonl").read_text(encoding="utf-8").splitlines())
+    assert manifest.data.counts["train"] == pairs  # every pair is a training pair
+    summary = evaluate(run, loaded.recipe, suites.for_recipe(loaded.recipe)).to_json()
+    execution = summary["metrics"]["sql_execution"]
+    assert execution["n"] == 4
+    report = write_report(run).read_text(encoding="utf-8")
+    for label in ("smollm2", "run:smollm2-135m-sql-chatml", "finetuned"):
+        assert label in report
+    assert f"| parent run | `smollm2-135m-sql-chatml` run `{sft.run_id}`" in report

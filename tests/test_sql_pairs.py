@@ -1,0 +1,95 @@
+"""The SQL demo's preference pairs (tools/sql_pairs.py): training questions only, every rejected query really wrong."""
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+import sql_pairs
+import sqldemo
+from runner.evaluate.sql import execution_match
+
+DATA = sqldemo.DEFAULT_OUT
+
+
+def _rows(name: str) -> list[dict]:
+    return [json.loads(line) for line in (DATA / name).read_text(encoding="utf-8").splitlines()]
+
+
+@pytest.fixture(scope="module")
+def shop_sql() -> str:
+    return (DATA / "shop.sql").read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def conn(shop_sql):
+    return sqldemo.connect(shop_sql)
+
+
+def test_the_committed_pairs_are_a_fresh_generation():
+    assert sql_pairs.main(["--check"]) == 0, "run: python tools/sql_pairs.py"
+
+
+def test_pairs_use_training_questions_only_and_every_rejected_query_runs_and_is_wrong(shop_sql, conn):
+    pairs, train, test = _rows(sql_pairs.OUT), _rows("train.jsonl"), _rows("test.jsonl")
+    gold = {row["question"]: row["answer"] for row in train}
+    assert not {p["question"] for p in pairs} & {row["question"] for row in test}
+    assert not {p["chosen"] for p in pairs} & {row["answer"] for row in test}  # no held-out gold query either
+    assert len({p["question"] for p in pairs}) >= 0.95 * len(train)
+    assert {p["kind"] for p in pairs} == set(sql_pairs.KINDS)
+    for pair in pairs:
+        assert pair["chosen"] == gold[pair["question"]] != pair["rejected"]
+        assert sql_pairs.runs(conn, pair["rejected"])
+        assert not execution_match(pair["rejected"], pair["chosen"], shop_sql)
+
+
+def test_each_corruption_makes_the_wrong_query_it_names(conn):
+    gold = "SELECT name FROM products WHERE category = 'Office' AND price < 200"
+    assert "SELECT city FROM customers WHERE city = 'Oslo'" in sql_pairs.wrong_column(
+        "SELECT name FROM customers WHERE city = 'Oslo'", conn)
+    assert "SELECT name FROM products WHERE category = 'Sports' AND price < 200" in sql_pairs.wrong_value(gold, conn)
+    assert "SELECT name FROM products WHERE category = 'Office' AND price < 240" in sql_pairs.wrong_value(gold, conn)
+    assert "SELECT name FROM products WHERE category = 'Office' AND price > 200" in sql_pairs.wrong_operator(gold, conn)
+    assert list(sql_pairs.dropped_filter(gold, conn)) == [
+        "SELECT name FROM products WHERE price < 200", "SELECT name FROM products WHERE category = 'Office'",
+        "SELECT name FROM products"]
+    assert list(sql_pairs.wrong_aggregate("SELECT MAX(price) FROM products ORDER BY price LIMIT 3", conn)) == [
+        "SELECT MIN(price) FROM products ORDER BY price LIMIT 3",
+        "SELECT AVG(price) FROM products ORDER BY price LIMIT 3",
+        "SELECT MAX(price) FROM products ORDER BY price DESC LIMIT 3"]
+    assert "SELECT name FROM products WHERE category = 'Office' AND price < 200 AND category = 'Beauty'" in \
+        sql_pairs.added_filter(gold, conn)
+    assert "SELECT T1.name FROM customers AS T1 JOIN orders AS T2 ON T1.id = T2.customer_id WHERE T1.city = 'Athens' " \
+           "GROUP BY T1.id" in sql_pairs.added_filter(
+               "SELECT T1.name FROM customers AS T1 JOIN orders AS T2 ON T1.id = T2.customer_id GROUP BY T1.id", conn)
+    assert "SELECT city FROM customers HAVING COUNT(*) >= 12" in sql_pairs.wrong_aggregate(
+        "SELECT city FROM customers GROUP BY city HAVING COUNT(*) >= 12", conn)
+    assert "SELECT COUNT(*) FROM orders WHERE order_date LIKE '2023-05%'" in sql_pairs.wrong_value(
+        "SELECT COUNT(*) FROM orders WHERE order_date LIKE '2023-04%'", conn)
+
+
+def test_a_corruption_that_returns_the_gold_rows_is_never_a_rejected_answer(monkeypatch, shop_sql, conn):
+    gold = "SELECT name FROM customers WHERE city = 'Oslo'"
+    same = [f"{gold} ORDER BY name", "SELECT name FROM customers WHERE city = 'Oslo' AND 1 = 1"]  # same rows
+    monkeypatch.setattr(sql_pairs, "KINDS", {"same": lambda sql, _: iter(same),
+                                             "broken": lambda sql, _: iter(["SELECT nme FROM customers"]),
+                                             "wrong": lambda sql, _: iter([*same, "SELECT name FROM customers"])})
+    found = sql_pairs.wrong_queries(gold, conn, shop_sql, random.Random(0))
+    assert found == {"wrong": "SELECT name FROM customers"}
+
+
+def test_generation_is_deterministic_and_draws_kinds_per_question(tmp_path):
+    assert sql_pairs.render(DATA, per_question=1, seed=3) == sql_pairs.render(DATA, per_question=1, seed=3)
+    one = [json.loads(line) for line in sql_pairs.render(DATA, per_question=1).splitlines()]
+    assert len(one) == len({p["question"] for p in one})
+    assert len({p["kind"] for p in one}) == len(sql_pairs.KINDS)
+
+
+def test_a_test_question_in_the_training_file_is_refused(tmp_path):
+    for name in ("train.jsonl", "test.jsonl", "shop.sql"):
+        (tmp_path / name).write_text((DATA / name).read_text(encoding="utf-8"), encoding="utf-8")
+    with open(tmp_path / "train.jsonl", "a", encoding="utf-8") as handle:
+        handle.write((DATA / "test.jsonl").read_text(encoding="utf-8").splitlines()[0] + "\n")
+    with pytest.raises(ValueError, match="1 test questions are in train.jsonl"):
+        sql_pairs.render(tmp_path)
