@@ -111,6 +111,9 @@ def test_a_planned_run_records_the_precision_auto_chose(run_cli, project):
     assert rundir.RunDir(run).recipe().hardware.precision == chosen
     config = yaml.safe_load((run / "axolotl.yaml").read_text())
     assert config["bf16"] is (chosen == "bf16")
+    # evaluating it with the same recipe file notes no change (auto is compared as the run decided it)
+    _, changed = rundir.recipe_for_eval(rundir.RunDir(run), loading.load("tiny-cpu").recipe)
+    assert changed == []
 
 
 @pytest.mark.model

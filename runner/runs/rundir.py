@@ -21,7 +21,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from runner.core import paths
+from runner.core import cpufeatures, paths
 from runner.core.errors import Problem, UserError, unknown_name
 from runner.recipe.schema import Recipe
 from runner.runs.manifest import Manifest
@@ -94,8 +94,9 @@ class RunDir:
 
 def recipe_for_eval(run: RunDir, current: Recipe) -> tuple[Recipe, list[str]]:
     """The run's own recipe with the current file's `eval` section, and the top-level sections (other than eval)
-    in which the current recipe differs from the run's."""
+    in which the current recipe differs from the run's (`precision: auto` compared as the run decided it)."""
     trained = run.recipe()
+    current = cpufeatures.concrete(current, run.manifest().target)
     now, then = current.model_dump(mode="json", by_alias=True), trained.model_dump(mode="json", by_alias=True)
     changed = [key for key in now if key != "eval" and now[key] != then.get(key)]
     return trained.model_copy(update={"eval": current.eval}), changed
