@@ -30,7 +30,7 @@ def test_an_option_value_that_looks_like_an_override_stays_the_option_value():
 
 
 def _finished_run(name: str = "tiny-cpu") -> rundir.RunDir:
-    loaded = loading.load(name)
+    loaded = plan.concrete(loading.load(name))  # as a run is made: precision auto decided for this machine
     run = rundir.create(name, loaded.fingerprint)
     plan.write_plan(run, loaded, "local", "models/tiny-llama", has_val=True)
     plan.new_manifest(loaded, run, "local", "models/tiny-llama", Status.TRAINED).write(run.manifest_path)
