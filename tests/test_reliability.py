@@ -272,3 +272,30 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     finally:
         os.umask(mask)
     assert path.stat().st_mode & 0o777 == 0o644
+
+
+def test_a_model_folder_is_built_once_by_concurrent_callers_and_a_failed_build_leaves_nothing(tmp_path):
+    from runner.core.atomic import build_once
+
+    target, calls = tmp_path / "models" / "m", []
+
+    def build(staging: Path) -> None:
+        calls.append(staging)
+        time.sleep(0.2)  # the others wait on the lock meanwhile
+        (staging / "config.json").write_text("{}")
+
+    threads = [threading.Thread(target=build_once, args=(target, "building m", build)) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(calls) == 1 and (target / "config.json").is_file()
+    assert build_once(target, "building m", build) is False and len(calls) == 1
+
+    def broken(staging: Path) -> None:
+        (staging / "half.bin").write_text("x")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        build_once(tmp_path / "models" / "other", "building other", broken)
+    assert not (tmp_path / "models" / "other").exists()

@@ -5,8 +5,10 @@ import fcntl
 import json
 import os
 import shutil
+import sys
 import tempfile
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 
 from runner.core.errors import storage_error
@@ -92,3 +94,19 @@ def publish_dir(tmp: Path, target: Path) -> None:
     os.rename(tmp, target)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def build_once(target: Path, announce: str, build: Callable[[Path], None]) -> bool:
+    """Make the model folder `target` (done when it holds config.json) once: under a lock, so concurrent processes
+    build it one time, by `build(staging)` into a staging folder published whole. Returns True when this call built
+    it. stdout goes to stderr meanwhile (libraries that save models log there); OSError is the caller's to word."""
+    if (target / "config.json").is_file():
+        return False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(target.parent / f".{target.name}.lock"):
+        if (target / "config.json").is_file():  # another process built it while we waited
+            return False
+        print(announce, file=sys.stderr, flush=True)
+        with staging_dir(target) as staging, redirect_stdout(sys.stderr):
+            build(staging)
+    return True

@@ -5,13 +5,11 @@ A parent that is missing, still planned, running or failed is a UserError naming
 """
 from __future__ import annotations
 
-import sys
-from contextlib import redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 
 from runner.core import paths
-from runner.core.atomic import file_lock, staging_dir
+from runner.core.atomic import build_once
 from runner.core.errors import Problem, UserError
 from runner.recipe.stages import KEY, StageRef, parse
 from runner.runs import rundir
@@ -72,19 +70,11 @@ def model_dir(run: rundir.RunDir, manifest: Manifest) -> Path:
     if not manifest.adapter:
         return run.file(manifest.model_dir)
     target = merged_target(manifest)
-    if (target / "config.json").is_file():
-        return target
     from runner.train.merge import merge_into
 
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with file_lock(target.parent / f".{target.name}.lock"):
-            if (target / "config.json").is_file():  # another process merged it while we waited
-                return target
-            print(f"merging the adapter of {paths.display(run.path)} into its base for this stage: {target}",
-                  file=sys.stderr, flush=True)
-            with staging_dir(target) as staging, redirect_stdout(sys.stderr):  # deepspeed logs to stdout on save
-                merge_into(Path(manifest.base_model_dir), run.file(manifest.model_dir), staging)
+        build_once(target, f"merging the adapter of {paths.display(run.path)} into its base for this stage: {target}",
+                   lambda staging: merge_into(Path(manifest.base_model_dir), run.file(manifest.model_dir), staging))
     except OSError as err:
         raise _problem(paths.display(target.parent), f"cannot write the merged parent model: {err.strerror}; free "
                        "some disk space or set RECIPE_CACHE_DIR to a writable folder") from None

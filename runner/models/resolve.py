@@ -13,12 +13,11 @@ import json
 import re
 import sys
 import time
-from contextlib import redirect_stdout
 from dataclasses import replace
 from pathlib import Path
 
 from runner.core import paths
-from runner.core.atomic import file_lock, staging_dir
+from runner.core.atomic import build_once
 from runner.core.errors import Problem, UserError
 from runner.recipe.schema import ModelSpec
 from runner.recipe.stages import RUN
@@ -132,19 +131,10 @@ def gguf_target(gguf: Path) -> Path:
 def convert_gguf(gguf: Path) -> Path:
     """Dequantize a .gguf into gguf_target(gguf) once (locked, atomic); reuse it after."""
     target = gguf_target(gguf)
-    if (target / "config.json").is_file():
-        return target
+    started = time.monotonic()
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with file_lock(target.parent / f".{target.name}.lock"):
-            if (target / "config.json").is_file():  # another process converted it while we waited
-                return target
-            print(f"converting {paths.display(gguf)} to a Hugging Face model in {target} (about 30 s)",
-                  file=sys.stderr, flush=True)
-            started = time.monotonic()
-            # save_pretrained imports deepspeed, whose logger prints to stdout: keep stdout for results.
-            with staging_dir(target) as tmp, redirect_stdout(sys.stderr):
-                _dequantize(gguf, tmp)
+        if build_once(target, f"converting {paths.display(gguf)} to a Hugging Face model in {target} (about 30 s)",
+                      lambda staging: _dequantize(gguf, staging)):
             print(f"converted in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
     except OSError as err:
         raise _problem(f"cannot write the converted model under {target.parent}: {err.strerror}; free some disk "
