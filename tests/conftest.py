@@ -1,6 +1,8 @@
 """Shared fixtures: a throw-away copy of the project (recipes, templates, suites) and an in-process CLI."""
 from __future__ import annotations
 
+import http.server
+import json
 import shutil
 import sys
 import textwrap
@@ -22,6 +24,21 @@ from runner.recipe import templates
 absl_logging.get_absl_handler().python_handler.stream = sys.__stderr__
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+class ChatCompletionsHandler(http.server.BaseHTTPRequestHandler):
+    """A 127.0.0.1 stand-in for an OpenAI-compatible /chat/completions endpoint (a remote API cannot be reached
+    here): subclasses define do_POST and answer with `self.reply(text)`."""
+
+    def reply(self, content: str) -> None:
+        body = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]})
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        self.wfile.write(body.encode())
+
+    def log_message(self, *args):
+        pass
 
 
 @contextmanager

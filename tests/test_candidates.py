@@ -22,6 +22,7 @@ from runner.recipe import loading, suites, templates
 from runner.recipe.templates import TokenizerTokens
 from runner.report import candidate_tables
 from runner.runs.rundir import RunDir
+from tests.conftest import ChatCompletionsHandler
 
 CHATML = TokenizerTokens(bos_token="<s>", eos_token="</s>")
 
@@ -190,7 +191,7 @@ ANSWERS = {"base": "bad", "base+fewshot:2": "fair", "finetuned": "good"}
 QUALITY = {"bad": 0, "fair": 1, "good": 2}
 
 
-class _Scripted(http.server.BaseHTTPRequestHandler):
+class _Scripted(ChatCompletionsHandler):
     """Prefers the better answer in both orders, except: on item Q0 'fair' in position A is answered '[[A]]'
     (position bias), item Q1 gets no verdict for single grades, and SLEEP in a prompt stalls the reply."""
 
@@ -210,14 +211,7 @@ class _Scripted(http.server.BaseHTTPRequestHandler):
         else:
             answer = user.split("[The Start of Assistant's Answer]\n")[1].split("\n")[0]
             verdict = "I cannot say." if "Q1" in user else f"Rating: [[{3 + 3 * QUALITY[answer]}]]"
-        reply = json.dumps({"choices": [{"message": {"role": "assistant", "content": f"Because.\n{verdict}"}}]})
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(reply.encode())
-
-    def log_message(self, *args):
-        pass
+        self.reply(f"Because.\n{verdict}")
 
 
 @pytest.fixture

@@ -29,7 +29,7 @@ from runner.recipe import loading, suites
 from runner.runs import rundir
 from runner.runs.manifest import Status
 from runner.train import plan
-from tests.conftest import offline_workspace
+from tests.conftest import ChatCompletionsHandler, offline_workspace
 
 ROOT = Path(__file__).resolve().parent.parent
 OVERRIDES = ["eval.max_items=6", "eval.max_new_tokens=12", "eval.batch_size=4"]
@@ -172,7 +172,7 @@ def test_local_judge_end_to_end(evaluated):
     assert all(len(i["raw"]) == 2 and i["outcome"] in ("win", "tie", "loss") for i in written["items"])
 
 
-class _Judge(http.server.BaseHTTPRequestHandler):
+class _Judge(ChatCompletionsHandler):
     """An OpenAI-compatible /chat/completions that answers [[B]], [[A]], [[B]]...: the fine-tuned model wins
     in both orders (judge_pair asks base-first, then fine-tuned-first)."""
 
@@ -182,14 +182,7 @@ class _Judge(http.server.BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         _Judge.calls.append((self.path, self.headers.get("Authorization"), body))
         verdict = "[[B]]" if len(_Judge.calls) % 2 else "[[A]]"
-        reply = json.dumps({"choices": [{"message": {"role": "assistant", "content": f"Reasons.\n{verdict}"}}]})
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(reply.encode())
-
-    def log_message(self, *args):
-        pass
+        self.reply(f"Reasons.\n{verdict}")
 
 
 def _suite(judge: dict) -> suites.Suite:
