@@ -299,3 +299,20 @@ def test_a_model_folder_is_built_once_by_concurrent_callers_and_a_failed_build_l
     with pytest.raises(OSError):
         build_once(tmp_path / "models" / "other", "building other", broken)
     assert not (tmp_path / "models" / "other").exists()
+
+
+def test_a_content_addressed_folder_published_by_another_process_meanwhile_is_kept(tmp_path, monkeypatch):
+    """The race CI hit: the other process publishes the same prepared-data folder after any existence check of ours
+    and before our rename. Ours is discarded, theirs kept, no error (a rename onto a non-empty dir is ENOTEMPTY)."""
+    from runner.core.atomic import staging_dir
+
+    target = tmp_path / "cache" / "data" / "abc"
+    real_exists = Path.exists
+    # An existence check made now answers as it would have a moment before the other process published.
+    monkeypatch.setattr(Path, "exists", lambda self, **kw: False if self == target else real_exists(self, **kw))
+    with staging_dir(target, keep_existing=True) as staging:
+        (staging / "rows.jsonl").write_text("ours\n")
+        target.mkdir(parents=True)
+        (target / "rows.jsonl").write_text("theirs\n")
+    assert (target / "rows.jsonl").read_text() == "theirs\n"
+    assert [p.name for p in target.parent.iterdir()] == ["abc"]  # our staging copy is gone

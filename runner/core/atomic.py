@@ -1,6 +1,7 @@
 """The one place files are written: atomically (temp file + rename), so a crash never leaves half a file."""
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -76,13 +77,24 @@ def staging_dir(target: Path, keep_existing: bool = False):
     os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; the published dir should read like any other
     try:
         yield tmp
-        if keep_existing and target.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-            return
-        publish_dir(tmp, target)
+        if keep_existing:
+            _publish_unless_present(tmp, target)
+        else:
+            publish_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _publish_unless_present(tmp: Path, target: Path) -> None:
+    """Rename tmp onto target unless target exists, checked by the rename itself: a check-then-rename would let a
+    process that publishes between the two make our rename fail (ENOTEMPTY) although its copy is as good as ours."""
+    try:
+        os.rename(tmp, target)
+    except OSError as err:
+        if err.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not target.is_dir():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def publish_dir(tmp: Path, target: Path) -> None:
