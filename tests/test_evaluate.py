@@ -342,3 +342,33 @@ def test_generate_answers_with_both_models(evaluated):
     assert [r["base"] for r in results] != [r["finetuned"] for r in results]
     table = generate.format_side_by_side(results, width=60)
     assert "> Name three colors." in table and "fine-tuned" in table
+
+
+@pytest.mark.model
+def test_stop_strings_that_are_one_token_stop_by_id_and_the_rest_by_the_string_matcher(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert generate._stopping(tokenizer, ["<|im_end|>", "</s>"]) == {
+        "eos_token_id": sorted({end, tokenizer.eos_token_id})}
+    assert generate._stopping(tokenizer, ["</s>", "### Instruction"]) == {
+        "stop_strings": ["</s>", "### Instruction"], "tokenizer": tokenizer}
+
+
+@pytest.mark.model
+def test_batched_greedy_answers_equal_one_at_a_time(tiny_model_dir):
+    """Left padding: prompts of different lengths answer in one batch as they answer alone (float32)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    prompts = ["<|im_start|>user\nName three colors.<|im_end|>\n<|im_start|>assistant\n",
+               "<|im_start|>user\nWhat is the capital of France, and why is it there?<|im_end|>\n"
+               "<|im_start|>assistant\n", "### Instruction:\nAdd 2 and 2.\n\n### Response:\n"]
+    side = tokenizer.padding_side
+    alone = [generate._generate_all(model, tokenizer, [p], ["<|im_end|>"], 12)[0] for p in prompts]
+    batched = generate._generate_all(model, tokenizer, prompts, ["<|im_end|>"], 12, batch_size=3)
+    assert batched == alone and len(set(alone)) > 1
+    assert tokenizer.padding_side == side  # restored for whoever uses the tokenizer next

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 
 import pytest
 
@@ -93,3 +94,26 @@ def test_a_test_question_in_the_training_file_is_refused(tmp_path):
         handle.write((DATA / "test.jsonl").read_text(encoding="utf-8").splitlines()[0] + "\n")
     with pytest.raises(ValueError, match="1 test questions are in train.jsonl"):
         sql_pairs.render(tmp_path)
+
+
+def test_policy_pairs_keep_the_models_wrong_answers_only(shop_sql):
+    """--policy: an answer that returns the gold rows (even written another way) is right, not a pair; an answer
+    that fails to run or returns other rows is the rejected side, as the model wrote it; an empty one is no pair."""
+    row = {"question": "Show the names of all customers whose city is Oslo.", "context": "CREATE TABLE customers (...)",
+           "answer": "SELECT name FROM customers WHERE city = 'Oslo'", "db": "shop", "shape": "filter_eq"}
+    answers = ["SELECT name FROM customers WHERE 'Oslo' = city", "SELECT name FROM customers WHERE city = 'Rome'",
+               "SELECT nme FROM customers", "  "]
+    pairs = sql_pairs.policy_pairs([row] * 4, answers, {"shop": shop_sql})
+    assert [p["rejected"] for p in pairs] == answers[1:3]
+    assert all(p["chosen"] == row["answer"] and p["kind"] == "policy" and p["question"] == row["question"]
+               for p in pairs)
+
+
+def test_policy_pairs_without_a_trained_sft_run_say_which_command_makes_one(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RECIPE_RUNS_DIR", str(tmp_path / "runs"))
+    data = tmp_path / "sql-demo"
+    shutil.copytree(DATA, data)
+    assert sql_pairs.main(["--policy", "--limit", "2", "--data", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert "make demo" in err and "smollm2-135m-sql-chatml" in err and "Traceback" not in err
+    assert not (data / sql_pairs.POLICY_OUT).exists()

@@ -12,6 +12,12 @@ than the gold query (runner.evaluate.sql.execution_match, the metric the demo is
 question gets is drawn from random.Random(seed, question): same data and seed, same bytes.
 
     python tools/sql_pairs.py [--data data/sql-demo] [--per-question 2] [--seed 0] [--check]
+
+--policy makes on-policy pairs instead, into policy-pairs.jsonl: the SQL demo's trained model (its latest run, or
+--run ID) answers every training question greedily, exactly as evaluation prompts it; an answer that does not
+return the gold query's rows becomes the rejected side of a pair (kind "policy"): what the model really gets wrong.
+
+    python tools/sql_pairs.py --policy [--run RUN_ID] [--limit N]
 """
 from __future__ import annotations
 
@@ -27,10 +33,13 @@ from pathlib import Path
 
 import sqldemo
 from runner.core.atomic import write_text_atomic
+from runner.core.errors import UserError
 from runner.evaluate.sql import execution_match
 
 DEFAULT_DATA = sqldemo.DEFAULT_OUT
 OUT = "pairs.jsonl"
+POLICY_OUT = "policy-pairs.jsonl"
+SFT_RECIPE = "smollm2-135m-sql-chatml"  # the demo's first stage, whose answers --policy pairs against the gold
 PER_QUESTION = 2  # pairs per training question, each from another kind of corruption
 COLUMNS = {table: re.findall(r"[(,] ?(\w+) [A-Z]+", create) for table, create in sqldemo.SCHEMA.items()}
 AGGREGATES = {"AVG": ("SUM", "MAX", "MIN"), "SUM": ("AVG", "MAX", "MIN"), "MAX": ("MIN", "AVG"),
@@ -179,19 +188,59 @@ def make_pairs(train: list[dict], databases: dict[str, str], per_question: int =
     return pairs
 
 
+def policy_pairs(train: list[dict], answers: list[str], databases: dict[str, str]) -> list[dict]:
+    """A pair for each training row whose model answer is wrong by execution (chosen = gold, rejected = the answer
+    as the model wrote it). Empty answers are left out: an empty side is not a preference."""
+    pairs = []
+    for row, answer in zip(train, answers, strict=True):
+        if answer.strip() and not execution_match(answer, row["answer"], databases[row["db"]]):
+            pairs.append({"question": row["question"], "context": row["context"], "chosen": row["answer"],
+                          "rejected": answer, "db": row["db"], "shape": row["shape"], "kind": "policy"})
+    return pairs
+
+
+def model_answers(train: list[dict], run_id: str | None = None, batch_size: int = 16) -> tuple[list[str], str]:
+    """The SQL demo's trained model's greedy answers to the training questions, each prompt rendered as evaluation
+    renders it (the recipe's template, system prompt and fields); and the run's folder. The model is the run's
+    adapter merged into its base, cached where the DPO stage that starts from this run finds it."""
+    from runner.core import paths
+    from runner.core.console import third_party_to
+    from runner.data.preference import prompt_row
+    from runner.evaluate.generate import answer_all
+    from runner.models import parent, resolve
+    from runner.recipe import templates
+
+    with third_party_to(paths.cache_dir() / "logs" / "sql-pairs.log"):
+        sft = parent.resolve(f"run:{SFT_RECIPE}" + (f"@{run_id}" if run_id else ""), "--run")
+        recipe = sft.run.recipe()
+        template, spec = templates.load(recipe.data.template), recipe.data.datasets[0]
+        tokens = resolve.tokenizer_tokens(sft.model_dir)
+        prompts = [prompt_row(row, spec, template, tokens, recipe.data.system)["prompt"] for row in train]
+        return answer_all(recipe, sft.model_dir, prompts, batch_size, "training questions"), str(sft.run.path)
+
+
 def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def render(data: Path = DEFAULT_DATA, per_question: int = PER_QUESTION, seed: int = 0) -> str:
-    """pairs.jsonl's text from data/train.jsonl (test.jsonl is read only to prove no test question is used)."""
+def training_rows(data: Path) -> tuple[list[dict], dict[str, str]]:
+    """data/train.jsonl's rows (test.jsonl is read only to prove no test question is among them) and the SQL dump
+    of each database they use."""
     train, test = _rows(data / "train.jsonl"), _rows(data / "test.jsonl")
     leaked = {r["question"] for r in train} & {r["question"] for r in test}
     if leaked:
         raise ValueError(f"{len(leaked)} test questions are in train.jsonl, e.g. {sorted(leaked)[0]!r}")
-    databases = {name: (data / f"{name}.sql").read_text(encoding="utf-8") for name in {r["db"] for r in train}}
-    pairs = make_pairs(train, databases, per_question, seed)
+    return train, {name: (data / f"{name}.sql").read_text(encoding="utf-8") for name in {r["db"] for r in train}}
+
+
+def _text(pairs: list[dict]) -> str:
     return "".join(json.dumps(pair, ensure_ascii=False) + "\n" for pair in pairs)
+
+
+def render(data: Path = DEFAULT_DATA, per_question: int = PER_QUESTION, seed: int = 0) -> str:
+    """pairs.jsonl's text from data/train.jsonl."""
+    train, databases = training_rows(data)
+    return _text(make_pairs(train, databases, per_question, seed))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -200,7 +249,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-question", type=int, default=PER_QUESTION)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--check", action="store_true", help="exit 1 when pairs.jsonl differs from a fresh run")
+    parser.add_argument("--policy", action="store_true", help=f"pairs of the {SFT_RECIPE} run's own wrong answers")
+    parser.add_argument("--run", help=f"with --policy: the {SFT_RECIPE} run id (default: its latest run)")
+    parser.add_argument("--limit", type=int, help="with --policy: the first N training questions only (a quick try)")
     args = parser.parse_args(argv)
+    if args.policy:
+        train, databases = training_rows(args.data)
+        train = train[:args.limit] if args.limit else train
+        try:
+            answers, run = model_answers(train, args.run)
+        except UserError as err:  # no trained SFT run (or no such --run): the message names the command that makes it
+            print(f"error: --policy answers with a trained {SFT_RECIPE} run; `make demo` makes one. ({err})",
+                  file=sys.stderr)
+            return err.exit_code
+        pairs, path = policy_pairs(train, answers, databases), args.data / POLICY_OUT
+        write_text_atomic(path, _text(pairs))
+        print(f"{path}: {len(pairs)} pairs: the wrong answers of {run} to {len(train)} training questions "
+              f"({1 - len(pairs) / len(train):.1%} right)")
+        return 0
     text, path = render(args.data, args.per_question, args.seed), args.data / OUT
     if args.check:
         current = path.is_file() and path.read_text(encoding="utf-8") == text
