@@ -6,8 +6,12 @@ The full demo's timing and accuracy are benchmark figures (README), not assertio
 """
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
+import sql_pairs
+from runner.core import jsonl
 from runner.evaluate.evaluation import evaluate
 from runner.recipe import loading, suites
 from runner.report.markdown import write_report
@@ -20,17 +24,23 @@ SHORT_DPO = [*SHORT, "data.split.val=0"]  # no validation pass: the reward metri
 
 
 @pytest.mark.slow
-def test_shortened_dpo_demo_starts_from_the_sft_run(session_dirs):
+def test_shortened_dpo_demo_starts_from_the_sft_run(session_dirs, tmp_path):
     sft = train(loading.load("smollm2-135m-sql-chatml", SHORT))
-    loaded = loading.load("smollm2-135m-sql-dpo", SHORT_DPO)
+    data = tmp_path / "sql-demo"  # the on-policy pairs of the SFT run's answers to 12 training questions
+    shutil.copytree(ROOT / "data" / "sql-demo", data, ignore=shutil.ignore_patterns(sql_pairs.POLICY_OUT))
+    assert sql_pairs.main(["--policy", "--limit", "12", "--data", str(data)]) == 0
+    pairs = jsonl.read(data / sql_pairs.POLICY_OUT).rows
+    train_rows = {r["question"]: r for r in jsonl.read(data / "train.jsonl").rows[:12]}
+    assert pairs and all(train_rows[p["question"]]["answer"] == p["chosen"] != p["rejected"] for p in pairs)
+    policy = f"data.datasets.0.source=file:{data / sql_pairs.POLICY_OUT}"
+    loaded = loading.load("smollm2-135m-sql-dpo", [*SHORT_DPO, policy])
     run = train(loaded)
     manifest = run.manifest()
     assert manifest.status == "trained" and manifest.train.steps == 2
     assert (manifest.parent.recipe, manifest.parent.run_id) == ("smollm2-135m-sql-chatml", sft.run_id)
     assert manifest.parent.fingerprint == sft.manifest().fingerprint
     assert manifest.data.counts["test"] == 90  # the SFT demo's held-out questions, as supervised rows
-    pairs = len((ROOT / "data" / "sql-demo" / "pairs.jsonl").read_text(encoding="utf-8").splitlines())
-    assert manifest.data.counts["train"] == pairs  # every pair is a training pair
+    assert manifest.data.counts["train"] == len(pairs)  # every pair is a training pair
     summary = evaluate(run, loaded.recipe, suites.for_recipe(loaded.recipe)).to_json()
     execution = summary["metrics"]["sql_execution"]
     assert execution["n"] == 4

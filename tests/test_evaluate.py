@@ -290,6 +290,16 @@ def test_run_without_a_trained_model_says_train_it_first(project):
     assert run.manifest().status == "trained"  # a refused eval does not mark the run failed
 
 
+def test_a_run_still_training_has_no_trained_model_though_axolotl_wrote_its_configs(project):
+    """axolotl writes model/adapter_config.json and config.json when training starts; the weights come at the end."""
+    run, _ = make_run(adapter=True)
+    run.file("model", "adapter_model.safetensors").unlink()
+    (run.file("model") / "checkpoint-25").mkdir()
+    assert run.file("model", "adapter_config.json").is_file()
+    with pytest.raises(UserError, match="no trained model in"):
+        run.trained()
+
+
 def test_generate_refuses_an_untrained_run_before_generating(project, monkeypatch):
     from runner.evaluate import generate
 

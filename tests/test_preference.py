@@ -7,6 +7,7 @@ Regenerate the golden pairs with `make golden` (UPDATE_GOLDEN=1) and review the 
 from __future__ import annotations
 
 import json
+import math
 import os
 import textwrap
 from dataclasses import replace
@@ -225,6 +226,7 @@ BAD = {  # name: (method kind, fields, extra yaml, key in the message, words of 
                             "allowed: bleu, exact_match"),
     "grpo-batch": ("grpo", SFT_FIELDS, "method: {rewards: [token_f1], generations: 3}", "method.generations",
                    "make the batch a multiple of 3"),
+    "sft-weight-on-orpo": ("orpo", PAIR_FIELDS, "method: {sft_weight: 1.0}", "method.sft_weight", "use kind: dpo"),
     "generations-on-dpo": ("dpo", PAIR_FIELDS, "method: {generations: 4}", "method.generations",
                            "use kind: grpo"),
     "grpo-on-pairs": ("grpo", PAIR_FIELDS, "method: {rewards: [token_f1]}", "data.datasets.0.fields",
@@ -359,6 +361,16 @@ def test_axolotl_accepts_each_method(kind, pref_project):
     assert validated["rl"].value == kind
 
 
+def test_dpo_with_sft_weight_adds_the_chosen_likelihood_term(pref_project, write_recipe):
+    write_recipe("tiny-dpo", _recipe_text("tiny-dpo", "dpo").replace(
+        "        method:\n          kind: dpo\n", "        method:\n          kind: dpo\n          sft_weight: 0.5\n"))
+    loaded = loading.load("tiny-dpo")
+    config = yaml.safe_load(engine_files(loaded, "local", "models/tiny-llama", has_val=True)["axolotl.yaml"])
+    assert (config["dpo_loss_type"], config["dpo_loss_weights"]) == (["sigmoid", "sft"], [1.0, 0.5])
+    validated = _validate(config, loaded.recipe)
+    assert (validated["dpo_loss_type"], validated["dpo_loss_weights"]) == (["sigmoid", "sft"], [1.0, 0.5])
+
+
 def test_sft_config_has_no_rl_keys():
     config = engine.axolotl_config(loading.load("tiny-cpu").recipe, "models/tiny-llama")
     assert "rl" not in config and config["datasets"][0]["type"] == "input_output"
@@ -423,6 +435,25 @@ def test_train_preference_method(kind, reference, logged, pref_project, write_re
     assert "### Preference rewards" in report and "plots/rewards.png" in report
     assert (run / "plots" / "rewards.png").read_bytes()[:4] == b"\x89PNG"
     assert "preference pairs" in report if kind != "kto" else "labeled completions" in report
+    if kind == "dpo":  # before the first update the adapter is zero, the model is its reference: loss = ln 2
+        assert steps[0]["loss"] == pytest.approx(math.log(2), abs=1e-3)
+
+
+@pytest.mark.model
+def test_train_dpo_with_sft_weight_adds_the_chosen_answers_nll(pref_project, write_recipe, tiny_model_dir, run_cli,
+                                                               monkeypatch):
+    """method.sft_weight through trl: the first step's loss is ln 2 (DPO at its reference) plus the weighted
+    cross-entropy of the chosen answers, which the tiny model finds unlikely (several nats)."""
+    text = _recipe_text("tiny-dpo", "dpo", val=0).replace(
+        "        method:\n          kind: dpo\n", "        method:\n          kind: dpo\n          sft_weight: 0.5\n")
+    write_recipe("tiny-dpo", text.replace("max_steps: 2", "max_steps: 1"))
+    monkeypatch.setenv("RECIPE_CACHE_DIR", str(pref_project / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, _, err = run_cli("train", "tiny-dpo")
+    assert code == 0, err[-3000:]
+    run = pref_project / "runs" / "tiny-dpo" / "latest"
+    first = next(json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if "loss" in line)
+    assert first["loss"] > math.log(2) + 0.5 * 1.0
 
 
 @pytest.mark.model

@@ -68,6 +68,9 @@ class MethodSpec(Section):
         "orpo: lambda, the weight of the odds-ratio term (default 0.1); simpo: the reward scale (default 2.0); "
         "grpo: the KL weight (unset: no KL term and no reference model)")
     gamma: float | None = Field(None, ge=0, description="simpo only: target reward margin (default 0.5)")
+    sft_weight: float | None = Field(
+        None, gt=0, description="dpo only: adds the chosen answers' negative log-likelihood to the loss with this "
+        "weight (RPO): the chosen answers stay likely while the rejected ones are pushed down")
     desirable_weight: float | None = Field(None, gt=0, description="kto only: loss weight of label-true rows (1.0)")
     undesirable_weight: float | None = Field(None, gt=0, description="kto only: loss weight of label-false rows (1.0)")
     rewards: list[str] | None = Field(None, min_length=1, description="grpo only: generation metrics of the registry "
@@ -88,6 +91,9 @@ class MethodSpec(Section):
                           "use kind: grpo") for key in GRPO_KEYS if getattr(self, key) is not None]
         else:
             problems += self._reward_problems()
+        if self.sft_weight is not None and self.kind != "dpo":
+            problems.append(("method.sft_weight", f"sft_weight adds a likelihood term to dpo's loss but method.kind "
+                             f"is {self.kind!r}; remove it or use kind: dpo"))
         if self.gamma is not None and self.kind != "simpo":
             problems.append(("method.gamma", f"gamma is simpo's target margin but method.kind is {self.kind!r}; "
                              "remove it or use kind: simpo"))

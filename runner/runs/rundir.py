@@ -31,6 +31,11 @@ RESOLVED = "recipe.resolved.yaml"
 LATEST = "latest"
 
 
+ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
+MODEL_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                 "pytorch_model.bin.index.json")
+
+
 @dataclass(frozen=True)
 class RunDir:
     path: Path
@@ -61,8 +66,9 @@ class RunDir:
         """The manifest of a run that has a trained model (and its base), or a UserError saying what to do."""
         manifest = self.manifest()
         model = self.file(manifest.model_dir)
-        marker = "adapter_config.json" if manifest.adapter else "config.json"
-        if not (model / marker).is_file():
+        # the weights, not a config: axolotl writes adapter_config.json and config.json when training starts
+        weights = ADAPTER_WEIGHTS if manifest.adapter else MODEL_WEIGHTS
+        if not any((model / name).is_file() for name in weights):
             raise UserError(Problem(paths.display(self.path), "model", f"no trained model in {paths.display(model)} "
                                     f"(status: {manifest.status.value}); train it first: recipe train "
                                     f"{manifest.recipe}"))

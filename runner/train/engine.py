@@ -46,6 +46,8 @@ def preference_config(recipe: Recipe) -> dict:
         config["orpo_alpha"] = beta  # trl's ORPOConfig.beta is the paper's lambda; axolotl names it orpo_alpha
     else:
         config["rl_beta"] = beta
+    if method.sft_weight is not None:  # trl's DPO loss terms, summed with these weights
+        config |= {"dpo_loss_type": ["sigmoid", "sft"], "dpo_loss_weights": [1.0, method.sft_weight]}
     if kind == "simpo":
         config["simpo_gamma"] = method.gamma if method.gamma is not None else 0.5
     if kind == "kto":
