@@ -85,7 +85,7 @@ demo: ## the CPU demo: SmolLM2-135M learns text-to-SQL (set-up if needed, train,
 	@echo "report: runs/smollm2-135m-sql-chatml/latest/report.md"
 
 demo-dpo: setup ## after `make demo`: DPO from the SQL demo's SFT model on pairs made from its training questions; report base vs SFT vs DPO
-	$(PY) tools/sql_pairs.py
+	$(PY) tools/sql_pairs.py --policy
 	$(MAKE) --no-print-directory recipe=smollm2-135m-sql-dpo train eval
 	@echo "report: runs/smollm2-135m-sql-dpo/latest/report.md"
 

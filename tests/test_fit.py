@@ -339,3 +339,12 @@ def test_bench_fit_phase_quick_compares_estimates_with_published_and_measured_me
     assert cpu["measured_rss_mb"] > 100 and cpu["estimate_mb"] > 100 and cpu["recipe"] == "tiny-cpu"
     assert "tables/llama-2-7b-lora-mb4" in done.stdout and "cpu lora: tiny-cpu measured" in done.stdout
     assert list(runs.iterdir()) == [] and list(cache.iterdir()) == []
+
+
+def test_a_data_file_not_made_yet_leaves_the_data_size_unknown_not_an_error():
+    from runner.estimate import data_size
+    from runner.recipe import loading
+
+    loaded = loading.load("smollm2-135m-sql-dpo", ["data.datasets.0.source=file:data/sql-demo/not-made-yet.jsonl"])
+    size = data_size.measure(loaded)
+    assert size.tokens is None and "file:data/sql-demo/not-made-yet.jsonl does not exist yet" in size.source

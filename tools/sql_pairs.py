@@ -13,9 +13,11 @@ question gets is drawn from random.Random(seed, question): same data and seed, s
 
     python tools/sql_pairs.py [--data data/sql-demo] [--per-question 2] [--seed 0] [--check]
 
---policy makes on-policy pairs instead, into policy-pairs.jsonl: the SQL demo's trained model (its latest run, or
+--policy makes the DPO demo's pairs, into policy-pairs.jsonl: the SQL demo's trained model (its latest run, or
 --run ID) answers every training question greedily, exactly as evaluation prompts it; an answer that does not
 return the gold query's rows becomes the rejected side of a pair (kind "policy"): what the model really gets wrong.
+As many corruption pairs again, one per question the model answered right, are mixed in (measured: without them
+DPO learns the fixes' patterns everywhere, e.g. adding GROUP BY to every count question).
 
     python tools/sql_pairs.py --policy [--run RUN_ID] [--limit N]
 """
@@ -199,6 +201,25 @@ def policy_pairs(train: list[dict], answers: list[str], databases: dict[str, str
     return pairs
 
 
+def mixed_pairs(policy: list[dict], corruptions: list[dict], seed: int = 0) -> list[dict]:
+    """The policy pairs and as many corruption pairs, one per question that has no policy pair (a question the model
+    answered right), drawn and then shuffled together by random.Random(seed)."""
+    rng = random.Random(seed)
+    wrong = {p["question"] for p in policy}
+    candidates = [c for c in corruptions if c["question"] not in wrong]
+    rng.shuffle(candidates)
+    picked, seen = [], set()
+    for pair in candidates:
+        if len(picked) == len(policy):
+            break
+        if pair["question"] not in seen:
+            seen.add(pair["question"])
+            picked.append(pair)
+    rows = policy + picked
+    rng.shuffle(rows)
+    return rows
+
+
 def model_answers(train: list[dict], run_id: str | None = None, batch_size: int = 16) -> tuple[list[str], str]:
     """The SQL demo's trained model's greedy answers to the training questions, each prompt rendered as evaluation
     renders it (the recipe's template, system prompt and fields); and the run's folder. The model is the run's
@@ -262,10 +283,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --policy answers with a trained {SFT_RECIPE} run; `make demo` makes one. ({err})",
                   file=sys.stderr)
             return err.exit_code
-        pairs, path = policy_pairs(train, answers, databases), args.data / POLICY_OUT
+        policy, path = policy_pairs(train, answers, databases), args.data / POLICY_OUT
+        pairs = mixed_pairs(policy, make_pairs(train, databases, args.per_question, args.seed), args.seed)
         write_text_atomic(path, _text(pairs))
-        print(f"{path}: {len(pairs)} pairs: the wrong answers of {run} to {len(train)} training questions "
-              f"({1 - len(pairs) / len(train):.1%} right)")
+        print(f"{path}: {len(pairs)} pairs: the wrong answers of {run} to {len(policy)} of {len(train)} training "
+              f"questions ({1 - len(policy) / len(train):.1%} right), and {len(pairs) - len(policy)} corruption pairs "
+              "on questions it answered right")
         return 0
     text, path = render(args.data, args.per_question, args.seed), args.data / OUT
     if args.check:
