@@ -117,3 +117,17 @@ def test_policy_pairs_without_a_trained_sft_run_say_which_command_makes_one(tmp_
     err = capsys.readouterr().err
     assert "make demo" in err and "smollm2-135m-sql-chatml" in err and "Traceback" not in err
     assert not (data / sql_pairs.POLICY_OUT).exists()
+
+
+def test_mixed_pairs_add_one_corruption_per_question_the_model_answered_right():
+    """As many corruption pairs as policy pairs, never on a question that has a policy pair, at most one per
+    question; the same seed gives the same pairs in the same order."""
+    policy = [{"question": f"wrong {i}", "kind": "policy"} for i in range(3)]
+    corruptions = [{"question": q, "kind": k} for q in ("wrong 0", "right a", "right b", "right c", "right d")
+                   for k in ("wrong_value", "dropped_filter")]
+    rows = sql_pairs.mixed_pairs(policy, corruptions, seed=0)
+    added = [r for r in rows if r["kind"] != "policy"]
+    assert sorted(map(str, rows)) == sorted(map(str, policy + added)) and len(added) == 3
+    assert all(r["question"].startswith("right") for r in added)
+    assert len({r["question"] for r in added}) == 3
+    assert rows == sql_pairs.mixed_pairs(policy, corruptions, seed=0)

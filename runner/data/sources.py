@@ -162,8 +162,13 @@ def _check_values(rows: list[dict], lines: list[int] | None, spec: DatasetSpec, 
                                         "`messages`)", line))
 
 
+def local_path(spec: DatasetSpec, root: Path | None = None) -> Path:
+    """Where a `file:` source lives (relative paths from root, else the workspace)."""
+    return paths.resolve_local(spec.source.removeprefix("file:"), root)
+
+
 def _read_file(spec: DatasetSpec, key: str, index: int, root: Path | None = None) -> SourceRows:
-    path = paths.resolve_local(spec.source.removeprefix("file:"), root)
+    path = local_path(spec, root)
     where = paths.display(path)
     try:
         raw = path.read_bytes()

@@ -133,8 +133,7 @@ def measure(loaded: Loaded) -> DataSize:
         return DataSize(source=f"unknown: {', '.join(hub)} is a hub dataset and is not downloaded to estimate; "
                         "give --tokens N (tokens per epoch), or run `recipe prepare` on a machine that has it")
     missing = [spec.source for i, spec in enumerate(recipe.data.datasets) if spec.source.startswith("file:")
-               and not paths.resolve_local(spec.source.removeprefix("file:"),
-                                           loaded.root_of(f"data.datasets.{i}.source")).exists()]
+               and not sources.local_path(spec, loaded.root_of(f"data.datasets.{i}.source")).exists()]
     if missing:  # a file a tool makes later (e.g. the DPO demo's pairs, made from the SFT run)
         return DataSize(source=f"unknown: {', '.join(missing)} does not exist yet; give --tokens N (tokens per "
                         "epoch), or make the file first")

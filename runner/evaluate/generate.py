@@ -77,14 +77,14 @@ def _generate_all(model, tokenizer, prompts: list[str], stop: list[str], max_new
     side, pad_token, tokenizer.padding_side = tokenizer.padding_side, tokenizer.pad_token, "left"
     if pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # padding needs one; attention masks hide it
-    answers = []
+    answers, stopping = [], _stopping(tokenizer, stop)
     try:
         for start in range(0, len(prompts), batch_size):
             batch = prompts[start:start + batch_size]
             ids = tokenizer(batch, add_special_tokens=False, return_tensors="pt", padding=len(batch) > 1)
             with torch.no_grad():
                 out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
-                                     **_stopping(tokenizer, stop))
+                                     **stopping)
             for row in out[:, ids["input_ids"].shape[1]:]:
                 answers.append(clean_generation(tokenizer.decode(row, skip_special_tokens=False), stop))
     finally:
