@@ -220,8 +220,8 @@ BAD = {  # name: (method kind, fields, extra yaml, key in the message, words of 
                      "set train.warmup_ratio: 0"),
     "negative-beta": ("dpo", PAIR_FIELDS, "method: {beta: -1}", "method.beta", "greater than 0"),
     "grpo-without-rewards": ("grpo", SFT_FIELDS, "", "method.rewards", "add e.g. rewards: [token_f1]"),
-    "grpo-sql-reward": ("grpo", SFT_FIELDS, "method: {rewards: [sql_execution]}", "method.rewards",
-                        "need the suite's database"),
+    "grpo-sql-reward-without-database": ("grpo", SFT_FIELDS, "method: {rewards: [sql_execution]}", "method.rewards",
+                                         "has no sql.database; set eval.suite to a suite that has one"),
     "grpo-unknown-reward": ("grpo", SFT_FIELDS, "method: {rewards: [token_f2]}", "method.rewards",
                             "allowed: bleu, exact_match"),
     "grpo-batch": ("grpo", SFT_FIELDS, "method: {rewards: [token_f1], generations: 3}", "method.generations",
@@ -333,6 +333,54 @@ def test_grpo_config_and_rewards(project, write_recipe):
     assert rewards.token_f1(["Paris.### Question: more"], ["Paris."], [["### Question:"]]) == [1.0]
     assert rewards.exact_match(["Lyon</s>", "Paris"], ["Paris", "Paris"], [["</s>"], ["</s>"]]) == [0.0, 1.0]
     assert rewards.token_f1.__name__ == "token_f1"  # trl logs rewards/token_f1/mean
+
+
+SQL_GRPO = "method: {kind: grpo, rewards: [sql_execution], generations: 2, max_completion_length: 16}"
+
+
+def _sql_grpo_recipe(project, write_recipe, rows: list[dict] | None = None) -> None:
+    """tiny-sql-grpo: the tiny model on the SQL demo's first 24 training questions, scored by the sql suite."""
+    rows = rows or jsonl.read(ROOT / "data" / "sql-demo" / "train.jsonl").rows[:24]
+    (project / "sqlq").mkdir(exist_ok=True)
+    jsonl.write(project / "sqlq" / "train.jsonl", rows)
+    data = yaml.safe_load(textwrap.dedent(_recipe_text("tiny-sql-grpo", "grpo", SQL_FIELDS, "sqlq/train.jsonl",
+                                                       val=0)))
+    data["method"] |= yaml.safe_load(SQL_GRPO)["method"]
+    data["eval"] = {"suite": "sql", "max_items": 4}
+    write_recipe("tiny-sql-grpo", yaml.safe_dump(data, sort_keys=False))
+
+
+SQL_FIELDS = "{instruction: question, input: context, output: answer}"
+
+
+def test_sql_execution_rewards_each_answer_on_its_rows_database():
+    """grpo's sql_execution reward runs each answer on the database its row names (the eval suite's pattern), as
+    evaluation scores it: the same rows written another way earn 1, other rows or an error 0."""
+    from runner.train import rewards
+
+    pattern = str(ROOT / "data" / "sql-demo" / "{db}.sql")
+    gold = "SELECT name FROM customers WHERE city = 'Vienna'"
+    answers = ["SELECT name FROM customers WHERE 'Vienna' = city<|im_end|>junk", "SELECT name FROM customers",
+               "SELECT nme FROM customers"]
+    assert rewards.sql_execution(answers, [gold] * 3, [["<|im_end|>"]] * 3, db=["shop"] * 3,
+                                 sql_database=[pattern] * 3) == [1.0, 0.0, 0.0]
+
+
+def test_grpo_rewarded_by_sql_names_each_rows_database(project, write_recipe, tiny_model_dir, run_cli):
+    """Prepared grpo rows carry their db and the suite's database pattern (trl passes both to the reward); a row
+    whose db names no database file is exit 2 naming the row, and nothing is published to the cache."""
+    _sql_grpo_recipe(project, write_recipe)
+    code, _, err = run_cli("prepare", "tiny-sql-grpo")
+    assert code == 0, err
+    prepared = next((project / ".cache" / "data").glob("*/train.jsonl"))
+    row = jsonl.read(prepared).rows[0]
+    assert row["db"] == "shop" and row["sql_database"] == str(project / "data" / "sql-demo" / "{db}.sql")
+    rows = jsonl.read(ROOT / "data" / "sql-demo" / "train.jsonl").rows[:24]
+    rows[2]["db"] = "warehouse"
+    _sql_grpo_recipe(project, write_recipe, rows)
+    code, _, err = run_cli("prepare", "tiny-sql-grpo")
+    assert code == 2 and "warehouse.sql does not exist (row 3 of sqlq/train.jsonl, db 'warehouse')" in err, err
+    assert "Traceback" not in err and len(list((project / ".cache" / "data").glob("*/train.jsonl"))) == 1
 
 
 def _validate(config: dict, recipe) -> dict:
@@ -479,3 +527,18 @@ def test_train_grpo_with_metric_rewards(project, write_recipe, tiny_model_dir, r
     assert code == 0, err
     assert "rewards/token_f1/mean" in (run / "report.md").read_text()
     assert (run / "plots" / "rewards.png").is_file()
+
+
+@pytest.mark.model
+def test_train_grpo_rewarded_by_executing_sql(project, write_recipe, tiny_model_dir, run_cli, monkeypatch):
+    """grpo with sql_execution, the SQL suite's own metric, through axolotl and trl: each answer is executed on its
+    row's database inside the trainer, and trl's log of that reward lands in metrics.jsonl."""
+    _sql_grpo_recipe(project, write_recipe)
+    monkeypatch.setenv("RECIPE_CACHE_DIR", str(project / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    code, _, err = run_cli("train", "tiny-sql-grpo")
+    assert code == 0, err[-3000:]
+    steps = [r for r in map(json.loads, (project / "runs" / "tiny-sql-grpo" / "latest" / "metrics.jsonl")
+                            .read_text().splitlines()) if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2] and all("rewards/sql_execution/mean" in r for r in steps)

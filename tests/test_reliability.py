@@ -274,13 +274,16 @@ def test_written_files_get_the_usual_permissions(tmp_path):
     assert path.stat().st_mode & 0o777 == 0o644
 
 
-def test_a_model_folder_is_built_once_by_concurrent_callers_and_a_failed_build_leaves_nothing(tmp_path):
+def test_a_model_folder_is_built_once_by_concurrent_callers_and_a_failed_build_leaves_nothing(tmp_path, capfd):
+    """...and what libraries print while building (GGUF conversion, adapter merge) goes to the build's log."""
     from runner.core.atomic import build_once
 
     target, calls = tmp_path / "models" / "m", []
 
     def build(staging: Path) -> None:
         calls.append(staging)
+        print("Loading weights: 100%")
+        os.write(2, b"Failed to load torchao/_C_mxfp8.so\n")  # a C extension writing to fd 2
         time.sleep(0.2)  # the others wait on the lock meanwhile
         (staging / "config.json").write_text("{}")
 
@@ -291,6 +294,11 @@ def test_a_model_folder_is_built_once_by_concurrent_callers_and_a_failed_build_l
         thread.join()
     assert len(calls) == 1 and (target / "config.json").is_file()
     assert build_once(target, "building m", build) is False and len(calls) == 1
+    terminal = capfd.readouterr()
+    assert f"building m (log: {target}.log)" in terminal.err and "Loading" not in terminal.out + terminal.err
+    assert "Failed to load" not in terminal.err
+    assert "Loading weights: 100%" in Path(f"{target}.log").read_text()
+    assert "Failed to load torchao" in Path(f"{target}.log").read_text()
 
     def broken(staging: Path) -> None:
         (staging / "half.bin").write_text("x")

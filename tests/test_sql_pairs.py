@@ -103,8 +103,10 @@ def test_policy_pairs_keep_the_models_wrong_answers_only(shop_sql):
            "answer": "SELECT name FROM customers WHERE city = 'Oslo'", "db": "shop", "shape": "filter_eq"}
     answers = ["SELECT name FROM customers WHERE 'Oslo' = city", "SELECT name FROM customers WHERE city = 'Rome'",
                "SELECT nme FROM customers", "  "]
-    pairs = sql_pairs.policy_pairs([row] * 4, answers, {"shop": shop_sql})
+    pairs = sql_pairs.policy_pairs([row] * 4, [[a] for a in answers], {"shop": shop_sql})
     assert [p["rejected"] for p in pairs] == answers[1:3]
+    sampled = sql_pairs.policy_pairs([row], [answers + answers[::-1]], {"shop": shop_sql})
+    assert [p["rejected"] for p in sampled] == answers[1:3]  # each distinct wrong sample once
     assert all(p["chosen"] == row["answer"] and p["kind"] == "policy" and p["question"] == row["question"]
                for p in pairs)
 

@@ -190,14 +190,15 @@ def make_pairs(train: list[dict], databases: dict[str, str], per_question: int =
     return pairs
 
 
-def policy_pairs(train: list[dict], answers: list[str], databases: dict[str, str]) -> list[dict]:
-    """A pair for each training row whose model answer is wrong by execution (chosen = gold, rejected = the answer
-    as the model wrote it). Empty answers are left out: an empty side is not a preference."""
+def policy_pairs(train: list[dict], answers: list[list[str]], databases: dict[str, str]) -> list[dict]:
+    """A pair for each distinct model answer to a training row that is wrong by execution (chosen = gold, rejected =
+    the answer as the model wrote it). Empty answers are left out: an empty side is not a preference."""
     pairs = []
-    for row, answer in zip(train, answers, strict=True):
-        if answer.strip() and not execution_match(answer, row["answer"], databases[row["db"]]):
-            pairs.append({"question": row["question"], "context": row["context"], "chosen": row["answer"],
-                          "rejected": answer, "db": row["db"], "shape": row["shape"], "kind": "policy"})
+    for row, row_answers in zip(train, answers, strict=True):
+        for answer in dict.fromkeys(row_answers):
+            if answer.strip() and not execution_match(answer, row["answer"], databases[row["db"]]):
+                pairs.append({"question": row["question"], "context": row["context"], "chosen": row["answer"],
+                              "rejected": answer, "db": row["db"], "shape": row["shape"], "kind": "policy"})
     return pairs
 
 
@@ -220,10 +221,12 @@ def mixed_pairs(policy: list[dict], corruptions: list[dict], seed: int = 0) -> l
     return rows
 
 
-def model_answers(train: list[dict], run_id: str | None = None, batch_size: int = 16) -> tuple[list[str], str]:
-    """The SQL demo's trained model's greedy answers to the training questions, each prompt rendered as evaluation
-    renders it (the recipe's template, system prompt and fields); and the run's folder. The model is the run's
-    adapter merged into its base, cached where the DPO stage that starts from this run finds it."""
+def model_answers(train: list[dict], run_id: str | None = None, samples: int = 0, temperature: float = 1.0,
+                  seed: int = 0, batch_size: int = 16) -> tuple[list[list[str]], str]:
+    """The SQL demo's trained model's answers to the training questions: its greedy answer, or `samples` answers
+    sampled at temperature; each prompt rendered as evaluation renders it (the recipe's template, system prompt and
+    fields); and the run's folder. The model is the run's adapter merged into its base, cached where the DPO stage
+    that starts from this run finds it."""
     from runner.core import paths
     from runner.core.console import third_party_to
     from runner.data.preference import prompt_row
@@ -237,7 +240,10 @@ def model_answers(train: list[dict], run_id: str | None = None, batch_size: int 
         template, spec = templates.load(recipe.data.template), recipe.data.datasets[0]
         tokens = resolve.tokenizer_tokens(sft.model_dir)
         prompts = [prompt_row(row, spec, template, tokens, recipe.data.system)["prompt"] for row in train]
-        return answer_all(recipe, sft.model_dir, prompts, batch_size, "training questions"), str(sft.run.path)
+        flat = answer_all(recipe, sft.model_dir, prompts, batch_size, "training questions", samples, temperature,
+                          seed)
+        per = max(samples, 1)
+        return [flat[i:i + per] for i in range(0, len(flat), per)], str(sft.run.path)
 
 
 def _rows(path: Path) -> list[dict]:
@@ -273,12 +279,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--policy", action="store_true", help=f"pairs of the {SFT_RECIPE} run's own wrong answers")
     parser.add_argument("--run", help=f"with --policy: the {SFT_RECIPE} run id (default: its latest run)")
     parser.add_argument("--limit", type=int, help="with --policy: the first N training questions only (a quick try)")
+    parser.add_argument("--samples", type=int, default=0,
+                        help="with --policy: N answers per question sampled at --temperature, not the greedy one")
+    parser.add_argument("--temperature", type=float, default=1.0)
     args = parser.parse_args(argv)
     if args.policy:
         train, databases = training_rows(args.data)
         train = train[:args.limit] if args.limit else train
         try:
-            answers, run = model_answers(train, args.run)
+            answers, run = model_answers(train, args.run, args.samples, args.temperature, args.seed)
         except UserError as err:  # no trained SFT run (or no such --run): the message names the command that makes it
             print(f"error: --policy answers with a trained {SFT_RECIPE} run; `make demo` makes one. ({err})",
                   file=sys.stderr)
@@ -286,9 +295,11 @@ def main(argv: list[str] | None = None) -> int:
         policy, path = policy_pairs(train, answers, databases), args.data / POLICY_OUT
         pairs = mixed_pairs(policy, make_pairs(train, databases, args.per_question, args.seed), args.seed)
         write_text_atomic(path, _text(pairs))
-        print(f"{path}: {len(pairs)} pairs: the wrong answers of {run} to {len(policy)} of {len(train)} training "
-              f"questions ({1 - len(policy) / len(train):.1%} right), and {len(pairs) - len(policy)} corruption pairs "
-              "on questions it answered right")
+        wrong = len({p["question"] for p in policy})
+        answered = f"{args.samples} sampled answers" if args.samples else "greedy answers"
+        print(f"{path}: {len(pairs)} pairs: {len(policy)} distinct wrong {answered} of {run} to {wrong} of "
+              f"{len(train)} training questions, and {len(pairs) - len(policy)} corruption pairs on questions it "
+              "answered right")
         return 0
     text, path = render(args.data, args.per_question, args.seed), args.data / OUT
     if args.check:

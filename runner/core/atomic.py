@@ -9,9 +9,10 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable
-from contextlib import contextmanager, redirect_stdout
+from contextlib import contextmanager
 from pathlib import Path
 
+from runner.core.console import third_party_to
 from runner.core.errors import storage_error
 
 
@@ -111,14 +112,16 @@ def publish_dir(tmp: Path, target: Path) -> None:
 def build_once(target: Path, announce: str, build: Callable[[Path], None]) -> bool:
     """Make the model folder `target` (done when it holds config.json) once: under a lock, so concurrent processes
     build it one time, by `build(staging)` into a staging folder published whole. Returns True when this call built
-    it. stdout goes to stderr meanwhile (libraries that save models log there); OSError is the caller's to word."""
+    it. What libraries print meanwhile goes to <target>.log beside it, not the terminal; OSError is the caller's to
+    word."""
     if (target / "config.json").is_file():
         return False
     target.parent.mkdir(parents=True, exist_ok=True)
     with file_lock(target.parent / f".{target.name}.lock"):
         if (target / "config.json").is_file():  # another process built it while we waited
             return False
-        print(announce, file=sys.stderr, flush=True)
-        with staging_dir(target) as staging, redirect_stdout(sys.stderr):
+        log = target.parent / f"{target.name}.log"
+        print(f"{announce} (log: {log})", file=sys.stderr, flush=True)
+        with staging_dir(target) as staging, third_party_to(log):
             build(staging)
     return True

@@ -45,7 +45,8 @@ def _count(spec: float, total: int) -> int:
     return round(spec * total) if spec < 1 else min(int(spec), total)
 
 
-def cache_key(recipe: Recipe, fingerprints: list[str], template: templates.Template, tokenizer_id: str) -> str:
+def cache_key(recipe: Recipe, fingerprints: list[str], template: templates.Template, tokenizer_id: str,
+              sql_database: str | None = None) -> str:
     """Hash of every input that shapes the prepared data."""
     data = recipe.data
     shaping = {"format": FORMAT_VERSION, "sources": fingerprints, "template": template.source or template.name,
@@ -55,7 +56,31 @@ def cache_key(recipe: Recipe, fingerprints: list[str], template: templates.Templ
                "tokenizer": tokenizer_id}
     if recipe.method.rl:  # pairs, kto rows or prompts instead of segments (SFT keys stay as they were)
         shaping["rows"] = row_shape(recipe)
+    if sql_database:  # grpo rewarded by executing SQL: the rows name their database
+        shaping["sql_database"] = sql_database
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
+
+
+def reward_database(recipe: Recipe) -> tuple[str, str] | None:
+    """(metric, the eval suite's sql.database pattern) when grpo is rewarded by a metric that executes SQL (recipe
+    validation has checked that the suite has one)."""
+    from runner.evaluate import metrics
+    from runner.recipe import suites
+
+    metric = metrics.executing_sql(recipe.method.rewards) if recipe.method.rl == "grpo" else None
+    return (metric, suites.for_recipe(recipe).database()) if metric else None
+
+
+def _database_columns(items: list[tuple], database: tuple[str, str], recipe: Recipe) -> list[dict]:
+    """grpo rows rewarded by executing SQL: each row's db (checked to name a database file) and the pattern."""
+    from runner.recipe import suites
+
+    metric, pattern = database
+    dbs = [(item[5], str(item[2].get("db", "")) if isinstance(item[2], dict) else "") for item in items]
+    for label in dict.fromkeys(item[0] for item in items):
+        suites.for_recipe(recipe).database_for([d for d, item in zip(dbs, items, strict=True) if item[0] == label],
+                                               metric, label, "row")
+    return [{"db": db, "sql_database": pattern} for _, db in dbs]
 
 
 def row_shape(recipe: Recipe) -> str:
@@ -100,7 +125,7 @@ def _examples(recipe: Recipe, template: templates.Template, read, convert=None) 
                 incomplete += 1
                 reasons[str(err)] += 1
                 continue
-            kept.append((rows.label, example, row, spec.use, index))
+            kept.append((rows.label, example, row, spec.use, index, number))
         if incomplete and incomplete + identical == len(rows.rows):
             top = reasons.most_common(1)[0][0]
             raise UserError(Problem(rows.label, f"data.datasets.{index}.fields", f"no usable rows: all "
@@ -187,7 +212,7 @@ def _percentiles(values: list[int]) -> dict | None:
             "mean": round(sum(ordered) / len(ordered), 1)}
 
 
-def _render_split(name, items, template, tokens, tokenizer, recipe, stop) -> tuple[list[dict], dict]:
+def _render_split(name, items, template, tokens, tokenizer, recipe, stop, extra=None) -> tuple[list[dict], dict]:
     rows, lengths, over, dropped, by_source = [], [], 0, 0, Counter()
     limit = recipe.data.max_seq_len
     progress = dict(desc=f"render {name}", unit="row", file=sys.stderr, leave=False, disable=len(items) < 200)
@@ -223,15 +248,16 @@ def _cut(text: str, room: int, tokenizer) -> str:
     return tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"][:room])
 
 
-def _render_preference(name, items, template, tokens, tokenizer, recipe, stop) -> tuple[list[dict], dict]:
+def _render_preference(name, items, template, tokens, tokenizer, recipe, stop, extra) -> tuple[list[dict], dict]:
     """Pairs (or kto rows), rendered when they were read: a row is prompt + each answer, and is over length when
     prompt + its longer answer is (as trl forwards prompt + chosen and prompt + rejected). Truncation cuts answers."""
     answers = {"kto": ("completion",), "prompts": ("reference",)}.get(row_shape(recipe), ("chosen", "rejected"))
     rows, lengths, over, dropped, by_source = [], [], 0, 0, Counter()
     limit = recipe.data.max_seq_len
     texts = [[templates.Segment(item[1][key], False) for key in ("prompt", *answers)] for item in items]
-    for (label, example, original, *_), sizes in zip(items, _token_lengths(texts, tokenizer), strict=True):
-        row = {key: example[key] for key in ("prompt", *answers, "label") if key in example}
+    for (label, example, original, *_), sizes, columns in zip(items, _token_lengths(texts, tokenizer), extra,
+                                                               strict=True):
+        row = {key: example[key] for key in ("prompt", *answers, "label") if key in example} | columns
         if "reference" in answers:
             row["stop"] = list(stop)  # grpo's reward functions cut answers where evaluation does
         prompt, longest = sizes[0], max(sizes[1:])
@@ -274,7 +300,9 @@ def prepare(loaded: Loaded, quiet: bool = False) -> Prepared:
     model_dir = resolve.resolve_base(recipe.model, root=loaded.root_of("model.base"))
     read = [sources.read(spec, index, loaded.root_of(f"data.datasets.{index}.source"))
             for index, spec in enumerate(recipe.data.datasets)]
-    key = cache_key(recipe, [r.fingerprint for r in read], template, resolve.model_fingerprint(model_dir))
+    database = reward_database(recipe)
+    key = cache_key(recipe, [r.fingerprint for r in read], template, resolve.model_fingerprint(model_dir),
+                    database[1] if database else None)
     target = paths.cache_dir() / "data" / key[:16]
     if (target / DONE).is_file():
         info = DataInfo.read(target / DONE)
@@ -298,7 +326,9 @@ def prepare(loaded: Loaded, quiet: bool = False) -> Prepared:
         stats, counts, by_source = {}, {}, {}
         for name in SPLITS:
             render = _render_split if row_shape(recipe) == "segments" else _render_preference
-            rows, stats[name] = render(name, splits[name], template, tokens, tokenizer, recipe, stop)
+            extra = ([{}] * len(splits[name]) if render is _render_split or not database or name == "test"
+                     else _database_columns(splits[name], database, recipe))
+            rows, stats[name] = render(name, splits[name], template, tokens, tokenizer, recipe, stop, extra)
             counts[name] = len(rows)
             by_source[name] = stats[name]["rows_by_source"]
             jsonl.write(staging / f"{name}.jsonl", rows)

@@ -68,10 +68,14 @@ def _stopping(tokenizer, stop: list[str]) -> dict:
 
 
 def _generate_all(model, tokenizer, prompts: list[str], stop: list[str], max_new_tokens: int,
-                  batch_size: int = 1) -> list[str]:
-    """Greedy answers, each cut at its first stop string. Batches pad on the left, so every prompt ends where its
-    answer starts; a batch ends when all its answers have stopped."""
+                  batch_size: int = 1, samples: int = 0, temperature: float = 1.0) -> list[str]:
+    """Greedy answers, each cut at its first stop string; with samples=N, N sampled answers per prompt instead
+    (at temperature, one prompt's answers next to each other). Batches pad on the left, so every prompt ends where
+    its answer starts; a batch ends when all its answers have stopped."""
     import torch
+
+    decoding = ({"do_sample": True, "num_return_sequences": samples, "temperature": temperature, "top_p": 1.0,
+                 "top_k": 0} if samples else {"do_sample": False})
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     side, pad_token, tokenizer.padding_side = tokenizer.padding_side, tokenizer.pad_token, "left"
@@ -83,8 +87,7 @@ def _generate_all(model, tokenizer, prompts: list[str], stop: list[str], max_new
             batch = prompts[start:start + batch_size]
             ids = tokenizer(batch, add_special_tokens=False, return_tensors="pt", padding=len(batch) > 1)
             with torch.no_grad():
-                out = model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad,
-                                     **stopping)
+                out = model.generate(**ids, max_new_tokens=max_new_tokens, pad_token_id=pad, **decoding, **stopping)
             for row in out[:, ids["input_ids"].shape[1]:]:
                 answers.append(clean_generation(tokenizer.decode(row, skip_special_tokens=False), stop))
     finally:
@@ -143,10 +146,15 @@ def _stop_strings(recipe: Recipe, tokens: templates.TokenizerTokens) -> list[str
 
 
 def answer_all(recipe: Recipe, model_dir: Path, prompts: list[str], batch_size: int = 16,
-               progress: str | None = None) -> list[str]:
+               progress: str | None = None, samples: int = 0, temperature: float = 1.0,
+               seed: int = 0) -> list[str]:
     """Greedy answers of the complete model in model_dir to rendered prompts, stopped where the recipe's template
-    ends an answer and at most eval.max_new_tokens long. progress: a noun for a line every 128 answers."""
+    ends an answer and at most eval.max_new_tokens long; with samples=N, N answers per prompt sampled at temperature
+    (torch seeded with seed), one prompt's next to each other. progress: a noun for a line every 128 prompts."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=recipe.model.trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(model_dir, **_load_settings(recipe)).eval()
@@ -154,9 +162,9 @@ def answer_all(recipe: Recipe, model_dir: Path, prompts: list[str], batch_size: 
     answers: list[str] = []
     for start in range(0, len(prompts), 128):
         answers += _generate_all(model, tokenizer, prompts[start:start + 128], stop, recipe.eval.max_new_tokens,
-                                 batch_size)
+                                 batch_size, samples, temperature)
         if progress:
-            say(f"answered {len(answers)}/{len(prompts)} {progress}")
+            say(f"answered {min(start + 128, len(prompts))}/{len(prompts)} {progress}")
     return answers
 
 

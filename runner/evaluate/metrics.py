@@ -154,3 +154,8 @@ def _unit(bleu_score: float) -> float:
 def _check_lengths(predictions: list, references: list) -> None:
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references; they must align")
+
+
+def executing_sql(names: list[str] | None) -> str | None:
+    """The first of these metrics that runs SQL on a database (its items need a db and the suite's sql.database)."""
+    return next((n for n in names or [] if n in REGISTRY and REGISTRY[n].needs_database), None)

@@ -15,7 +15,6 @@ keeps lm-eval from appending a space to the prompt. The folder loads with
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +29,6 @@ from runner.recipe.suites import Suite
 
 ITEMS_FILE = "heldout.jsonl"
 SHIM_FILE = "recipe_metrics.py"
-_DB_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 
 
 @dataclass(frozen=True)
@@ -74,21 +72,11 @@ def continuation_tokens(tokenizer, prompt: str, reference: str) -> int:
 
 
 def _sql_database(suite: Suite, rows: list[dict], where: str) -> str | None:
-    executed = [m for m in suite.metrics if metrics.REGISTRY[m].needs_database]
+    executed = metrics.executing_sql(suite.metrics)
     if not executed:
         return None
-    pattern = suite.database()
-    if executed:
-        for number, row in enumerate(rows, 1):
-            db = str((row.get("row") or {}).get("db", ""))
-            if "{db}" in pattern and not _DB_NAME.match(db):
-                raise UserError(Problem(where, "", f"test row {number} has db {db!r}; {executed[0]} needs a db "
-                                        "column naming a database file, e.g. shop", number))
-            file = Path(pattern.replace("{db}", db))
-            if not file.is_file():
-                raise UserError(Problem(f"eval_suites/{suite.name}.yaml", "sql.database", f"{file} does not exist "
-                                        f"(test row {number}, db {db!r})"))
-    return pattern
+    return suite.database_for([(n, str((row.get("row") or {}).get("db", ""))) for n, row in enumerate(rows, 1)],
+                              executed, where)
 
 
 def _items(rows: list[dict], tokenizer, prompts: list[str] | None = None) -> list[dict]:

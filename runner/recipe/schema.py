@@ -114,8 +114,7 @@ class MethodSpec(Section):
         if not self.rewards:
             return [("method.rewards", f"grpo needs the metrics that reward an answer; add e.g. rewards: [token_f1] "
                      f"(allowed: {', '.join(scorable)})")]
-        return [("method.rewards", f"{name!r} cannot reward a grpo answer (allowed: {', '.join(scorable)}; metrics "
-                 "that execute SQL need the suite's database, not wired into training yet)")
+        return [("method.rewards", f"{name!r} cannot reward a grpo answer (allowed: {', '.join(scorable)})")
                 for name in self.rewards if name not in scorable]
 
     @property

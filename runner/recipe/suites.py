@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -23,6 +24,8 @@ from runner.core.validation import describe, line_of
 from runner.core.yamlio import read_yaml
 from runner.evaluate import metrics
 from runner.recipe.schema import SemVer
+
+_DB_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # a file name, no path: rows cannot point outside the folder
 
 SUITE_VERSION = 1
 DEFAULT_SUITE = "heldout-qa"  # used when a recipe names no eval.suite
@@ -146,6 +149,23 @@ class Suite(Section):
         if self.sql is None:
             return None
         return paths.resolve_pattern(self.sql.database, root_of(self) if root is None else root)
+
+    def database_for(self, dbs: list[tuple[int, str]], metric: str, where: str, what: str = "test row") -> str:
+        """sql.database's pattern, after checking that each row's db value names a database file; dbs: (row number
+        in `where`, db value)."""
+        pattern = self.database()
+        if pattern is None:
+            raise UserError(Problem(f"eval_suites/{self.name}.yaml", "sql.database", f"{metric} executes SQL on a "
+                                    "database; add sql: {database: data/my-sql/{db}.sql} to the suite"))
+        for number, db in dbs:
+            if "{db}" in pattern and not _DB_NAME.match(db):
+                raise UserError(Problem(where, "", f"{what} {number} has db {db!r}; {metric} needs a db column "
+                                        "naming a database file, e.g. shop", number))
+            file = Path(pattern.replace("{db}", db))
+            if not file.is_file():
+                raise UserError(Problem(f"eval_suites/{self.name}.yaml", "sql.database", f"{file} does not exist "
+                                        f"({what} {number} of {where}, db {db!r})"))
+        return pattern
 
 
 # ---------------------------------------------------------------- lm-eval's task index
@@ -301,11 +321,19 @@ def for_recipe(recipe, where: str = "recipe") -> Suite:
 
 
 def recipe_problems(recipe) -> list[tuple[str, str]]:
-    """Cross-check for recipe validation: eval.suite must name an existing suite; (key, message) pairs."""
+    """Cross-check for recipe validation: eval.suite must name an existing suite, and one with sql.database when
+    grpo is rewarded by a metric that executes SQL; (key, message) pairs."""
     name = recipe.eval.suite
-    if name is None or path_of(name) is not None:
-        return []
-    return [("eval.suite", unknown_name("eval suite", name, available()))]
+    if name is not None and path_of(name) is None:
+        return [("eval.suite", unknown_name("eval suite", name, available()))]
+    executes = metrics.executing_sql(recipe.method.rewards)
+    if recipe.method.rl == "grpo" and executes:
+        suite = for_recipe(recipe)
+        if suite.sql is None:
+            return [("method.rewards", f"{executes} runs each answer on the eval suite's database, and "
+                     f"eval_suites/{suite.name}.yaml has no sql.database; set eval.suite to a suite that has one "
+                     "(e.g. sql) or reward with another metric")]
+    return []
 
 
 def validate_all() -> list[Problem]:
