@@ -19,7 +19,10 @@ return the gold query's rows becomes the rejected side of a pair (kind "policy")
 As many corruption pairs again, one per question the model answered right, are mixed in (measured: without them
 DPO learns the fixes' patterns everywhere, e.g. adding GROUP BY to every count question).
 
-    python tools/sql_pairs.py --policy [--run RUN_ID] [--limit N]
+    python tools/sql_pairs.py --policy [--run RUN_ID] [--limit N] [--samples N --temperature T]
+
+--samples N: N answers per question sampled at --temperature (torch seeded with --seed) instead of the greedy one;
+each distinct wrong one is a pair (measured in the README: 4 at 0.7, about 4 times the greedy pass's time).
 """
 from __future__ import annotations
 
