@@ -366,13 +366,15 @@ def test_sql_execution_rewards_each_answer_on_its_rows_database():
                                  sql_database=[pattern] * 3) == [1.0, 0.0, 0.0]
 
 
-def test_grpo_rewarded_by_sql_names_each_rows_database(project, write_recipe, tiny_model_dir, run_cli):
+def test_grpo_rewarded_by_sql_names_each_rows_database(project, write_recipe, tiny_model_dir, run_cli,
+                                                       monkeypatch):
     """Prepared grpo rows carry their db and the suite's database pattern (trl passes both to the reward); a row
     whose db names no database file is exit 2 naming the row, and nothing is published to the cache."""
+    monkeypatch.setenv("RECIPE_CACHE_DIR", str(project / "cache"))  # its own: slow tests share one per session
     _sql_grpo_recipe(project, write_recipe)
     code, _, err = run_cli("prepare", "tiny-sql-grpo")
     assert code == 0, err
-    prepared = next((project / ".cache" / "data").glob("*/train.jsonl"))
+    prepared = next((project / "cache" / "data").glob("*/train.jsonl"))
     row = jsonl.read(prepared).rows[0]
     assert row["db"] == "shop" and row["sql_database"] == str(project / "data" / "sql-demo" / "{db}.sql")
     rows = jsonl.read(ROOT / "data" / "sql-demo" / "train.jsonl").rows[:24]
@@ -380,7 +382,7 @@ def test_grpo_rewarded_by_sql_names_each_rows_database(project, write_recipe, ti
     _sql_grpo_recipe(project, write_recipe, rows)
     code, _, err = run_cli("prepare", "tiny-sql-grpo")
     assert code == 2 and "warehouse.sql does not exist (row 3 of sqlq/train.jsonl, db 'warehouse')" in err, err
-    assert "Traceback" not in err and len(list((project / ".cache" / "data").glob("*/train.jsonl"))) == 1
+    assert "Traceback" not in err and len(list((project / "cache" / "data").glob("*/train.jsonl"))) == 1
 
 
 def _validate(config: dict, recipe) -> dict:
