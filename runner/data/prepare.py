@@ -77,9 +77,10 @@ def _database_columns(items: list[tuple], database: tuple[str, str], recipe: Rec
 
     metric, pattern = database
     dbs = [(item[5], str(item[2].get("db", "")) if isinstance(item[2], dict) else "") for item in items]
+    suite = suites.for_recipe(recipe)
     for label in dict.fromkeys(item[0] for item in items):
-        suites.for_recipe(recipe).database_for([d for d, item in zip(dbs, items, strict=True) if item[0] == label],
-                                               metric, label, "row")
+        suite.database_for([d for d, item in zip(dbs, items, strict=True) if item[0] == label],
+                           metric, label, "row")
     return [{"db": db, "sql_database": pattern} for _, db in dbs]
 
 
@@ -212,7 +213,7 @@ def _percentiles(values: list[int]) -> dict | None:
             "mean": round(sum(ordered) / len(ordered), 1)}
 
 
-def _render_split(name, items, template, tokens, tokenizer, recipe, stop, extra=None) -> tuple[list[dict], dict]:
+def _render_split(name, items, template, tokens, tokenizer, recipe, stop) -> tuple[list[dict], dict]:
     rows, lengths, over, dropped, by_source = [], [], 0, 0, Counter()
     limit = recipe.data.max_seq_len
     progress = dict(desc=f"render {name}", unit="row", file=sys.stderr, leave=False, disable=len(items) < 200)
@@ -248,15 +249,16 @@ def _cut(text: str, room: int, tokenizer) -> str:
     return tokenizer.decode(tokenizer(text, add_special_tokens=False)["input_ids"][:room])
 
 
-def _render_preference(name, items, template, tokens, tokenizer, recipe, stop, extra) -> tuple[list[dict], dict]:
+def _render_preference(name, items, template, tokens, tokenizer, recipe, stop,
+                       extra: list[dict] | None = None) -> tuple[list[dict], dict]:
     """Pairs (or kto rows), rendered when they were read: a row is prompt + each answer, and is over length when
     prompt + its longer answer is (as trl forwards prompt + chosen and prompt + rejected). Truncation cuts answers."""
     answers = {"kto": ("completion",), "prompts": ("reference",)}.get(row_shape(recipe), ("chosen", "rejected"))
     rows, lengths, over, dropped, by_source = [], [], 0, 0, Counter()
     limit = recipe.data.max_seq_len
     texts = [[templates.Segment(item[1][key], False) for key in ("prompt", *answers)] for item in items]
-    for (label, example, original, *_), sizes, columns in zip(items, _token_lengths(texts, tokenizer), extra,
-                                                               strict=True):
+    for (label, example, original, *_), sizes, columns in zip(items, _token_lengths(texts, tokenizer),
+                                                               extra or [{}] * len(items), strict=True):
         row = {key: example[key] for key in ("prompt", *answers, "label") if key in example} | columns
         if "reference" in answers:
             row["stop"] = list(stop)  # grpo's reward functions cut answers where evaluation does
@@ -325,10 +327,12 @@ def prepare(loaded: Loaded, quiet: bool = False) -> Prepared:
     with atomic.staging_dir(target, keep_existing=True) as staging:  # an identical copy published first wins
         stats, counts, by_source = {}, {}, {}
         for name in SPLITS:
-            render = _render_split if row_shape(recipe) == "segments" else _render_preference
-            extra = ([{}] * len(splits[name]) if render is _render_split or not database or name == "test"
-                     else _database_columns(splits[name], database, recipe))
-            rows, stats[name] = render(name, splits[name], template, tokens, tokenizer, recipe, stop, extra)
+            args = (name, splits[name], template, tokens, tokenizer, recipe, stop)
+            if row_shape(recipe) == "segments":
+                rows, stats[name] = _render_split(*args)
+            else:  # grpo rewarded by executing SQL: train and val rows also name their database
+                extra = _database_columns(splits[name], database, recipe) if database and name != "test" else None
+                rows, stats[name] = _render_preference(*args, extra)
             counts[name] = len(rows)
             by_source[name] = stats[name]["rows_by_source"]
             jsonl.write(staging / f"{name}.jsonl", rows)
