@@ -1,8 +1,11 @@
 # recipe-runner: the user interface. `make` lists the targets.
-# Recipe targets take recipe=NAME and args="key=value ...", e.g.
+# Recipe targets take recipe=NAME, run=ID (a run of it; default: its latest) and args="key=value ... --option ...", e.g.
 #   make recipe=tiny-cpu args="train.max_steps=10" train
+#   make recipe=tiny-cpu run=20261130-091500-3f2a9c1d args="eval.max_items=20" eval
 recipe ?= tiny-cpu
 args ?=
+# RECIPE@RUN when run= is given: the one spelling of a run that every verb reads
+RUN = $(recipe)$(if $(run),@$(run))
 VENV := .venv
 PY := $(VENV)/bin/python
 RECIPE := $(VENV)/bin/recipe
@@ -14,7 +17,7 @@ export DO_NOT_TRACK := 1
 # WANDB_MODE=online make ... logs live (needs WANDB_API_KEY and network), WANDB_MODE=disabled turns it off.
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast validate lock golden render show tiny-model prepare plan fit train merge eval report compare gate demo demo-dpo bench gpu-check gpu-check-wheels gpu-check-dry fuzz test-distributed test-slurm test-browser
+.PHONY: help setup test test-fast validate lock golden render show tiny-model prepare plan fit train merge eval generate report compare gate serve chat publish demo demo-dpo bench gpu-check gpu-check-wheels gpu-check-dry fuzz test-distributed test-slurm test-browser
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -65,20 +68,32 @@ plan: setup ## write recipe=NAME's axolotl/DeepSpeed/launch files into a run dir
 fit: setup ## estimate recipe=NAME's peak memory per GPU, whether it fits, what would make it fit, time and cost
 	$(RECIPE) fit $(recipe) $(args)
 
-train: setup $(if $(filter tiny-cpu,$(recipe)),tiny-model) ## prepare, plan and train recipe=NAME -> runs/NAME/latest
-	$(RECIPE) train $(recipe) $(args)
+train: setup $(if $(filter tiny-cpu,$(recipe)),tiny-model) ## prepare, plan and train recipe=NAME -> runs/NAME/latest (target=, run=ID resumes that run)
+	$(RECIPE) train $(recipe) $(args) --target $(or $(target),local) $(if $(run),--resume $(run))
 
 merge: setup ## merge the latest run's LoRA adapter into its base model (run=ID for another run)
-	$(RECIPE) merge $(recipe) $(if $(run),--run $(run))
+	$(RECIPE) merge $(RUN) $(args)
 
 eval: setup ## evaluate base vs fine-tuned (latest run of recipe=NAME, or run=ID) and write the report
-	$(RECIPE) eval $(recipe) $(args) $(if $(run),--run $(run))
+	$(RECIPE) eval $(RUN) $(args)
+
+generate: setup ## answer prompt="..." with the base and fine-tuned models of recipe=NAME (run=ID), side by side
+	$(RECIPE) generate $(RUN) $(args) $(if $(prompt),--prompt "$(prompt)")
 
 compare: setup ## runs side by side: runs="A B" (run ids, recipes = their latest runs) -> compare.md, compare.json
 	$(RECIPE) compare $(runs) $(args)
 
-gate: setup ## recipe=NAME's latest run against its eval suite's gates (baseline=RUN): exit 0 pass, 1 fail
-	$(RECIPE) gate $(recipe) $(if $(run),--run $(run)) $(if $(baseline),--baseline $(baseline))
+gate: setup ## recipe=NAME's latest run (or run=ID) against its eval suite's gates (baseline=RUN): exit 0 pass, 1 fail
+	$(RECIPE) gate $(RUN) $(args) $(if $(baseline),--baseline $(baseline))
+
+serve: setup ## serve recipe=NAME's latest run (or run=ID) behind an OpenAI-compatible API (port=8000)
+	$(RECIPE) serve $(RUN) $(args) $(if $(port),--port $(port))
+
+chat: setup ## a local web page: base and fine-tuned answers of recipe=NAME (run=ID) side by side (port=7860)
+	$(RECIPE) chat $(RUN) $(args) $(if $(port),--port $(port))
+
+publish: setup ## upload recipe=NAME's run (run=ID) with its model card to the hub (args="--dry-run" lists the files)
+	$(RECIPE) publish $(RUN) $(args)
 
 demo: ## the CPU demo: SmolLM2-135M learns text-to-SQL (set-up if needed, train, evaluate, report)
 	$(MAKE) --no-print-directory recipe=smollm2-135m-sql-chatml train eval
@@ -89,8 +104,8 @@ demo-dpo: setup ## after `make demo`: DPO from the SQL demo's SFT model on pairs
 	$(MAKE) --no-print-directory recipe=smollm2-135m-sql-dpo train eval
 	@echo "report: runs/smollm2-135m-sql-dpo/latest/report.md"
 
-report: setup ## write report.md and plots for the latest run of recipe=NAME
-	$(RECIPE) report $(recipe) $(if $(run),--run $(run))
+report: setup ## write report.md and plots for the latest run of recipe=NAME (or run=ID)
+	$(RECIPE) report $(RUN) $(args)
 
 test-distributed: setup tiny-model ## real 2-process CPU training of tiny-cpu: data parallel, DeepSpeed ZeRO-2 and ZeRO-3 (gloo)
 	$(PY) -m pytest -q tests/test_distributed.py tests/test_deepspeed_cpu.py

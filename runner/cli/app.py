@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
 import sys
+import textwrap
 
-from runner.cli import chat_verbs, decide_verbs, fit_verbs, recipe_verbs, run_verbs, serve_verbs, ship_verbs
+from runner.cli import chat_verbs, decide_verbs, fit_verbs, recipe_verbs, run_verbs, serve_verbs, ship_verbs, targets
 from runner.core.errors import STORAGE_ERRNOS, RunFailed, UserError, storage_error
 
 VERB_MODULES = (recipe_verbs, run_verbs, chat_verbs, ship_verbs, serve_verbs, fit_verbs, decide_verbs)
@@ -33,27 +35,56 @@ EPILOG = """examples:
 """
 
 
+# The verbs in the order of the data flow, as `recipe --help` lists them.
+GROUPS = (
+    ("recipes", ("init", "list", "validate", "show", "schema", "lock", "diff", "render")),
+    ("data", ("prepare",)),
+    ("plan and train", ("tiny-model", "fit", "plan", "train", "merge")),
+    ("evaluate", ("eval", "generate", "report")),
+    ("decide", ("compare", "gate")),
+    ("ship and serve", ("publish", "serve", "chat")),
+)
+
+
+class _Parser(argparse.ArgumentParser):
+    """The top-level parser: its help lists the verbs grouped by stage."""
+
+    def format_help(self) -> str:
+        subparsers = next(a for a in self._actions if isinstance(a, argparse._SubParsersAction))
+        helps = {choice.dest: choice.help for choice in subparsers._choices_actions}
+        listed = [name for _, names in GROUPS for name in names]
+        missing = sorted(set(subparsers.choices) - set(listed))
+        width = max(map(len, subparsers.choices)) + 2
+        columns = max(shutil.get_terminal_size().columns, 80) - 2
+        lines = [self.format_usage().rstrip(), "", self.description, ""]
+        for title, names in (*GROUPS, *((("other", tuple(missing)),) if missing else ())):
+            lines.append(f"{title}:")
+            for name in names:
+                lines += textwrap.wrap(helps[name].replace("%%", "%"), columns, initial_indent=f"  {name:{width}}",
+                                       subsequent_indent=" " * (width + 2))
+            lines.append("")
+        lines += ["options:", "  -h, --help  show this message; `recipe VERB --help` shows one verb's", "",
+                  self.epilog]
+        return "\n".join(lines)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="recipe", description="Declarative fine-tuning recipes.",
-                                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+    parser = _Parser(prog="recipe", description="Declarative fine-tuning recipes.", epilog=EPILOG,
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB", parser_class=argparse.ArgumentParser)
 
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-v", "--verbose", action="store_true",
                         help="show the libraries' own messages on the terminal too (they always go to the log)")
 
     def verb(name, func, help_text):
-        sub = verbs.add_parser(name, help=help_text, description=help_text, parents=[common])
+        # argparse %-formats help strings ("95%" would end `--help` in a TypeError); descriptions it prints as is
+        sub = verbs.add_parser(name, help=help_text.replace("%", "%%"), description=help_text, parents=[common])
         sub.set_defaults(func=func)
         return sub
 
-    def with_recipe(sub):
-        sub.add_argument("recipe", help="recipe name (recipes/**/<name>.yaml) or path")
-        sub.add_argument("overrides", nargs="*", metavar="key=value", help="overrides, e.g. train.learning_rate=1e-4")
-        return sub
-
     for module in VERB_MODULES:
-        module.register(verb, with_recipe)
+        module.register(verb, targets.with_recipe)
     return parser
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 import argparse
 import signal
 
+from runner.cli import targets
 from runner.core import console, paths
 from runner.evaluate.chat_page import DEFAULT_HOST, DEFAULT_PORT
-from runner.recipe import loading
 
 CHAT_EXAMPLES = """examples:
   recipe chat tiny-cpu                          # the latest run, on http://127.0.0.1:7860/
@@ -17,15 +17,15 @@ CHAT_EXAMPLES = """examples:
 
 def cmd_chat(args) -> int:
     from runner.evaluate import chat_page, generate
-    from runner.runs import rundir
 
     chat_page.check_port(args.host, args.port)  # the user's mistakes first, before minutes of loading
-    run = rundir.find(loading.recipe_name(args.recipe), args.run)
+    run = targets.run_of(args)
+    recipe = targets.run_recipe(args, run, "chat")
     run.trained()
     log = run.file("logs", "chat.log")
     console.say(f"chat: loading the base and fine-tuned models of {paths.display(run.path)}")
     with console.third_party_to(log, args.verbose):  # model loading and the web server's messages go to the log
-        pair = generate.load_pair(run)
+        pair = generate.load_pair(run, recipe.eval.max_new_tokens)
         page = chat_page.build(pair)
         url = chat_page.launch(page, args.host, args.port)
         console.say(f"chat page: {url} (Ctrl-C stops it; library messages: {paths.display(log)})")
@@ -42,8 +42,7 @@ def _interrupt(signum, frame):
 def register(verb, with_recipe) -> None:
     chat = verb("chat", cmd_chat, "a local web page: the base and fine-tuned answers to a prompt, side by side")
     chat.epilog, chat.formatter_class = CHAT_EXAMPLES, argparse.RawDescriptionHelpFormatter
-    chat.add_argument("recipe", help="recipe name (recipes/**/<name>.yaml) or path")
-    chat.add_argument("--run", default=None, help="run id (default: latest)")
+    targets.with_run(chat)
     chat.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"TCP port (default {DEFAULT_PORT})")
     chat.add_argument("--host", default=DEFAULT_HOST,
                       help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every interface)")

@@ -34,10 +34,13 @@ def cmd_compare(args) -> int:
 
 
 def cmd_gate(args) -> int:
+    from runner.cli import targets
     from runner.decide import gate, runs_select
 
-    candidate = runs_select.require_evaluated(runs_select.resolve(f"{args.recipe}@{args.run}" if args.run
-                                                                  else args.recipe))
+    candidate = runs_select.resolve(f"{args.recipe}@{args.run}" if args.run else args.recipe)
+    for run in candidate.runs:  # a key that would change how a run was made is exit 2
+        targets.run_recipe(args, run, "gate")
+    candidate = runs_select.require_evaluated(candidate)
     baseline = runs_select.require_evaluated(runs_select.resolve(args.baseline)) if args.baseline else None
     if baseline is not None and {r.path for r in baseline.runs} & {r.path for r in candidate.runs}:
         from runner.core.errors import UserError
@@ -59,6 +62,9 @@ def register(verb, with_recipe) -> None:
     compare.epilog = ("examples:\n  recipe compare tiny-cpu@20261130-091500-3f2a9c1d tiny-cpu\n"
                       "  recipe compare smollm2-lr1e-3 smollm2-lr3e-4 -o review/")
     gate = verb("gate", cmd_gate, "judge a run on its eval suite's gates (on 95% intervals): exit 0 pass, 1 fail")
-    gate.add_argument("recipe", help="recipe whose latest run (or seed group) is gated")
-    gate.add_argument("--run", default=None, help="run id or seed group id (default: latest)")
+    gate.add_argument("recipe", metavar="RECIPE[@RUN]", help=RUN_FORMS)
+    gate.add_argument("overrides", nargs="*", metavar="key=value", help="overrides (anywhere on the line) of what "
+                      "can change after training (eval.*, publish.*); the gates judge the eval the run has")
+    gate.add_argument("--run", default=None, help="run id or seed group id of RECIPE (the same as RECIPE@RUN; "
+                      "default: latest)")
     gate.add_argument("--baseline", default=None, metavar="RUN", help=f"for max_drop gates: {RUN_FORMS}")

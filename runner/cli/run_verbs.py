@@ -4,9 +4,11 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from runner.cli import targets
 from runner.core import console, paths
 from runner.core.errors import Problem, UserError
 from runner.recipe import loading
+from runner.runs import lookup
 from runner.train.engine import TARGETS
 
 
@@ -92,8 +94,8 @@ def cmd_train(args) -> int:
 
     if args.seeds is not None:
         return cmd_train_seeds(args)
-    resume = False if args.resume is None else args.resume
-    run = train(loading.load(args.recipe, args.overrides), args.target, resume, detach=args.detach,
+    recipe, resume = _train_target(args)
+    run = train(loading.load(recipe, args.overrides), args.target, resume, detach=args.detach,
                 verbose=args.verbose)
     manifest = run.manifest()
     if manifest.status.value == "submitted":
@@ -105,16 +107,30 @@ def cmd_train(args) -> int:
     return 0
 
 
+def _train_target(args) -> tuple[str, str | bool]:
+    """(recipe, resume) for `recipe train`: RECIPE@RUN, a run id or a run folder name the run --resume continues."""
+    resume = False if args.resume is None else args.resume
+    name = lookup.parse(args.recipe, args.resume or None, option="--resume")
+    if name.recipe is not None and name.run_id is None:
+        return name.recipe, resume
+    if args.resume is None:
+        raise UserError(Problem(args.recipe, "", "names a run; `recipe train` starts a new run of a recipe, or with "
+                                f"--resume continues this one: recipe train {args.recipe} --resume"))
+    run = name.find()
+    return name.recipe or run.manifest().recipe, run.run_id
+
+
 def _figure(value: float | None) -> str:
     """A figure for people: four significant digits."""
     return "-" if value is None else f"{value:.4g}"
 
 
 def cmd_merge(args) -> int:
-    from runner.runs import rundir
     from runner.train.merge import merge
 
-    print(f"merged model: {paths.display(merge(rundir.find(loading.recipe_name(args.recipe), args.run)))}")
+    run = targets.run_of(args)
+    targets.run_recipe(args, run, "merge")  # a key that would change how the run was made is exit 2
+    print(f"merged model: {paths.display(merge(run))}")
     return 0
 
 
@@ -124,15 +140,17 @@ def cmd_eval(args) -> int:
     from runner.report import markdown
     from runner.runs import rundir
 
-    loaded = loading.load(args.recipe, args.overrides)
-    run = rundir.find(loaded.recipe.name, args.run)
-    recipe, changed = rundir.recipe_for_eval(run, loaded.recipe)
+    run = targets.run_of(args)
+    current = targets.current_recipe(args, run)
+    recipe_file = targets.names_recipe_file(args)
+    where = paths.display(loading.find(recipe_file)) if recipe_file else paths.display(run.file(rundir.RESOLVED))
+    recipe, changed = rundir.recipe_for_eval(run, current)
     if changed:
-        print(f"note: {paths.display(loaded.path)} differs from the recipe run {run.run_id} was trained with "
+        print(f"note: {where} differs from the recipe run {run.run_id} was trained with "
               f"({', '.join(changed)}); evaluating with the run's recipe ({run.run_id}/recipe.resolved.yaml) and "
               "the current eval settings", file=sys.stderr)
     suite = (suites.load(args.suite, key="--suite") if args.suite
-             else suites.for_recipe(recipe, paths.display(loaded.path)))
+             else suites.for_recipe(recipe, where))
     log = run.file("logs", "eval.log")
     with console.third_party_to(log, args.verbose):  # lm-eval's and torch's messages go to the run's log
         result = evaluation.evaluate(run, recipe, suite)
@@ -146,8 +164,13 @@ def cmd_generate(args) -> int:
     from runner.evaluate import generate
     from runner.runs import rundir
 
-    loaded = loading.load(args.recipe, args.overrides)
-    target = rundir.find(loaded.recipe.name, args.run) if args.run else loaded
+    name = lookup.parse(args.recipe, args.run)
+    if name.recipe is not None and name.run_id is None:  # the recipe as it is now, on its latest run if it has one
+        target, max_new_tokens = loading.load(name.recipe, args.overrides), args.max_new_tokens
+    else:
+        target = name.find()
+        max_new_tokens = args.max_new_tokens or targets.run_recipe(args, target, "generate").eval.max_new_tokens
+        targets.run_recipe(args, target, "generate")  # with --max-new-tokens too: a key against the run is exit 2
     prompts = list(args.prompt or [])
     if args.file:
         try:
@@ -161,16 +184,17 @@ def cmd_generate(args) -> int:
     log = (target.file("logs", "generate.log") if isinstance(target, rundir.RunDir)
            else paths.cache_dir() / "logs" / "generate.log")
     with console.third_party_to(log, args.verbose):
-        answers = generate.generate(target, prompts, args.max_new_tokens)
+        answers = generate.generate(target, prompts, max_new_tokens)
     print(generate.format_side_by_side(answers), end="")
     return 0
 
 
 def cmd_report(args) -> int:
     from runner.report import markdown
-    from runner.runs import rundir
 
-    print(f"wrote {paths.display(markdown.write_report(rundir.find(loading.recipe_name(args.recipe), args.run)))}")
+    run = targets.run_of(args)
+    targets.run_recipe(args, run, "report")  # a key that would change how the run was made is exit 2
+    print(f"wrote {paths.display(markdown.write_report(run))}")
     return 0
 
 
@@ -185,22 +209,17 @@ def register(verb, with_recipe) -> None:
                        help="local (one process), accelerate, torchrun, or slurm (sbatch, then wait for the job)")
     train.add_argument("--detach", action="store_true", help="with --target slurm: submit and return at once")
     train.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN",
-                       help="continue a run (the latest, or RUN) from its newest checkpoint")
+                       help="continue a run (the latest, or RUN; RECIPE@RUN, a run id or a run folder also name it) "
+                       "from its newest checkpoint")
     train.add_argument("--seeds", default=None, metavar="1,2,3",
                        help="train one run per seed (train.seed), tagged with one seed group id for compare and gate")
-    merge = verb("merge", cmd_merge, "merge a run's LoRA adapter into the base model -> run/merged/")
-    merge.add_argument("recipe")
-    merge.add_argument("--run", default=None, help="run id (default: latest)")
-    evaluate = with_recipe(verb("eval", cmd_eval, "evaluate base and fine-tuned models on the recipe's eval suite "
-                                "(lm-evaluation-harness), then write the report"))
-    evaluate.add_argument("--run", default=None, help="run id (default: latest)")
+    targets.with_run(verb("merge", cmd_merge, "merge a run's LoRA adapter into the base model -> run/merged/"))
+    evaluate = targets.with_run(verb("eval", cmd_eval, "evaluate base and fine-tuned models on the recipe's eval "
+                                     "suite (lm-evaluation-harness), then write the report"))
     evaluate.add_argument("--suite", default=None, help="eval suite name (default: the recipe's eval.suite)")
-    generate = with_recipe(verb("generate", cmd_generate, "answer prompts with the base and fine-tuned models, "
-                                "side by side, in the recipe's template"))
+    generate = targets.with_run(verb("generate", cmd_generate, "answer prompts with the base and fine-tuned models, "
+                                     "side by side, in the recipe's template"))
     generate.add_argument("--prompt", action="append", help="a prompt (repeatable)")
     generate.add_argument("--file", help="a file of prompts, one a line")
-    generate.add_argument("--run", default=None, help="run id (default: latest)")
     generate.add_argument("--max-new-tokens", type=int, default=None)
-    report = verb("report", cmd_report, "write report.md and plots/ for a run")
-    report.add_argument("recipe")
-    report.add_argument("--run", default=None, help="run id (default: latest)")
+    targets.with_run(verb("report", cmd_report, "write report.md and plots/ for a run"))

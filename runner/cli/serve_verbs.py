@@ -1,8 +1,8 @@
 """Verbs that put a trained model to use: serve (an OpenAI-compatible API)."""
 from __future__ import annotations
 
+from runner.cli import targets
 from runner.core import console, paths
-from runner.recipe import loading
 
 SERVE_EPILOG = """examples:
   recipe serve tiny-cpu                           # http://127.0.0.1:8000/v1, model "tiny-cpu"
@@ -14,10 +14,10 @@ then, with any OpenAI client:
 
 
 def cmd_serve(args) -> int:
-    from runner.runs import rundir
     from runner.serve import folder, server
 
-    run = rundir.find(loading.recipe_name(args.recipe), args.run)
+    run = targets.run_of(args)
+    targets.run_recipe(args, run, "serve")  # a key that would change how the run was made is exit 2
     run.trained()  # a run with no model is exit 2 before anything else
     sock = server.bind(args.host, args.port)  # a port in use is exit 2 before the model loads
     try:
@@ -45,8 +45,7 @@ def register(verb, with_recipe) -> None:
                  "chats are formatted with the recipe's template and answers end at its stop strings")
     serve.formatter_class = argparse.RawDescriptionHelpFormatter
     serve.epilog = SERVE_EPILOG
-    serve.add_argument("recipe", help="recipe name or path")
-    serve.add_argument("--run", default=None, help="run id (default: latest)")
+    targets.with_run(serve)
     serve.add_argument("--port", type=int, default=8000, help="port (default 8000; 0: any free port)")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1, this machine "
                        "only; 0.0.0.0 for every interface)")

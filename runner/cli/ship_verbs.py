@@ -1,19 +1,21 @@
 """Verbs that ship a run's model: publish (the adapter or merged model with its model card, to the hub)."""
 from __future__ import annotations
 
+from runner.cli import targets
 from runner.core import console, paths
-from runner.recipe import loading
 
 
 def cmd_publish(args) -> int:
-    from runner.runs import rundir
     from runner.ship import publish
 
-    loaded = loading.load(args.recipe, args.overrides)
-    repo_id = publish.repo_id_for(loaded.recipe, args.repo_id)  # the current publish section is the one used
+    current = targets.recipe_file_now(args)  # a bad repo id or a missing token first, before the run is looked at
+    if current is not None:
+        publish.repo_id_for(current, args.repo_id)
     token = None if args.dry_run else publish.hub_token()
-    run = rundir.find(loaded.recipe.name, args.run)
-    recipe = publish.recipe_for_publish(run, loaded.recipe)
+    run = targets.run_of(args)
+    current = current or targets.current_recipe(args, run)
+    repo_id = publish.repo_id_for(current, args.repo_id)  # the current publish section is the one used
+    recipe = publish.recipe_for_publish(run, current)
     log = run.file("logs", "publish.log")
     with console.third_party_to(log, args.verbose):  # huggingface_hub's and transformers' messages go to the log
         plan = publish.plan(run, recipe, repo_id, args.merged, args.private)
@@ -29,9 +31,8 @@ def cmd_publish(args) -> int:
 
 
 def register(verb, with_recipe) -> None:
-    sub = with_recipe(verb("publish", cmd_publish, "upload a run's LoRA adapter (or merged model) with its model card "
-                           "to the Hugging Face hub; the token comes from HF_TOKEN"))
-    sub.add_argument("--run", default=None, help="run id (default: latest)")
+    sub = targets.with_run(verb("publish", cmd_publish, "upload a run's LoRA adapter (or merged model) with its model "
+                                "card to the Hugging Face hub; the token comes from HF_TOKEN"))
     sub.add_argument("--repo-id", default=None, metavar="NAMESPACE/NAME",
                      help="the hub repo (default: publish.hub_model_id)")
     sub.add_argument("--merged", action="store_true", default=None,

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from runner.core import paths
 from runner.core.errors import Problem, UserError, unknown_name
-from runner.runs import rundir
+from runner.recipe import loading
+from runner.runs import lookup, rundir
 from runner.runs.rundir import RunDir
 
 SUMMARY = "eval/summary.json"
@@ -63,22 +64,19 @@ def resolve(token: str) -> Side:
         run = RunDir(as_path.resolve())
         return Side(f"{run.manifest().recipe}@{run.run_id}", (run,))
     if "@" in token:
-        recipe, ident = token.split("@", 1)
-        return _in_recipe(recipe, ident, token)
+        recipe, ident = token.rsplit("@", 1)
+        return _in_recipe(loading.recipe_name(recipe), ident, token)
     runs_dir = paths.runs_dir()
-    if (runs_dir / token / rundir.LATEST).exists():
-        return _whole_group(rundir.find(token), token)
+    if (runs_dir / loading.recipe_name(token) / rundir.LATEST).exists():  # a recipe's name or its file
+        return _whole_group(rundir.find(loading.recipe_name(token)), token)
     recipes = sorted(p for p in runs_dir.iterdir() if p.is_dir() and not p.name.startswith("_")) \
         if runs_dir.is_dir() else []
-    for recipe_dir in recipes:
-        if (recipe_dir / token / rundir.MANIFEST).is_file():
-            return Side(token, (RunDir((recipe_dir / token).resolve()),))
+    if lookup.holders(token):
+        return Side(token, (lookup.by_id(token),))
     for recipe_dir in recipes:
         members = _group(_runs_of(recipe_dir), token)
         if members:
             return Side(token, tuple(members), token)
-    from runner.recipe import loading
-
     try:
         loading.find(token)
     except UserError:

@@ -331,6 +331,21 @@ def load(name_or_path: str | Path, overrides: list[str] = ()) -> Loaded:
     return Loaded(recipe=recipe, path=path, chain=chain, roots=roots)
 
 
+def with_overrides(recipe: Recipe, overrides: list[str], where: str) -> Recipe:
+    """`recipe` with key=value overrides applied and validated again (a finished run's recipe, as a verb that acts
+    on the run sees it); `where` names the recipe in messages."""
+    if not overrides:
+        return recipe
+    data = recipe.model_dump(mode="json", by_alias=True)
+    for text in overrides:
+        keys, value = parse_override(text)
+        data = _apply_override(data, keys, value)
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as err:
+        raise UserError([Problem(where, *_describe(e)) for e in err.errors()]) from None
+
+
 def check_fragment(path: Path) -> None:
     """Validate a base file under recipes/_base/: every key known, every value the right type.
 
