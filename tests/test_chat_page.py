@@ -115,7 +115,6 @@ def chat_command(tmp_path):
 
 @pytest.mark.browser
 @pytest.mark.model
-@pytest.mark.slow
 def test_the_page_answers_as_recipe_generate(browser, chat_command, own_trained_run, tmp_path):
     from selenium.webdriver.common.by import By
 
@@ -163,7 +162,6 @@ def _untrained_run(overrides: list[str]):
 
 @pytest.mark.browser
 @pytest.mark.model
-@pytest.mark.slow
 def test_an_edited_system_prompt_reaches_both_models(browser, project, tiny_model_dir):
     """falcon-instruct renders the system prompt: the page starts with the recipe's, answers with the edited one,
     and refuses a request longer than the model's context while staying up."""
@@ -215,6 +213,7 @@ def test_chat_refuses_a_port_in_use_before_loading_anything(project, run_cli):
                    "or choose another port with --port\n")
 
 
+@pytest.mark.model
 def test_chat_refuses_a_run_without_a_model(project, run_cli, tiny_model_dir):
     port = str(_free_port())
     code, _, err = run_cli("chat", "tiny-cpu", "--port", port)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from runner.core import cpufeatures
-from runner.recipe import loading
+from runner.recipe import loading, precision
 from runner.train import engine
 
 X86_BF16 = "processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n"
@@ -57,6 +57,7 @@ def test_bf16_cpu_engine_files_ask_for_cpu_autocast(project):
     assert engine.accelerate_config(fp32)["mixed_precision"] == "no"
 
 
+@pytest.mark.model
 def test_train_on_a_cpu_without_bf16_stops_before_anything_starts(run_cli, project, tmp_path, monkeypatch,
                                                                   tiny_model_dir):
     # A CPU without bf16 instructions cannot exist on this machine: its /proc/cpuinfo is stood in for by a file.
@@ -88,17 +89,18 @@ def test_param_count_sees_through_4bit_weights():
 def test_auto_precision_is_bf16_where_the_cpu_has_it_else_fp32(project):
     hardware = loading.load("tiny-cpu").recipe.hardware
     assert hardware.precision == "auto"  # the cpu profile's default: validated and locked without the machine
-    assert cpufeatures.effective_precision(hardware, missing=None) == "bf16"
-    assert cpufeatures.effective_precision(hardware, missing="AVX-512 BF16") == "fp32"
-    assert cpufeatures.effective_precision(hardware, target="slurm", missing=None) == "fp32"  # nodes unseen
+    assert precision.effective_precision(hardware, missing=None) == "bf16"
+    assert precision.effective_precision(hardware, missing="AVX-512 BF16") == "fp32"
+    assert precision.effective_precision(hardware, target="slurm", missing=None) == "fp32"  # nodes unseen
     with_ds = hardware.model_copy(update={"deepspeed": "zero2", "gpus": 2})
-    assert cpufeatures.effective_precision(with_ds, missing=None) == "fp32"  # bf16 on cpu runs without DeepSpeed
+    assert precision.effective_precision(with_ds, missing=None) == "fp32"  # bf16 on cpu runs without DeepSpeed
     fixed = hardware.model_copy(update={"precision": "fp32"})
-    assert cpufeatures.effective_precision(fixed, missing=None) == "fp32"
+    assert precision.effective_precision(fixed, missing=None) == "fp32"
     gpu = hardware.model_copy(update={"device": "cuda", "attention": "sdpa"})
-    assert cpufeatures.effective_precision(gpu, missing="x") == "bf16"
+    assert precision.effective_precision(gpu, missing="x") == "bf16"
 
 
+@pytest.mark.model
 def test_a_planned_run_records_the_precision_auto_chose(run_cli, project):
     code, out, err = run_cli("plan", "tiny-cpu")
     assert code == 0, err

@@ -1,5 +1,5 @@
 """recipe compare and recipe gate on hand-built evaluated runs (no model): every file is written through the contract
-its real writer uses (Manifest, EvalSummary from summarize(), samples rows as the harness writes them), so these
+its real writer uses (Manifest, EvalSummary from candidate_metrics(), samples rows as the harness writes them), so these
 tests pin the statistics, the verdicts and the error paths exactly; test_review_workflow runs them on real runs."""
 from __future__ import annotations
 
@@ -13,9 +13,10 @@ from PIL import Image
 from runner.core.errors import UserError
 from runner.decide import compare, gate, items, runs_select
 from runner.evaluate import stats
-from runner.evaluate.summary import GENERATE_TASK, PERPLEXITY_TASK, EvalSummary, summarize
+from runner.evaluate.scoring import GENERATE_TASK, PERPLEXITY_TASK, candidate_metrics
 from runner.recipe import loading, suites
 from runner.runs import rundir
+from runner.runs.eval_summary import CandidateSummary, EvalSummary
 from runner.runs.manifest import Manifest, Seeds, Status, TrainSummary
 from runner.train import engine
 
@@ -58,7 +59,9 @@ def make_run(recipe: str, run_id: str, rows: dict, overrides=(), group=None, see
         for task, task_rows in rows.items():
             run.file("eval", f"samples-finetuned-{task}.jsonl").write_text(
                 "".join(json.dumps(r) + "\n" for r in task_rows))
-        EvalSummary(suite=suite, suite_version="1.0.0", n_items=N, metrics=summarize({"finetuned": rows})).write(
+        own = CandidateSummary(kind="finetuned", slug="finetuned",
+                               metrics=candidate_metrics({"finetuned": rows}, "finetuned")["finetuned"])
+        EvalSummary(suite=suite, suite_version="1.0.0", n_items=N, candidates={"finetuned": own}).write(
             run.file("eval", "summary.json"))
     rundir.point_latest(run)
     return run
@@ -172,7 +175,7 @@ def test_seed_groups_report_the_spread_between_seeds(gated, tmp_path):
     assert runs_select.resolve("g1").runs == left.runs
     folder, data = compare.write([left, right], tmp_path)
     row = {m.name: m for m in data.metrics}["exact_match"]
-    per_seed = [EvalSummary.read(r.file("eval", "summary.json")).metrics["exact_match"].finetuned for r in left.runs]
+    per_seed = [EvalSummary.read(r.file("eval", "summary.json")).versus_base()["exact_match"].value for r in left.runs]
     assert row.seed_sd[0] == pytest.approx(float(np.std(per_seed, ddof=1)), abs=1e-6)
     assert row.seed_range[0] == [min(per_seed), max(per_seed)]
     assert row.values[0] == pytest.approx(np.mean(per_seed), abs=1e-6)

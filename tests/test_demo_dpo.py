@@ -16,16 +16,14 @@ from runner.evaluate.evaluation import evaluate
 from runner.recipe import loading, suites
 from runner.report.markdown import write_report
 from runner.train.launch import train
-from tests.conftest import ROOT
-from tests.test_demo import SHORT
+from tests.helpers import ROOT, SHORT_DEMO
 
 pytestmark = pytest.mark.model
-SHORT_DPO = [*SHORT, "data.split.val=0"]  # no validation pass: the reward metrics come from training steps
+SHORT_DPO = [*SHORT_DEMO, "data.split.val=0"]  # no validation pass: the reward metrics come from training steps
 
 
-@pytest.mark.slow
 def test_shortened_dpo_demo_starts_from_the_sft_run(session_dirs, tmp_path):
-    sft = train(loading.load("smollm2-135m-sql-chatml", SHORT))
+    sft = train(loading.load("smollm2-135m-sql-chatml", SHORT_DEMO))
     data = tmp_path / "sql-demo"  # the on-policy pairs of the SFT run's answers to 12 training questions
     shutil.copytree(ROOT / "data" / "sql-demo", data, ignore=shutil.ignore_patterns(sql_pairs.POLICY_OUT))
     assert sql_pairs.main(["--policy", "--limit", "12", "--data", str(data)]) == 0
@@ -42,7 +40,7 @@ def test_shortened_dpo_demo_starts_from_the_sft_run(session_dirs, tmp_path):
     assert manifest.data.counts["test"] == 90  # the SFT demo's held-out questions, as supervised rows
     assert manifest.data.counts["train"] == len(pairs)  # every pair is a training pair
     summary = evaluate(run, loaded.recipe, suites.for_recipe(loaded.recipe)).to_json()
-    execution = summary["metrics"]["sql_execution"]
+    execution = summary["candidates"]["finetuned"]["metrics"]["sql_execution"]
     assert execution["n"] == 4
     report = write_report(run).read_text(encoding="utf-8")
     for label in ("smollm2", "run:smollm2-135m-sql-chatml", "finetuned"):

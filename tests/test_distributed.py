@@ -11,7 +11,6 @@ from runner.train.launch import train
 pytestmark = pytest.mark.model
 
 
-@pytest.mark.slow
 def test_two_processes_train_data_parallel_on_cpu(session_dirs, tiny_model_dir):
     loaded = loading.load("tiny-cpu", ["hardware.gpus=2", "train.max_steps=12", "train.save_steps=6"])
     assert loaded.recipe.global_batch == 8  # micro 4 x accumulation 1 x 2 processes
@@ -30,7 +29,6 @@ def test_two_processes_train_data_parallel_on_cpu(session_dirs, tiny_model_dir):
     assert "torchrun --nproc_per_node=2 --nnodes=1 --standalone" in run.file("launch.sh").read_text()
 
 
-@pytest.mark.slow
 def test_two_process_run_resumes_on_both_ranks(session_dirs, tiny_model_dir):
     """Kill a 2-process run after its first checkpoint (written by rank 0); --resume continues both ranks."""
     import os

@@ -9,7 +9,6 @@ from __future__ import annotations
 import http.server
 import json
 import os
-import shutil
 import socket
 import textwrap
 import threading
@@ -21,18 +20,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read by huggingface_hub/datasets
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from runner.core.errors import UserError
-from runner.data import prepare
 from runner.evaluate import evaluation, generate, task_hooks, tasks
 from runner.evaluate.judge_run import judge_run
-from runner.evaluate.summary import EvalSummary, format_summary
+from runner.evaluate.scoring import format_summary
 from runner.recipe import loading, suites
-from runner.runs import rundir
-from runner.runs.manifest import Status
-from runner.train import plan
-from tests.conftest import ChatCompletionsHandler, offline_workspace
+from runner.runs.eval_summary import EvalSummary
+from tests.helpers import EVAL_OVERRIDES, ChatCompletionsHandler, make_eval_run, offline_workspace
 
 ROOT = Path(__file__).resolve().parent.parent
-OVERRIDES = ["eval.max_items=6", "eval.max_new_tokens=12", "eval.batch_size=4"]
 HELDOUT = ["exact_match", "token_f1", "bleu", "rouge_l", "perplexity"]
 MC_ROWS = [("What color is the sky on a clear day?", ["blue", "green", "red"], 0),
            ("How many legs does a cat have?", ["two", "four", "six"], 1),
@@ -52,35 +47,10 @@ def project(tmp_path_factory):
         yield root
 
 
-def make_run(adapter: bool = True) -> tuple[rundir.RunDir, object]:
-    """A trained-looking tiny-cpu run: prepared test split, manifest, and an untrained LoRA adapter."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    loaded = loading.load("tiny-cpu", OVERRIDES)
-    prepared = prepare.prepare(loaded, quiet=True)
-    run = rundir.create("tiny-cpu", loaded.fingerprint)
-    run.file("data").mkdir()
-    shutil.copy(prepared.split("test"), run.file("data", "test.jsonl"))
-    (run.path / "recipe.resolved.yaml").write_text(loading.resolved_yaml(loaded.recipe))
-    base = (rundir.paths.project_root() / "models" / "tiny-llama").resolve()
-    if adapter:
-        torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
-        # init_lora_weights=False: random, non-zero B, so the "fine-tuned" model really differs from the base
-        config = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False)
-        get_peft_model(model, config).save_pretrained(run.file("model"))
-    manifest = plan.new_manifest(loaded, run, "local", str(base), Status.TRAINED, data=prepared.info)
-    manifest.model_copy(update={"timings": {"train_s": 1.0}}).write(run.manifest_path)
-    rundir.point_latest(run)
-    return run, loaded.recipe
-
-
 @pytest.fixture(scope="module")
 def evaluated(project):
     """The tiny run evaluated once on the test-chat suite (held-out metrics + a local tiny judge)."""
-    run, recipe = make_run()
+    run, recipe = make_eval_run()
     summary = evaluation.evaluate(run, recipe, suites.load("test-chat"))
     return run, recipe, summary.to_json()
 
@@ -132,18 +102,19 @@ def test_evaluate_writes_summary_for_base_and_finetuned(evaluated):
     assert json.loads(run.file("eval", "summary.json").read_text()) == summary
     assert summary["suite"] == "test-chat" and summary["suite_version"] == "0.1.0"
     assert summary["n_items"] == 6 and summary["skipped"] == {}
-    assert sorted(summary["metrics"]) == sorted(HELDOUT)
-    for name, metric in summary["metrics"].items():
-        assert metric["n"] == 6, name
-        for key in ("base", "finetuned", "delta", "p_sign"):
-            assert isinstance(metric[key], float), (name, key)
-        assert metric["delta"] == pytest.approx(metric["finetuned"] - metric["base"], abs=1e-5)
-        assert metric["ci95"][0] <= metric["delta"] <= metric["ci95"][1] or metric["ci95"][0] == metric["ci95"][1]
-    ppl = summary["metrics"]["perplexity"]
-    assert ppl["base"] > 1 and ppl["finetuned"] > 1 and ppl["base"] != ppl["finetuned"]
+    versus_base = EvalSummary.model_validate(summary).versus_base()  # fine-tuned (value) against base (reference)
+    assert sorted(versus_base) == sorted(HELDOUT) and list(summary["candidates"]) == ["base", "finetuned"]
+    for name, metric in versus_base.items():
+        assert metric.n == 6, name
+        for key in ("reference", "value", "delta", "p_sign"):
+            assert isinstance(getattr(metric, key), float), (name, key)
+        assert metric.delta == pytest.approx(metric.value - metric.reference, abs=1e-5)
+        assert metric.ci95[0] <= metric.delta <= metric.ci95[1] or metric.ci95[0] == metric.ci95[1]
+    ppl = versus_base["perplexity"]
+    assert ppl.reference > 1 and ppl.value > 1 and ppl.reference != ppl.value
 
     results = json.loads(run.file("eval", "results-finetuned.json").read_text())["heldout"]
-    assert results["results"][tasks.PERPLEXITY_TASK]["perplexity,none"] == pytest.approx(ppl["finetuned"])
+    assert results["results"][tasks.PERPLEXITY_TASK]["perplexity,none"] == pytest.approx(ppl.value)
     assert results["config"]["model_args"]["peft"] == str(run.file("model"))
     for task in (tasks.GENERATE_TASK, tasks.PERPLEXITY_TASK):
         base, ft = (_read_jsonl(run.file("eval", f"samples-{m}-{task}.jsonl")) for m in ("base", "finetuned"))
@@ -164,12 +135,14 @@ def test_evaluate_writes_summary_for_base_and_finetuned(evaluated):
 @pytest.mark.model
 def test_local_judge_end_to_end(evaluated):
     run, _, summary = evaluated
-    judge = summary["judge"]
-    assert judge["skipped"] is None, judge
-    assert judge["n"] == 2 and judge["wins"] + judge["ties"] + judge["losses"] == 2
+    judge = EvalSummary.model_validate(summary).judge_versus_base()
+    assert judge.skipped is None, judge
+    assert judge.n == 2 and judge.wins + judge.ties + judge.losses == 2
     written = json.loads(run.file("eval", "judge.json").read_text())
-    assert [i["doc_id"] for i in written["items"]] == [0, 1]
-    assert all(len(i["raw"]) == 2 and i["outcome"] in ("win", "tie", "loss") for i in written["items"])
+    [pair] = written["pairs"]
+    assert written["version"] == 2 and "items" not in written  # version 1's fine-tuned-vs-base copy is gone
+    assert [i["doc_id"] for i in pair["items"]] == [0, 1]
+    assert all(len(i["raw"]) == 2 and i["outcome"] in ("win", "tie", "loss") for i in pair["items"])
 
 
 class _Judge(ChatCompletionsHandler):
@@ -198,12 +171,13 @@ def test_openai_compatible_judge(own_evaluated, monkeypatch):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     _Judge.calls.clear()
     try:
-        result, judges = judge_run(run, recipe, _suite({
+        judges = judge_run(run, recipe, _suite({
             "kind": "openai", "model": "judge-1", "url": f"http://127.0.0.1:{server.server_port}/v1",
             "api_key_env": "TEST_JUDGE_KEY", "max_items": 3}))
     finally:
         server.shutdown()
         server.server_close()
+    result = EvalSummary(suite="j", suite_version="1.0.0", n_items=3, judges=judges).judge_versus_base()
     assert result.wins == 3 and result.n == 3 and result.win_rate == 1.0
     assert [(p.a, p.b, p.wins, p.position_bias, p.unparseable) for p in judges.pairs] == [
         ("finetuned", "base", 3, 0, 0)]
@@ -228,9 +202,9 @@ def _closed_port() -> int:
 ])
 def test_unavailable_judge_is_skipped_not_a_crash(own_evaluated, judge, reason):
     run, recipe, _ = own_evaluated
-    result = judge_run(run, recipe, _suite(judge))[0].model_dump()
-    assert reason in result["skipped"]
-    assert json.loads(run.file("eval", "judge.json").read_text())["skipped"] == result["skipped"]
+    result = judge_run(run, recipe, _suite(judge))
+    assert reason in result.skipped
+    assert json.loads(run.file("eval", "judge.json").read_text())["skipped"] == result.skipped
 
 
 @pytest.fixture(scope="module")
@@ -255,17 +229,17 @@ def standard_eval(project):
         """))
     (project / "eval_suites" / "test-standard.yaml").write_text(
         "suite: 1\nversion: 1.0.0\nlm_eval_tasks: [arc_easy, demo_mc]\nlm_eval_include: [lm_tasks]\n")
-    run, recipe = make_run()
+    run, recipe = make_eval_run()
     return run, evaluation.evaluate(run, recipe, suites.load("test-standard")).to_json()
 
 
 @pytest.mark.model
 def test_local_multiple_choice_task_runs_through_the_runner(standard_eval):
     run, summary = standard_eval
-    acc = summary["metrics"]["demo_mc/acc"]
-    assert acc["n"] == len(MC_ROWS) and 0 <= acc["base"] <= 1 and 0 <= acc["finetuned"] <= 1
+    acc = EvalSummary.model_validate(summary).versus_base()["demo_mc/acc"]
+    assert acc.n == len(MC_ROWS) and 0 <= acc.reference <= 1 and 0 <= acc.value <= 1
     results = json.loads(run.file("eval", "results-base.json").read_text())["standard"]["results"]
-    assert results["demo_mc"]["acc,none"] == pytest.approx(acc["base"])
+    assert results["demo_mc"]["acc,none"] == pytest.approx(acc.reference)
     rows = _read_jsonl(run.file("eval", "samples-base-demo_mc.jsonl"))
     assert rows[0]["prompt"] == "Question: What color is the sky on a clear day?\nAnswer:"
     assert rows[0]["scores"] == {"acc": rows[0]["scores"]["acc"]}
@@ -277,12 +251,13 @@ def test_offline_standard_task_is_skipped_with_its_reason(standard_eval):
     assert set(summary["skipped"]) == {"arc_easy"}
     assert "could not be loaded" in summary["skipped"]["arc_easy"]
     assert "allenai/ai2_arc" in summary["skipped"]["arc_easy"]
-    assert not any(name.startswith("arc_easy") for name in summary["metrics"])  # skipped, never a zero
-    assert summary["judge"] is None and summary["n_items"] == 0
+    assert not any(name.startswith("arc_easy") for c in summary["candidates"].values() for name in c["metrics"])
+    assert summary["judges"] is None and summary["n_items"] == 0  # skipped, never a zero
 
 
+@pytest.mark.model
 def test_run_without_a_trained_model_says_train_it_first(project):
-    run, recipe = make_run(adapter=False)
+    run, recipe = make_eval_run(adapter=False)
     with pytest.raises(UserError) as caught:
         evaluation.evaluate(run, recipe, suites.load("heldout-qa"))
     assert caught.value.exit_code == 2
@@ -290,9 +265,10 @@ def test_run_without_a_trained_model_says_train_it_first(project):
     assert run.manifest().status == "trained"  # a refused eval does not mark the run failed
 
 
+@pytest.mark.model
 def test_a_run_still_training_has_no_trained_model_though_axolotl_wrote_its_configs(project):
     """axolotl writes model/adapter_config.json and config.json when training starts; the weights come at the end."""
-    run, _ = make_run(adapter=True)
+    run, _ = make_eval_run(adapter=True)
     run.file("model", "adapter_model.safetensors").unlink()
     (run.file("model") / "checkpoint-25").mkdir()
     assert run.file("model", "adapter_config.json").is_file()
@@ -300,10 +276,11 @@ def test_a_run_still_training_has_no_trained_model_though_axolotl_wrote_its_conf
         run.trained()
 
 
+@pytest.mark.model
 def test_generate_refuses_an_untrained_run_before_generating(project, monkeypatch):
     from runner.evaluate import generate
 
-    run, _ = make_run(adapter=False)
+    run, _ = make_eval_run(adapter=False)
     generated = []
     monkeypatch.setattr(generate, "_generate_all", lambda *args: generated.append(args) or ["x"])
     with pytest.raises(UserError, match="no trained model in"):
@@ -315,20 +292,22 @@ def test_generate_refuses_an_untrained_run_before_generating(project, monkeypatc
 def test_merge_with_a_missing_base_model_is_a_clear_error(project):
     from runner.train.merge import merge
 
-    run, _ = make_run(adapter=True)
+    run, _ = make_eval_run(adapter=True)
     run.update(base_model_dir=str(project / "models" / "gone"))
     with pytest.raises(UserError, match="base model .* not found"):
         merge(run)
 
 
+@pytest.mark.model
 def test_unknown_suite_in_the_recipe_fails_before_any_work(project):
     with pytest.raises(UserError) as caught:  # rejected when the recipe loads, before any evaluation
-        loading.load("tiny-cpu", [*OVERRIDES, "eval.suite=heldout"])
+        loading.load("tiny-cpu", [*EVAL_OVERRIDES, "eval.suite=heldout"])
     message = str(caught.value)
     assert "eval.suite: unknown eval suite 'heldout' (did you mean heldout-qa?)" in message
     assert "available: chat-heldout, general, heldout-qa, sql" in message
 
 
+@pytest.mark.model
 def test_sql_metrics_score_by_execution(project):
     database = str(project / "data" / "sql-demo" / "{db}.sql")
     score = task_hooks.generation_scorer(["sql_execution", "sql_exact_match"], ["</s>"], database)

@@ -10,9 +10,9 @@ import shutil
 
 import pytest
 
-from runner.estimate import gpus, memory, meta, model_config, throughput
+from runner.estimate import memory, meta, model_config, throughput
 from runner.estimate.data_size import DataSize
-from runner.recipe import loading
+from runner.recipe import gpus, loading
 from runner.recipe.schema import LoraSpec, ModelSpec
 
 SHIPPED = sorted(loading.recipe_files())
@@ -293,7 +293,7 @@ def test_plan_output_shows_the_memory_fit_section(fit_cache, project, run_cli):
 def test_a_cpu_recipe_takes_its_time_from_a_finished_run_and_its_tokens_from_the_prepared_data(own_trained_run,
                                                                                                  run_cli):
     """tiny-cpu after a real training run: the data was prepared (exact tokens), the run measured tokens/s."""
-    from runner.data.info import DataInfo
+    from runner.runs.data_info import DataInfo
 
     code, out, err = run_cli("fit", "tiny-cpu", "--json", "--no-suggestions")
     assert code == 0, err
@@ -307,7 +307,7 @@ def test_a_cpu_recipe_takes_its_time_from_a_finished_run_and_its_tokens_from_the
     assert any(f"measured in run {own_trained_run.run_id}" in note for note in timing["assumptions"])
 
 
-@pytest.mark.slow
+@pytest.mark.model
 def test_bench_fit_phase_quick_compares_estimates_with_published_and_measured_memory(tmp_path):
     """bench/run.py --quick --only fit: a real tiny-cpu training's peak RSS beside `recipe fit`, and three published
     GPU rows estimated; the user's runs and cache folders are left alone."""

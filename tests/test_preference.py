@@ -22,6 +22,7 @@ from runner.data.fields import IncompleteRow
 from runner.recipe import loading, templates
 from runner.recipe.schema import DatasetSpec
 from runner.report import plots
+from runner.runs.records import MetricsRow
 from runner.train import engine
 from runner.train.plan import engine_files
 
@@ -251,6 +252,7 @@ def test_bad_preference_recipes_exit_2(case, project, write_recipe, run_cli):
     assert "Traceback" not in err
 
 
+@pytest.mark.model
 def test_preference_data_counts(pref_project, run_cli):
     """Prepared pairs: identical pairs are dropped and counted, empty sides follow data.incomplete."""
     rows = [json.loads(line) for line in (pref_project / "pref" / "pairs.jsonl").read_text().splitlines()]
@@ -282,6 +284,7 @@ def test_preference_data_counts(pref_project, run_cli):
     assert "set data.incomplete: drop" in err
 
 
+@pytest.mark.model
 def test_render_shows_pairs(pref_project, run_cli):
     """`recipe render` of a preference recipe shows the prompt and each trained answer, as trl receives them."""
     code, out, err = run_cli("render", "tiny-dpo")
@@ -292,6 +295,7 @@ def test_render_shows_pairs(pref_project, run_cli):
     assert "completion (label true): [[" in out and "completion (label false): [[" in out
 
 
+@pytest.mark.model
 def test_all_identical_is_an_error(pref_project, run_cli):
     rows = [json.loads(line) for line in (pref_project / "pref" / "pairs.jsonl").read_text().splitlines()]
     jsonl.write(pref_project / "pref" / "pairs.jsonl", [r | {"rejected": r["chosen"]} for r in rows])
@@ -326,9 +330,9 @@ def test_grpo_config_and_rewards(project, write_recipe):
     config = yaml.safe_load(engine_files(loaded, "local", "models/tiny-llama", has_val=True)["axolotl.yaml"])
     assert config["rl"] == "grpo" and config["trl"] == {
         "beta": 0.0, "num_generations": 2, "use_vllm": False, "max_completion_length": 16,
-        "reward_funcs": ["runner.train.rewards.token_f1", "runner.train.rewards.exact_match"]}
+        "reward_funcs": ["runner.metrics.rewards.token_f1", "runner.metrics.rewards.exact_match"]}
     assert _validate(config, loaded.recipe)["rl"].value == "grpo"
-    from runner.train import rewards
+    from runner.metrics import rewards
 
     assert rewards.token_f1(["Paris.### Question: more"], ["Paris."], [["### Question:"]]) == [1.0]
     assert rewards.exact_match(["Lyon</s>", "Paris"], ["Paris", "Paris"], [["</s>"], ["</s>"]]) == [0.0, 1.0]
@@ -356,7 +360,7 @@ SQL_FIELDS = "{instruction: question, input: context, output: answer}"
 def test_sql_execution_rewards_each_answer_on_its_rows_database():
     """grpo's sql_execution reward runs each answer on the database its row names (the eval suite's pattern), as
     evaluation scores it: the same rows written another way earn 1, other rows or an error 0."""
-    from runner.train import rewards
+    from runner.metrics import rewards
 
     pattern = str(ROOT / "data" / "sql-demo" / "{db}.sql")
     gold = "SELECT name FROM customers WHERE city = 'Vienna'"
@@ -366,11 +370,12 @@ def test_sql_execution_rewards_each_answer_on_its_rows_database():
                                  sql_database=[pattern] * 3) == [1.0, 0.0, 0.0]
 
 
+@pytest.mark.model
 def test_grpo_rewarded_by_sql_names_each_rows_database(project, write_recipe, tiny_model_dir, run_cli,
                                                        monkeypatch):
     """Prepared grpo rows carry their db and the suite's database pattern (trl passes both to the reward); a row
     whose db names no database file is exit 2 naming the row, and nothing is published to the cache."""
-    monkeypatch.setenv("RECIPE_CACHE_DIR", str(project / "cache"))  # its own: slow tests share one per session
+    monkeypatch.setenv("RECIPE_CACHE_DIR", str(project / "cache"))  # its own: model tests share one per session
     _sql_grpo_recipe(project, write_recipe)
     code, _, err = run_cli("prepare", "tiny-sql-grpo")
     assert code == 0, err
@@ -442,10 +447,11 @@ def test_gpu_recipes_plan_and_validate(name):
 # --- the report ----------------------------------------------------------------------------------------------------
 
 def test_rewards_figure_only_for_preference_runs():
-    sft = [{"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.9}]
+    sft = [MetricsRow.model_validate(r) for r in ({"step": 1, "loss": 1.0}, {"step": 2, "loss": 0.9})]
     assert plots.rewards_figure(sft) is None
     dpo = [{"step": s, "loss": 0.7, "rewards/chosen": 0.01 * s, "rewards/rejected": -0.01 * s,
             "rewards/margins": 0.02 * s, "rewards/accuracies": 0.5} for s in (1, 2, 3)]
+    dpo = [MetricsRow.model_validate(r) for r in dpo]
     assert plots.rewards_figure(dpo) is not None
 
 

@@ -14,6 +14,8 @@ from runner.data import prepare
 from runner.recipe import loading
 
 SAMPLES = "data/samples"
+# every test prepares through the tiny model's tokenizer (recipe_for: tiny_model_dir), which builds the model
+pytestmark = pytest.mark.model
 
 
 @pytest.fixture
@@ -286,3 +288,21 @@ def test_failed_prepare_leaves_no_partial_cache_entry(recipe_for, project):
         prepare.prepare(loaded, quiet=True)
     data_cache = project / "cache" / "data"
     assert not data_cache.exists() or not any(p for p in data_cache.iterdir() if not p.name.startswith("."))
+
+
+def test_fit_finds_the_prepared_data_of_a_grpo_recipe_rewarded_by_executing_sql(recipe_for, project):
+    """grpo rewarded by sql_execution keys its prepared data by the eval suite's sql.database too: `recipe fit` finds
+    that folder (one cache key for both) and takes its exact rows and tokens, not an estimate from sampled rows."""
+    from runner.core import jsonl
+    from runner.estimate import data_size
+
+    (project / "sqlq").mkdir()
+    jsonl.write(project / "sqlq" / "train.jsonl", jsonl.read(project / "data" / "sql-demo" / "train.jsonl").rows[:24])
+    loaded = loading.load("smollm2-135m-sql-grpo", ["model.base=models/tiny-llama", "model.context_length=512",
+                                                    "data.datasets.0.source=file:sqlq/train.jsonl"])
+    prepared = prepare.prepare(loaded, quiet=True)
+    assert prepare.reward_database(loaded.recipe) and prepared.info.rows == "prompts"
+    size = data_size.measure(loaded)
+    train = prepared.info.stats["train"]
+    assert size.source == "prepared data (recipe prepare)", size.source
+    assert (size.rows, size.tokens) == (train.rows, train.tokens)

@@ -6,18 +6,7 @@ import sys
 
 import pytest
 
-VALID = """\
-schema: 1
-name: demo
-version: 1.0.0
-extends: [_base/method/lora.yaml, _base/hardware/cpu.yaml]
-model: {base: models/tiny-llama}
-data:
-  datasets:
-    - source: file:data/samples/alpaca-sample.jsonl
-      fields: {instruction: instruction, input: input, output: output}
-  template: alpaca
-"""
+from tests.helpers import VALID_RECIPE as VALID
 
 
 def _validate(write_recipe, run_cli, text: str, name: str = "demo"):

@@ -7,8 +7,7 @@ import pytest
 
 from runner.core import paths
 from runner.recipe import loading, snapshots
-
-from .test_recipe_errors import VALID
+from tests.helpers import VALID_RECIPE as VALID
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -119,7 +119,6 @@ def test_concurrent_runs_get_distinct_directories(project):
     assert len(set(made)) == 8 and all(p.is_dir() for p in made)
 
 
-@pytest.mark.slow
 @pytest.mark.model
 def test_two_concurrent_trains_of_one_recipe(project, tiny_model_dir):
     """Two `recipe train tiny-cpu` at once on an empty cache: both train, in distinct run directories, and one
@@ -141,6 +140,7 @@ def test_two_concurrent_trains_of_one_recipe(project, tiny_model_dir):
                                                                    "data.json"))
 
 
+@pytest.mark.model
 def test_unwritable_runs_folder_is_a_clear_error_and_earlier_runs_survive(project, tiny_model_dir, run_cli,
                                                                            monkeypatch):
     if os.geteuid() == 0:
@@ -196,7 +196,6 @@ def _private_mounts_work() -> bool:
         return False
 
 
-@pytest.mark.slow
 @pytest.mark.model
 @pytest.mark.skipif(not _private_mounts_work(), reason="making a full disk needs a private mount namespace "
                     "(unshare -m, root), which this machine refuses")
@@ -243,7 +242,6 @@ SECRETS = {"HF_TOKEN": "hf_PLANTEDsecretVALUE123", "WANDB_API_KEY": "wandbPLANTE
            "OPENAI_API_KEY": "sk-PLANTEDsecret789"}
 
 
-@pytest.mark.slow
 @pytest.mark.model
 def test_planted_tokens_reach_no_file_under_runs(session_dirs, tiny_model_dir):
     """Train and evaluate with tokens in the environment; no file the runner or its engines wrote contains them."""

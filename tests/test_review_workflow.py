@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from runner.core import jsonl
-from runner.evaluate.summary import EvalSummary
+from runner.runs.eval_summary import EvalSummary
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "examples" / "github-actions" / "review.sh"
@@ -179,5 +179,5 @@ def test_an_unchanged_model_passes(repo):
                   for side, ref in (("base", "main"), ("head", "HEAD")))
     losses = [[r.get("loss") for r in jsonl.read(run / "metrics.jsonl").rows] for run in (base, head)]
     assert losses[0] == losses[1] and len([x for x in losses[0] if x is not None]) == 8
-    summaries = [EvalSummary.read(run / "eval" / "summary.json").metrics for run in (base, head)]
+    summaries = [EvalSummary.read(run / "eval" / "summary.json").candidates for run in (base, head)]
     assert summaries[0] == summaries[1]

@@ -17,9 +17,9 @@ from transformers.utils.chat_parsing import ResponseParser, parse_response
 from transformers.utils.chat_template_utils import render_jinja_template
 
 from runner.evaluate.generate import render_prompt
-from runner.evaluate.metrics import clean_generation
-from runner.recipe import loading, templates
-from runner.serve import chat_template, vllm
+from runner.metrics.registry import clean_generation
+from runner.recipe import chat_template, loading, templates
+from runner.train import vllm
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKENS = templates.TokenizerTokens(bos_token="<s>", eos_token="</s>")
@@ -137,6 +137,7 @@ def test_recipe_plan_writes_the_vllm_script_into_the_run(project, run_cli):
     assert "  serve.sh" in out
 
 
+@pytest.mark.model
 def test_serving_a_run_without_a_model_is_exit_2(project, run_cli):
     code, out, _ = run_cli("plan", "tiny-cpu")
     assert code == 0

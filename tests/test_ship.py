@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from huggingface_hub import ModelCard, ModelCardData
 
-from runner.evaluate.summary import EvalSummary
 from runner.recipe import loading
+from runner.runs.eval_summary import EvalSummary
 from runner.ship import card, publish
 from runner.train import engine
 
@@ -69,7 +69,7 @@ def test_cards_after_training_eval_and_merge(own_trained_run, run_cli):
     summary = EvalSummary.read(run.path / "eval" / "summary.json")
     evaluated = ModelCard.load(model_card)
     results = {r.metric_type: r.metric_value for r in evaluated.data.eval_results}
-    assert results == {name: m.finetuned for name, m in summary.metrics.items()} and "exact_match" in results
+    assert results == {name: m.value for name, m in summary.versus_base().items()} and "exact_match" in results
     assert {(r.task_type, r.dataset_type) for r in evaluated.data.eval_results} == {("text-generation",
                                                                                        "tiny-cpu-heldout")}
     assert evaluated.data.model_name == "tiny-cpu"
@@ -101,6 +101,47 @@ def test_card_names_hub_base_models_and_inherits_their_license(trained_tiny_run,
         update={"license": "apache-2.0"})})
     assert card.card_data(card.Subject(trained_tiny_run, manifest, named, None, False, tmp_path, REPO)).license == (
         "apache-2.0")  # publish.license wins over the base model's
+
+
+def test_card_reads_tokenizer_tokens_from_the_files_as_transformers_loads_them(tmp_path):
+    """The card's example prompt takes BOS, EOS and the chat template from a generic tokenizer's files (building the
+    tokenizer imports transformers and torch, seconds after every training run): what transformers would load, and
+    transformers itself where the files are not all that decides them."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+
+    from runner.models import resolve
+
+    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "<|im_end|>": 3, "hello": 4}
+    base = {"tokenizer_class": "TokenizersBackend", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}
+
+    def folder(name: str, config: dict, template: str | None = None, files: dict | None = None) -> Path:
+        path = tmp_path / name
+        path.mkdir()
+        Tokenizer(WordLevel(vocab, unk_token="<unk>")).save(str(path / "tokenizer.json"))
+        (path / "tokenizer_config.json").write_text(json.dumps(config))
+        if template is not None:
+            (path / "chat_template.jinja").write_bytes(template.encode())
+        for file, text in (files or {}).items():
+            (path / file).write_text(text)
+        return path
+
+    read = {"plain": folder("plain", base), "jinja": folder("jinja", base, "{{ bos_token }}\r\n{{ messages }}"),
+            "both": folder("both", base | {"chat_template": "from the config"}, "from the file"),
+            "config": folder("config", base | {"chat_template": "{{ eos_token }}"}),
+            "no-bos": folder("no-bos", {k: v for k, v in base.items() if k != "bos_token"}),
+            "fast": folder("fast", base | {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|im_end|>"})}
+    loaded = {"named": folder("named", base | {"chat_template": [{"name": "default", "template": "a"},
+                                                                  {"name": "tool_use", "template": "b"}]}),
+              "legacy": folder("legacy", base, files={"special_tokens_map.json": '{"eos_token": "<|im_end|>"}'}),
+              "objects": folder("objects", base | {"eos_token": {"__type": "AddedToken", "content": "<|im_end|>"}})}
+    for name, path in read.items():
+        assert card._tokens_from_files(path) == resolve.tokenizer_tokens(path), name
+    assert card.tokenizer_tokens(read["both"]).chat_template == "from the file"
+    for name, path in loaded.items():
+        assert card._tokens_from_files(path) is None, name
+        assert card.tokenizer_tokens(path) == resolve.tokenizer_tokens(path), name
+    assert card.tokenizer_tokens(loaded["legacy"]).eos_token == "<|im_end|>"
 
 
 def test_card_lists_hub_datasets_only():

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 CLUSTER = Path(__file__).parent / "slurm" / "cluster.sh"
-pytestmark = [pytest.mark.slow, pytest.mark.slurm]
+pytestmark = [pytest.mark.model, pytest.mark.slurm]
 
 
 @pytest.fixture(scope="module")

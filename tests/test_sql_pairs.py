@@ -9,7 +9,7 @@ import pytest
 
 import sql_pairs
 import sqldemo
-from runner.evaluate.sql import execution_match
+from runner.metrics.sql import execution_match
 
 DATA = sqldemo.DEFAULT_OUT
 

@@ -10,7 +10,7 @@ from collections import Counter
 import pytest
 
 import sqldemo
-from runner.evaluate.sql import clean_sql, execution_match, normalized_sql_match
+from runner.metrics.sql import clean_sql, execution_match, normalized_sql_match
 
 DATA = sqldemo.DEFAULT_OUT
 

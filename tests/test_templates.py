@@ -199,6 +199,7 @@ def test_recipe_with_a_template_that_labels_nothing_exits_2_naming_the_template(
     assert "{% filter labeled %}" in err
 
 
+@pytest.mark.model
 def test_rows_that_render_with_no_labeled_part_stop_prepare(project, write_recipe, run_cli, tiny_model_dir,
                                                             monkeypatch):
     # The placeholder check passes (it labels when the instruction starts with "<"); real rows do not.

@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from runner.evaluate.summary import EvalSummary
 from runner.recipe import loading
 from runner.report import markdown
 from runner.runs import tracking
+from runner.runs.eval_summary import EvalSummary
 from runner.runs.rundir import RunDir
 from runner.train import engine
-from tests.test_report import MANIFEST, build_run
+from tests.helpers import MANIFEST, build_run
 
 WANDB = str(Path(sys.executable).parent / "wandb")
 PLANTED = {"WANDB_API_KEY": "planted-secret-wandb-7f3a9c", "HF_TOKEN": "hf_plantedSecretToken91b2"}
@@ -85,7 +85,6 @@ def _files_holding(root: Path, secrets: list[str]) -> list[str]:
 
 
 @pytest.mark.model
-@pytest.mark.slow
 def test_offline_wandb_and_tensorboard_hold_the_loss_and_the_eval_figures(session_dirs, tiny_model_dir, tmp_path,
                                                                           monkeypatch, run_cli):
     from runner.train.launch import train

@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from runner.data.info import DataInfo, SplitStats, TokenPercentiles
 from runner.recipe import loading
 from runner.runs import rundir
+from runner.runs.data_info import DataInfo, SplitStats, TokenPercentiles
 from runner.runs.manifest import Batch, Hardware, Manifest, Status
 from runner.train import summary
 
@@ -21,7 +21,6 @@ def _metrics(run) -> list[dict]:
     return [json.loads(line) for line in run.file("metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.slow
 @pytest.mark.model
 def test_tiny_cpu_trains_end_to_end(trained_tiny_run):
     run = trained_tiny_run
@@ -48,7 +47,6 @@ def test_tiny_cpu_trains_end_to_end(trained_tiny_run):
     assert len(ranks) == 30 and json.loads(ranks[-1])["world_size"] == 1
 
 
-@pytest.mark.slow
 @pytest.mark.model
 def test_killed_trainer_fails_cleanly_then_resumes_to_the_same_final_step(session_dirs, tiny_model_dir):
     """SIGKILL the training process after its first checkpoint; the run is `failed` with the log tail, exit
@@ -101,7 +99,6 @@ def test_launch_sets_aside_checkpoints_cut_off_mid_write(tmp_path):
     subprocess.run(["bash", "-euo", "pipefail", "-c", CHECKPOINT_GUARD], cwd=empty, check=True)  # no checkpoints
 
 
-@pytest.mark.slow
 @pytest.mark.model
 def test_resume_uses_the_target_the_run_was_planned_for(own_trained_run):
     from runner.train.launch import train
@@ -111,14 +108,12 @@ def test_resume_uses_the_target_the_run_was_planned_for(own_trained_run):
     assert run.manifest().target == "local" and run.manifest().slurm_job_id is None
 
 
-@pytest.mark.slow
 @pytest.mark.model
 def test_resume_refuses_a_changed_recipe(trained_tiny_run, run_cli):
     code, out, err = run_cli("train", "tiny-cpu", "train.seed=7", "--resume")
     assert code == 2 and "made from a different resolved recipe" in err
 
 
-@pytest.mark.slow
 @pytest.mark.model
 def test_merge_gives_the_same_logits_as_base_plus_adapter(own_trained_run, trained_tiny_run):
     import torch
@@ -142,18 +137,22 @@ def test_merge_gives_the_same_logits_as_base_plus_adapter(own_trained_run, train
     assert not (trained_tiny_run.path / merged_dir.relative_to(run.path)).exists()  # the shared run is untouched
 
 
-@pytest.mark.slow
 @pytest.mark.model
 def test_publish_merge_adapter_merges_after_training(session_dirs, tiny_model_dir):
+    from runner.cli.followups import after_train
     from runner.train.launch import train
 
-    run = train(loading.load("tiny-cpu", ["publish.merge_adapter=true", "train.max_steps=2", "train.seed=11"]))
+    meanwhile = []  # what `recipe train` does while the trainer starts: the trainer is already there
+    run = after_train(train(loading.load("tiny-cpu", ["publish.merge_adapter=true", "train.max_steps=2",
+                                                      "train.seed=11"]),
+                            meanwhile=lambda: meanwhile.append(rundir.find("tiny-cpu").manifest().train_pid)))
+    assert len(meanwhile) == 1 and meanwhile[0] == run.manifest().train_pid
     assert run.manifest().merged_dir == "merged" and (run.path / "merged" / "config.json").is_file()
+    assert (run.path / "model" / "README.md").is_file() and (run.path / "merged" / "README.md").is_file()  # cards
     assert not list(run.path.glob(".merged*"))  # staged, then published whole
     assert rundir.find("tiny-cpu").path == run.path  # runs/tiny-cpu/latest is the newest trained run
 
 
-@pytest.mark.slow
 @pytest.mark.model
 def test_stopping_the_runner_stops_its_trainer(session_dirs, tiny_model_dir):
     process = subprocess.Popen([sys.executable, "-m", "runner", "train", "tiny-cpu", "train.seed=5"],

@@ -270,7 +270,6 @@ def _init_train_eval_report(recipe: Path, home: Path, env: dict) -> dict:
     return timings
 
 
-@pytest.mark.slow
 @pytest.mark.model
 def test_a_new_workspace_trains_and_reports_with_the_installed_command(tmp_path, session_dirs):
     """`recipe init` outside the project, then the project's own `recipe` (its editable install) run from that
@@ -282,7 +281,6 @@ def test_a_new_workspace_trains_and_reports_with_the_installed_command(tmp_path,
 STACK_SCRIPTS = ("axolotl", "accelerate", "torchrun", "lm_eval")  # what launch.sh and the harness call
 
 
-@pytest.mark.slow
 @pytest.mark.model
 def test_a_wheel_in_a_fresh_venv_carries_the_library(tmp_path, session_dirs):
     """The same flow with a non-editable install: the wheel built from this checkout, installed with

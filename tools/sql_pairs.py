@@ -8,7 +8,7 @@ chosen = the gold query; rejected = a wrong query made by a deterministic corrup
   dropped_filter   the WHERE clause, or one of its AND conditions, gone  SELECT name FROM customers
   added_filter     a condition the question does not ask for             ... WHERE city = 'Oslo' AND name = 'Ana Berg'
 Each wrong query is executed on the row's database and kept only when it runs and returns a different result
-than the gold query (runner.evaluate.sql.execution_match, the metric the demo is scored with). Which corruption a
+than the gold query (runner.metrics.sql.execution_match, the metric the demo is scored with). Which corruption a
 question gets is drawn from random.Random(seed, question): same data and seed, same bytes.
 
     python tools/sql_pairs.py [--data data/sql-demo] [--per-question 2] [--seed 0] [--check]
@@ -39,7 +39,7 @@ from pathlib import Path
 import sqldemo
 from runner.core.atomic import write_text_atomic
 from runner.core.errors import UserError
-from runner.evaluate.sql import execution_match
+from runner.metrics.sql import execution_match
 
 DEFAULT_DATA = sqldemo.DEFAULT_OUT
 OUT = "pairs.jsonl"

@@ -545,7 +545,7 @@ def _readme(conn, train: list[dict], test: list[dict], seed: int) -> str:
         "Each JSONL row: `question` (English), `context` (the CREATE TABLE statement of each table the "
         "query uses, one per line, as in b-mc2/sql-create-context), `answer` (gold SQLite query), "
         f"`db` (`{DB_NAME}`, i.e. shop.sql) and `shape` (the query shape below). Score predictions by "
-        "execution: `runner.evaluate.sql.execution_match(predicted, answer, shop_sql_text)`.",
+        "execution: `runner.metrics.sql.execution_match(predicted, answer, shop_sql_text)`.",
         "",
         "## Database",
         "",

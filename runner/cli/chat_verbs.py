@@ -22,7 +22,7 @@ def cmd_chat(args) -> int:
     run = targets.run_of(args)
     recipe = targets.run_recipe(args, run, "chat")
     run.trained()
-    log = run.file("logs", "chat.log")
+    log = run.log_path("chat")
     console.say(f"chat: loading the base and fine-tuned models of {paths.display(run.path)}")
     with console.third_party_to(log, args.verbose):  # model loading and the web server's messages go to the log
         pair = generate.load_pair(run, recipe.eval.max_new_tokens)

@@ -36,6 +36,7 @@ def cmd_compare(args) -> int:
 def cmd_gate(args) -> int:
     from runner.cli import targets
     from runner.decide import gate, runs_select
+    from runner.report import markdown
 
     candidate = runs_select.resolve(f"{args.recipe}@{args.run}" if args.run else args.recipe)
     for run in candidate.runs:  # a key that would change how a run was made is exit 2
@@ -48,6 +49,8 @@ def cmd_gate(args) -> int:
         raise UserError(f"--baseline {args.baseline}: the baseline is the run being gated; name another run")
     result = gate.judge(candidate, baseline)
     gate.record(candidate, result)
+    for run in candidate.runs:  # the report shows the verdict
+        markdown.write_report(run)
     print(gate.format_table(result), end="")
     return 0 if result.passed else 1
 

@@ -58,5 +58,5 @@ def register(verb, with_recipe) -> None:
     fit.add_argument("--tokens", type=int, default=None, help="training tokens per epoch, when the data is a hub "
                      "dataset that is not prepared here")
     fit.add_argument("--mfu", type=float, default=None, help="model FLOPs utilisation to assume (default: per GPU "
-                     "model, see runner/estimate/gpus.py)")
+                     "model, see runner/recipe/gpus.py)")
     fit.add_argument("--no-suggestions", action="store_true", help="skip re-estimating changes that would make it fit")

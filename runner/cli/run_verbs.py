@@ -67,6 +67,7 @@ def cmd_train_seeds(args) -> int:
     """One run per seed (train.seed overridden), all tagged with one group id for compare and gate."""
     import time
 
+    from runner.cli.followups import after_train, warm_up
     from runner.train.launch import train
 
     seeds = _seeds(args.seeds)
@@ -78,8 +79,8 @@ def cmd_train_seeds(args) -> int:
     name = loading.recipe_name(args.recipe)
     group = f"seeds-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{'-'.join(map(str, seeds))}"
     for seed in seeds:
-        run = train(loading.load(args.recipe, [*args.overrides, f"train.seed={seed}"]), args.target,
-                    verbose=args.verbose)
+        run = after_train(train(loading.load(args.recipe, [*args.overrides, f"train.seed={seed}"]), args.target,
+                                verbose=args.verbose, meanwhile=warm_up))
         manifest = run.update(group=group)
         summary = manifest.train
         loss = f"loss {_figure(summary.first_loss)} -> {_figure(summary.final_loss)}" if summary else "no metrics"
@@ -90,13 +91,14 @@ def cmd_train_seeds(args) -> int:
 
 
 def cmd_train(args) -> int:
+    from runner.cli.followups import after_train, warm_up
     from runner.train.launch import train
 
     if args.seeds is not None:
         return cmd_train_seeds(args)
     recipe, resume = _train_target(args)
-    run = train(loading.load(recipe, args.overrides), args.target, resume, detach=args.detach,
-                verbose=args.verbose)
+    run = after_train(train(loading.load(recipe, args.overrides), args.target, resume, detach=args.detach,
+                            verbose=args.verbose, meanwhile=warm_up))  # the card; publish.merge_adapter's merge
     manifest = run.manifest()
     if manifest.status.value == "submitted":
         print(f"submitted {paths.display(run.path)} as slurm job {manifest.slurm_job_id}")
@@ -135,7 +137,8 @@ def cmd_merge(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    from runner.evaluate import evaluation, summary
+    from runner.cli.followups import after_eval
+    from runner.evaluate import evaluation, scoring
     from runner.recipe import suites
     from runner.report import markdown
     from runner.runs import rundir
@@ -151,11 +154,12 @@ def cmd_eval(args) -> int:
               "the current eval settings", file=sys.stderr)
     suite = (suites.load(args.suite, key="--suite") if args.suite
              else suites.for_recipe(recipe, where))
-    log = run.file("logs", "eval.log")
+    log = run.log_path("eval")
     with console.third_party_to(log, args.verbose):  # lm-eval's and torch's messages go to the run's log
         result = evaluation.evaluate(run, recipe, suite)
+        after_eval(run)  # the model cards take the results
         report = markdown.write_report(run)
-    print(summary.format_summary(result), end="")
+    print(scoring.format_summary(result), end="")
     print(f"report: {paths.display(report)} (library messages: {paths.display(log)}; -v shows them here)")
     return 0
 
@@ -181,7 +185,7 @@ def cmd_generate(args) -> int:
         prompts += [line for line in text.splitlines() if line.strip()]
     if not prompts:
         raise UserError("generate: give --prompt TEXT (repeatable) or --file prompts.txt (one prompt a line)")
-    log = (target.file("logs", "generate.log") if isinstance(target, rundir.RunDir)
+    log = (target.log_path("generate") if isinstance(target, rundir.RunDir)
            else paths.cache_dir() / "logs" / "generate.log")
     with console.third_party_to(log, args.verbose):
         answers = generate.generate(target, prompts, max_new_tokens)

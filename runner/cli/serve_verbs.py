@@ -21,7 +21,7 @@ def cmd_serve(args) -> int:
     run.trained()  # a run with no model is exit 2 before anything else
     sock = server.bind(args.host, args.port)  # a port in use is exit 2 before the model loads
     try:
-        log = run.file("logs", "serve.log")
+        log = run.log_path("serve")
         with console.third_party_to(log, args.verbose):
             served = folder.prepare(run)
             console.say(f"loading {folder.describe(served)}")

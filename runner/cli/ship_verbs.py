@@ -16,7 +16,7 @@ def cmd_publish(args) -> int:
     current = current or targets.current_recipe(args, run)
     repo_id = publish.repo_id_for(current, args.repo_id)  # the current publish section is the one used
     recipe = publish.recipe_for_publish(run, current)
-    log = run.file("logs", "publish.log")
+    log = run.log_path("publish")
     with console.third_party_to(log, args.verbose):  # huggingface_hub's and transformers' messages go to the log
         plan = publish.plan(run, recipe, repo_id, args.merged, args.private)
     if args.dry_run:

@@ -6,16 +6,14 @@ Rapids, Zen 4 and later) or AMX (`amx_bf16`, Sapphire Rapids and later) on x86, 
 Armv8.6: Graviton 3, Neoverse V1/N2, Apple M2 and later) on Arm. Without them torch still runs bf16, emulated,
 slower than fp32, so a recipe asking for bf16 on such a CPU is stopped with the fix instead.
 
-Recipes are validated without looking at the machine (they may be planned for another one); the check runs
-where the work runs: `recipe train` (before anything starts) and evaluation/generation (which fall back to fp32).
+Recipes are validated without looking at the machine (they may be planned for another one); what a recipe's
+precision means on this machine is decided where the work runs, by runner.recipe.precision.
 """
 from __future__ import annotations
 
 import platform
 import subprocess
 from pathlib import Path
-
-from runner.core.errors import Problem, UserError
 
 X86_BF16 = ("amx_bf16", "avx512_bf16")  # either is enough; AMX is the faster
 ARM_BF16 = ("bf16",)
@@ -77,37 +75,3 @@ def missing_bf16(cpuinfo: str | None = None, machine: str | None = None) -> str 
         return "the Arm BF16 extension (`bf16` in /proc/cpuinfo Features; Armv8.6, Graviton 3, Apple M2 or later)"
     return ("AVX-512 BF16 or AMX (`avx512_bf16` or `amx_bf16` in /proc/cpuinfo flags; Intel Cooper Lake / "
             "Sapphire Rapids, AMD Zen 4 or later)")
-
-
-def require_bf16(recipe, where: str) -> None:
-    """Stop a CPU recipe that trains in bf16 on a CPU without bf16 instructions (exit 2, with the fix)."""
-    hardware = recipe.hardware
-    if hardware.device != "cpu" or hardware.precision != "bf16":
-        return
-    missing = missing_bf16()
-    if missing:
-        raise UserError(Problem(where, "hardware.precision", f"bf16 on cpu needs {missing}, which this machine's "
-                                f"CPU ({cpu_name()}) does not have; train in fp32 "
-                                "instead: add the override hardware.precision=fp32 (or set precision: fp32 in the "
-                                "recipe's hardware section)"))
-
-
-def effective_precision(hardware, target: str = "local", missing: str | None | bool = False) -> str:
-    """The precision `precision: auto` means on this machine: bf16 on a GPU; on a CPU bf16 where it has native bf16
-    instructions and trains without DeepSpeed, else fp32. A SLURM job runs on nodes this machine cannot inspect, so
-    auto is fp32 there. Any other precision is itself. `missing` stands in for missing_bf16() (tests)."""
-    if hardware.precision != "auto":
-        return hardware.precision
-    if hardware.device == "cuda":
-        return "bf16"
-    if hardware.deepspeed != "none" or target == "slurm":
-        return "fp32"
-    return "bf16" if (missing_bf16() if missing is False else missing) is None else "fp32"
-
-
-def concrete(recipe, target: str = "local"):
-    """The recipe with `precision: auto` replaced by what it means on this machine (unchanged otherwise)."""
-    precision = effective_precision(recipe.hardware, target)
-    if precision == recipe.hardware.precision:
-        return recipe
-    return recipe.model_copy(update={"hardware": recipe.hardware.model_copy(update={"precision": precision})})

@@ -14,20 +14,21 @@ import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from tqdm import tqdm
 
 from runner.core import atomic, jsonl, paths
 from runner.core.errors import Problem, UserError
 from runner.data import fields, preference, sources
-from runner.data.info import SPLITS, DataInfo
 from runner.models import resolve
 from runner.recipe import templates
 from runner.recipe.loading import Loaded
 from runner.recipe.schema import Recipe
+from runner.runs.data_info import DATA_FILE, SPLITS, DataInfo, SplitStats, TokenPercentiles
 
 FORMAT_VERSION = 1  # bump when the prepared layout or rendering rules change
-DONE = "data.json"  # written last: its presence means the folder is complete
+DONE = DATA_FILE  # written last: its presence means the folder is complete
 
 
 @dataclass(frozen=True)
@@ -40,46 +41,64 @@ class Prepared:
         return self.dir / f"{name}.jsonl"
 
 
+class Item(NamedTuple):
+    """One usable row of a dataset: what it converted to, and where it came from."""
+
+    source: str  # the dataset's label (its file or hub id)
+    example: dict  # template variables (SFT) or a rendered pair, kto row or prompt
+    row: dict  # the row as read
+    use: str  # the dataset's `use`: split, train, val or test
+    dataset: int  # its index in data.datasets
+    number: int  # its row number in the dataset, from 1
+
+
 def _count(spec: float, total: int) -> int:
     """A split size: a fraction (< 1) of the rows, or a row count (>= 1)."""
     return round(spec * total) if spec < 1 else min(int(spec), total)
 
 
-def cache_key(recipe: Recipe, fingerprints: list[str], template: templates.Template, tokenizer_id: str,
-              sql_database: str | None = None) -> str:
-    """Hash of every input that shapes the prepared data."""
-    data = recipe.data
-    shaping = {"format": FORMAT_VERSION, "sources": fingerprints, "template": template.source or template.name,
+def cache_key(recipe: Recipe, read: list[sources.SourceRows], model_dir: Path) -> str:
+    """Hash of every input that shapes the prepared data: the one key that prepare publishes under and that
+    `recipe fit` (estimate/data_size.py) looks the prepared data up by."""
+    data, template = recipe.data, templates.load(recipe.data.template)
+    shaping = {"format": FORMAT_VERSION, "sources": [r.fingerprint for r in read],
+               "template": template.source or template.name,
                "datasets": [d.model_dump(mode="json", exclude={"source"}) for d in data.datasets],
                "system": data.system, "max_seq_len": data.max_seq_len, "overlength": data.overlength,
                "incomplete": data.incomplete, "dedupe": data.dedupe, "split": data.split.model_dump(mode="json"),
-               "tokenizer": tokenizer_id}
+               "tokenizer": resolve.model_fingerprint(model_dir)}
     if recipe.method.rl:  # pairs, kto rows or prompts instead of segments (SFT keys stay as they were)
         shaping["rows"] = row_shape(recipe)
-    if sql_database:  # grpo rewarded by executing SQL: the rows name their database
-        shaping["sql_database"] = sql_database
+    database = reward_database(recipe)
+    if database:  # grpo rewarded by executing SQL: the rows name their database
+        shaping["sql_database"] = database[1]
     return hashlib.sha256(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
+
+
+def cache_folder(key: str) -> Path:
+    """Where the data prepared under `key` is published (complete once it holds DONE)."""
+    return paths.cache_dir() / "data" / key[:16]
 
 
 def reward_database(recipe: Recipe) -> tuple[str, str] | None:
     """(metric, the eval suite's sql.database pattern) when grpo is rewarded by a metric that executes SQL (recipe
     validation has checked that the suite has one)."""
-    from runner.evaluate import metrics
+    from runner.metrics import registry as metrics
     from runner.recipe import suites
 
     metric = metrics.executing_sql(recipe.method.rewards) if recipe.method.rl == "grpo" else None
     return (metric, suites.for_recipe(recipe).database()) if metric else None
 
 
-def _database_columns(items: list[tuple], database: tuple[str, str], recipe: Recipe) -> list[dict]:
+def _database_columns(items: list[Item], database: tuple[str, str], recipe: Recipe) -> list[dict]:
     """grpo rows rewarded by executing SQL: each row's db (checked to name a database file) and the pattern."""
     from runner.recipe import suites
 
     metric, pattern = database
-    dbs = [(item[5], str(item[2].get("db", "")) if isinstance(item[2], dict) else "") for item in items]
+    dbs = [(item.number, str(item.row.get("db", "")) if isinstance(item.row, dict) else "") for item in items]
     suite = suites.for_recipe(recipe)
-    for label in dict.fromkeys(item[0] for item in items):
-        suite.database_for([d for d, item in zip(dbs, items, strict=True) if item[0] == label],
+    for label in dict.fromkeys(item.source for item in items):
+        suite.database_for([d for d, item in zip(dbs, items, strict=True) if item.source == label],
                            metric, label, "row")
     return [{"db": db, "sql_database": pattern} for _, db in dbs]
 
@@ -106,9 +125,9 @@ def _converter(recipe: Recipe, template: templates.Template, tokens: templates.T
     return convert
 
 
-def _examples(recipe: Recipe, template: templates.Template, read, convert=None) -> tuple[list[tuple], dict]:
-    """(source label, example, original row, use) for every usable row, and per-source counts of what was
-    dropped. `convert` (row, spec) -> example; default: the template variables of a supervised row."""
+def _examples(recipe: Recipe, template: templates.Template, read, convert=None) -> tuple[list[Item], dict]:
+    """An Item for every usable row, and per-source counts of what was dropped. `convert` (row, spec) -> example;
+    default: the template variables of a supervised row."""
     convert = convert or _converter(recipe, template, None)
     kept, report = [], {}
     for index, (spec, rows) in enumerate(zip(recipe.data.datasets, read, strict=True)):
@@ -126,7 +145,7 @@ def _examples(recipe: Recipe, template: templates.Template, read, convert=None) 
                 incomplete += 1
                 reasons[str(err)] += 1
                 continue
-            kept.append((rows.label, example, row, spec.use, index, number))
+            kept.append(Item(rows.label, example, row, spec.use, index, number))
         if incomplete and incomplete + identical == len(rows.rows):
             top = reasons.most_common(1)[0][0]
             raise UserError(Problem(rows.label, f"data.datasets.{index}.fields", f"no usable rows: all "
@@ -140,35 +159,35 @@ def _examples(recipe: Recipe, template: templates.Template, read, convert=None) 
     return kept, report
 
 
-def _dedupe(items: list[tuple]) -> tuple[list[tuple], int]:
+def _dedupe(items: list[Item]) -> tuple[list[Item], int]:
     seen, unique = set(), []
     for item in items:
-        key = json.dumps(item[1], sort_keys=True, ensure_ascii=False)
+        key = json.dumps(item.example, sort_keys=True, ensure_ascii=False)
         if key not in seen:
             seen.add(key)
             unique.append(item)
     return unique, len(items) - len(unique)
 
 
-def _split(items: list, recipe: Recipe) -> dict[str, list]:
+def _split(items: list[Item], recipe: Recipe) -> dict[str, list[Item]]:
     """Rows of `use: split` datasets are shuffled and divided by data.split; the others go whole to their split."""
-    order = [item for item in items if item[3] == "split"]
+    order = [item for item in items if item.use == "split"]
     random.Random(recipe.data.split.seed).shuffle(order)
     n_test = _count(recipe.data.split.test, len(order))
     n_val = _count(recipe.data.split.val, len(order) - n_test)
     splits = {"test": order[:n_test], "val": order[n_test:n_test + n_val], "train": order[n_test + n_val:]}
     for name in SPLITS:
-        splits[name] += [item for item in items if item[3] == name]
+        splits[name] += [item for item in items if item.use == name]
     return splits
 
 
-def _weighted(train: list, recipe: Recipe) -> list:
+def _weighted(train: list[Item], recipe: Recipe) -> list[Item]:
     """Mixing: each dataset contributes round(weight x its training rows), repeating rows when weight > 1.
     Rows are told apart by dataset index, not source: one file may be listed twice (say, train and val)."""
     rng = random.Random(recipe.data.split.seed + 1)
     mixed = []
     for index, spec in enumerate(recipe.data.datasets):
-        rows = [item for item in train if item[4] == index]
+        rows = [item for item in train if item.dataset == index]
         want = round(spec.weight * len(rows))
         mixed += (rows * (want // len(rows) + 1))[:want] if rows and want > len(rows) else rng.sample(rows, want)
     rng.shuffle(mixed)
@@ -204,22 +223,30 @@ def _fit(segments, lengths, limit: int, tokenizer):
     return kept if any(s.label for s in kept) else None
 
 
-def _percentiles(values: list[int]) -> dict | None:
+def _percentiles(values: list[int]) -> TokenPercentiles | None:
     if not values:
         return None
     ordered = sorted(values)
     pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
-    return {"min": ordered[0], "p50": pick(0.5), "p90": pick(0.9), "p99": pick(0.99), "max": ordered[-1],
-            "mean": round(sum(ordered) / len(ordered), 1)}
+    return TokenPercentiles(min=ordered[0], p50=pick(0.5), p90=pick(0.9), p99=pick(0.99), max=ordered[-1],
+                            mean=round(sum(ordered) / len(ordered), 1))
 
 
-def _render_split(name, items, template, tokens, tokenizer, recipe, stop) -> tuple[list[dict], dict]:
+def _stats(lengths: list[int], over: int, dropped: int, by_source: Counter, recipe: Recipe) -> SplitStats:
+    """A rendered split's stats: its rows' token counts, how many were over length and dropped, rows per source."""
+    return SplitStats(rows=len(lengths), tokens=sum(lengths), tokens_per_row=_percentiles(lengths),
+                      over_max_seq_len=over, overlength_action=recipe.data.overlength, dropped_overlength=dropped,
+                      rows_by_source=dict(by_source))
+
+
+def _render_split(name, items, template, tokens, tokenizer, recipe, stop) -> tuple[list[dict], SplitStats]:
     rows, lengths, over, dropped, by_source = [], [], 0, 0, Counter()
     limit = recipe.data.max_seq_len
     progress = dict(desc=f"render {name}", unit="row", file=sys.stderr, leave=False, disable=len(items) < 200)
-    rendered = [templates.render(template, item[1], tokens) for item in tqdm(items, **progress)]
+    rendered = [templates.render(template, item.example, tokens) for item in tqdm(items, **progress)]
     token_counts = _token_lengths(rendered, tokenizer)
-    for (label, _, original, *_), segments, sizes in zip(items, rendered, token_counts, strict=True):
+    for item, segments, sizes in zip(items, rendered, token_counts, strict=True):
+        label = item.source
         if not any(s.label for s in segments):  # would train on nothing (and has no reference to evaluate)
             raise UserError(Problem(templates.file_of(template), "data.template", f"a row of {label} renders with no "
                                     f"labeled part, so it would train on nothing: {templates.show(segments)[:200]!r}; "
@@ -237,12 +264,9 @@ def _render_split(name, items, template, tokens, tokenizer, recipe, stop) -> tup
         row = {"segments": [s.as_dict() for s in segments]}
         if name == "test":
             prompt, reference = templates.prompt_and_reference(segments, stop)
-            row |= {"prompt": prompt, "reference": reference, "source": label, "row": original}
+            row |= {"prompt": prompt, "reference": reference, "source": label, "row": item.row}
         rows.append(row)
-    stats = {"rows": len(rows), "tokens": sum(lengths), "tokens_per_row": _percentiles(lengths),
-             "over_max_seq_len": over, "overlength_action": recipe.data.overlength, "dropped_overlength": dropped,
-             "rows_by_source": dict(by_source)}
-    return rows, stats
+    return rows, _stats(lengths, over, dropped, by_source, recipe)
 
 
 def _cut(text: str, room: int, tokenizer) -> str:
@@ -250,15 +274,15 @@ def _cut(text: str, room: int, tokenizer) -> str:
 
 
 def _render_preference(name, items, template, tokens, tokenizer, recipe, stop,
-                       extra: list[dict] | None = None) -> tuple[list[dict], dict]:
+                       extra: list[dict] | None = None) -> tuple[list[dict], SplitStats]:
     """Pairs (or kto rows), rendered when they were read: a row is prompt + each answer, and is over length when
     prompt + its longer answer is (as trl forwards prompt + chosen and prompt + rejected). Truncation cuts answers."""
     answers = {"kto": ("completion",), "prompts": ("reference",)}.get(row_shape(recipe), ("chosen", "rejected"))
     rows, lengths, over, dropped, by_source = [], [], 0, 0, Counter()
     limit = recipe.data.max_seq_len
-    texts = [[templates.Segment(item[1][key], False) for key in ("prompt", *answers)] for item in items]
-    for (label, example, original, *_), sizes, columns in zip(items, _token_lengths(texts, tokenizer),
-                                                               extra or [{}] * len(items), strict=True):
+    texts = [[templates.Segment(item.example[key], False) for key in ("prompt", *answers)] for item in items]
+    for item, sizes, columns in zip(items, _token_lengths(texts, tokenizer), extra or [{}] * len(items), strict=True):
+        label, example = item.source, item.example
         row = {key: example[key] for key in ("prompt", *answers, "label") if key in example} | columns
         if "reference" in answers:
             row["stop"] = list(stop)  # grpo's reward functions cut answers where evaluation does
@@ -276,14 +300,11 @@ def _render_preference(name, items, template, tokens, tokenizer, recipe, stop,
             segments = [templates.Segment(**s) for s in example["segments"]]
             prompt_text, reference = templates.prompt_and_reference(segments, stop)
             row |= {"segments": example["segments"], "prompt": prompt_text, "reference": reference,
-                    "source": label, "row": original}
+                    "source": label, "row": item.row}
         lengths.append(sum(sizes))
         by_source[label] += 1
         rows.append(row)
-    stats = {"rows": len(rows), "tokens": sum(lengths), "tokens_per_row": _percentiles(lengths),
-             "over_max_seq_len": over, "overlength_action": recipe.data.overlength, "dropped_overlength": dropped,
-             "rows_by_source": dict(by_source)}
-    return rows, stats
+    return rows, _stats(lengths, over, dropped, by_source, recipe)
 
 
 def _check_special_tokens(template: templates.Template, tokenizer, model: str) -> None:
@@ -303,9 +324,8 @@ def prepare(loaded: Loaded, quiet: bool = False) -> Prepared:
     read = [sources.read(spec, index, loaded.root_of(f"data.datasets.{index}.source"))
             for index, spec in enumerate(recipe.data.datasets)]
     database = reward_database(recipe)
-    key = cache_key(recipe, [r.fingerprint for r in read], template, resolve.model_fingerprint(model_dir),
-                    database[1] if database else None)
-    target = paths.cache_dir() / "data" / key[:16]
+    key = cache_key(recipe, read, model_dir)
+    target = cache_folder(key)
     if (target / DONE).is_file():
         info = DataInfo.read(target / DONE)
         if not quiet:
@@ -334,11 +354,11 @@ def prepare(loaded: Loaded, quiet: bool = False) -> Prepared:
                 extra = _database_columns(splits[name], database, recipe) if database and name != "test" else None
                 rows, stats[name] = _render_preference(*args, extra)
             counts[name] = len(rows)
-            by_source[name] = stats[name]["rows_by_source"]
+            by_source[name] = stats[name].rows_by_source
             jsonl.write(staging / f"{name}.jsonl", rows)
         if counts["train"] == 0:
             raise UserError(Problem("recipe", "data", "no training rows left after splitting and length "
-                                    f"filtering ({stats['train']['dropped_overlength']} dropped as longer than "
+                                    f"filtering ({stats['train'].dropped_overlength} dropped as longer than "
                                     f"data.max_seq_len={recipe.data.max_seq_len}); raise max_seq_len, set "
                                     "data.overlength: truncate, or lower data.split.val/test"))
         info = DataInfo(key=key, rows=row_shape(recipe), counts=counts, rows_by_source=by_source, sources=source_report,

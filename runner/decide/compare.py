@@ -15,7 +15,8 @@ from runner.core import paths
 from runner.core.contracts import Contract, Record
 from runner.decide import items as it
 from runner.decide.runs_select import Side
-from runner.evaluate.summary import BOOTSTRAP_ITERS, SEED, JudgeSummary
+from runner.runs.eval_summary import BOOTSTRAP_ITERS, SEED, JudgeVersusBase
+from runner.runs.intervals import Interval
 
 FLIP_KEYS = ("exact_match", "sql_execution", "sql_exact_match")  # preferred for "right in one, wrong in the other"
 
@@ -46,11 +47,10 @@ class Change(Record):
     values: list[Any]
 
 
-class Paired(Record):
+class Paired(Interval):
+    """A side against side 0 over the items both answered: delta = side - side 0 (value: not recorded)."""
+
     delta: float
-    ci95: list[float] | None = None
-    n: int
-    p_sign: float | None = None
 
 
 class MetricRow(Record):
@@ -83,7 +83,7 @@ class Flip(Record):
     answers: list[str | None]  # [side 0's answer, this side's answer] (a group: its first run's)
 
 
-class JudgeInfo(JudgeSummary):
+class JudgeInfo(JudgeVersusBase):
     """One run's own judge tally (its fine-tuned model against its base), on its side."""
 
     side: int
@@ -155,7 +155,7 @@ def _metric_names(runs: list[list[it.RunData]]) -> list[str]:
     names: list[str] = []
     for side in runs:
         for data in side:
-            names += [n for n in data.summary.metrics if n not in names]
+            names += [n for n in data.metrics if n not in names]
     return names
 
 
@@ -168,7 +168,7 @@ def _metrics(names: list[str], runs: list[list[it.RunData]], tables: dict, ids: 
     rows = []
     for name in names:
         task, _ = it.task_and_key(name)
-        per_run = [[(d.summary.metrics[name].finetuned if name in d.summary.metrics else None) for d in side]
+        per_run = [[(d.metrics[name].value if name in d.metrics else None) for d in side]
                    for side in runs]
         spreads = [it.seed_spread(values) for values in per_run]
         paired = [None] + [it.paired(name, tables[task][0], tables[task][i], ids[task][i]) for i in
@@ -223,7 +223,7 @@ def _judges(runs: list[list[it.RunData]]) -> list[JudgeInfo]:
     out = []
     for i, side in enumerate(runs):
         for data in side:
-            judge = data.summary.judge
+            judge = data.summary.judge_versus_base()
             if judge is not None:
                 out.append(JudgeInfo(side=i, run_id=data.manifest.run_id, **judge.model_dump()))
     return out

@@ -12,48 +12,20 @@ The result is gate.json (GateResult) in each gated run, shown in its report.
 """
 from __future__ import annotations
 
-from typing import ClassVar, Literal
-
 from runner.core import paths
-from runner.core.contracts import Contract, Record
 from runner.core.errors import Problem, UserError
 from runner.decide import items as it
 from runner.decide.runs_select import Side
 from runner.recipe import suites
-
-GATE_FILE = "gate.json"
-
-
-class GateRow(Record):
-    metric: str
-    rule: Literal["min", "max", "max_drop"]
-    bound: float
-    higher_is_better: bool
-    value: float | None = None  # the run's value (min/max) or the delta run - baseline (max_drop)
-    ci95: list[float] | None = None
-    n: int = 0
-    seed_sd: float | None = None  # spread between the seeds of a group (beside the item interval)
-    verdict: Literal["pass", "fail"]
-    why: str
-
-
-class GateResult(Contract):
-    VERSION: ClassVar[int] = 1
-    version: Literal[1] = 1
-    suite: str
-    suite_version: str
-    runs: list[str]
-    baseline: list[str] = []
-    passed: bool
-    rows: list[GateRow]
-    notes: list[str] = []
+from runner.runs.gate_result import GateResult, GateRow
+from runner.runs.rundir import SAMPLES
 
 
 def _floor_row(metric: str, rule: str, bound: float, items: it.Items, up: bool, sd, where: str) -> GateRow:
     value, ci, n = it.own_interval(metric, items)
     if ci is None:
         raise UserError(Problem(where, f"gates.{metric}", "the run has no per-item scores for it (no "
-                                "eval/samples-finetuned-*.jsonl); evaluate it again"))
+                                f"{SAMPLES.replace('*', 'finetuned-*')}); evaluate it again"))
     inside = ci[0] >= bound if rule == "min" else ci[1] <= bound
     beyond = ci[1] < bound if rule == "min" else ci[0] > bound
     side = "above" if rule == "min" else "below"
@@ -78,8 +50,8 @@ def _drop_row(metric: str, bound: float, mine: it.Items, base: it.Items, up: boo
     why = (f"the {word} stays within {bound:g} across the interval" if inside else
            f"the whole interval is a {word} beyond {bound:g} (clear)" if beyond else
            f"the interval reaches a {word} beyond {bound:g} (uncertain: more items would tell)")
-    return GateRow(metric=metric, rule="max_drop", bound=bound, higher_is_better=up, value=paired["delta"],
-                   ci95=paired["ci95"], n=paired["n"], seed_sd=sd, verdict="pass" if inside else "fail", why=why)
+    return GateRow(metric=metric, rule="max_drop", bound=bound, higher_is_better=up, value=paired["delta"], **paired,
+                   seed_sd=sd, verdict="pass" if inside else "fail", why=why)
 
 
 def _runs_data(side: Side) -> list[it.RunData]:
@@ -94,7 +66,7 @@ def judge(candidate: Side, baseline: Side | None) -> GateResult:
         raise UserError(Problem(candidate.label, "suite", "its runs were evaluated with different suites: " +
                                 ", ".join(f"{s} {v}" for s, v in sorted(names))))
     (suite_name, version), = names
-    suite = suites.load(suite_name, key="suite", where=paths.display(runs[0].run.file("eval", "summary.json")))
+    suite = suites.load(suite_name, key="suite", where=paths.display(runs[0].run.summary_path))
     if not suite.gates:
         raise UserError(Problem(paths.display(suites.path_of(suite.name)), "gates", "the suite declares no gates; add "
                                 "e.g. `gates: {rouge_l: {max_drop: 0.02}}` (see `recipe gate --help`)"))
@@ -108,14 +80,14 @@ def judge(candidate: Side, baseline: Side | None) -> GateResult:
                                                  f"are those of {suite.version}"]
     rows = []
     for metric, gate in suite.gates.items():
-        missing = [d.manifest.run_id for d in runs if metric not in d.summary.metrics]
+        missing = [d.manifest.run_id for d in runs if metric not in d.metrics]
         if missing:
             raise UserError(Problem(", ".join(missing), f"gates.{metric}", f"not in the run's eval/summary.json; "
                                     f"evaluate it again with the suite {suite_name} (`recipe eval`)"))
         task, _ = it.task_and_key(metric)
         mine = it.side_items(runs, task)
         up = it.higher_is_better(metric, runs)
-        sd, _ = it.seed_spread([d.summary.metrics[metric].finetuned for d in runs])
+        sd, _ = it.seed_spread([d.metrics[metric].value for d in runs])
         for rule in ("min", "max"):
             if getattr(gate, rule) is not None:
                 rows.append(_floor_row(metric, rule, getattr(gate, rule), mine, up, sd, where))
@@ -144,9 +116,6 @@ def format_table(result: GateResult) -> str:
 
 
 def record(candidate: Side, result: GateResult) -> None:
-    """gate.json into each gated run, then its report again (the report shows the verdict)."""
-    from runner.report import markdown
-
+    """gate.json into each gated run (its report shows the verdict once written again)."""
     for run in candidate.runs:
-        result.write(run.file(GATE_FILE))
-        markdown.write_report(run)
+        result.write(run.gate_path)

@@ -10,16 +10,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from runner.core import jsonl
 from runner.decide.runs_select import Side
-from runner.evaluate import metrics as registry
-from runner.evaluate import stats
-from runner.evaluate import summary as summaries
+from runner.evaluate import scoring, stats
+from runner.metrics import registry
+from runner.runs.eval_summary import BOOTSTRAP_ITERS, SEED, CandidateMetric, EvalSummary
 from runner.runs.manifest import Manifest
+from runner.runs.records import SampleRow, read_rows
 from runner.runs.rundir import RunDir
 
-BOOTSTRAP_ITERS, SEED = summaries.BOOTSTRAP_ITERS, summaries.SEED
-GENERATE_TASK, PERPLEXITY_TASK = summaries.GENERATE_TASK, summaries.PERPLEXITY_TASK
+GENERATE_TASK, PERPLEXITY_TASK = scoring.GENERATE_TASK, scoring.PERPLEXITY_TASK
 SIDE = "finetuned"  # each run is represented by its own fine-tuned model's answers
 
 
@@ -27,15 +26,20 @@ SIDE = "finetuned"  # each run is represented by its own fine-tuned model's answ
 class RunData:
     run: RunDir
     manifest: Manifest
-    summary: summaries.EvalSummary
-    samples: dict[str, list[dict]] = field(default_factory=dict)  # task -> rows of the fine-tuned model
+    summary: EvalSummary
+    samples: dict[str, list[SampleRow]] = field(default_factory=dict)  # task -> rows of the fine-tuned model
+
+    @property
+    def metrics(self) -> dict[str, CandidateMetric]:
+        """The run's own metrics: its fine-tuned model's (value), as summary.json's finetuned candidate holds them."""
+        own = self.summary.candidates.get(SIDE)
+        return own.metrics if own is not None else {}
 
 
 def load_run(run: RunDir) -> RunData:
-    data = RunData(run, run.manifest(), summaries.EvalSummary.read(run.file("eval", "summary.json")))
-    prefix = f"samples-{SIDE}-"
-    for path in sorted(run.file("eval").glob(f"{prefix}*.jsonl")):
-        data.samples[path.name[len(prefix):-len(".jsonl")]] = jsonl.read(path, strict=False).rows
+    data = RunData(run, run.manifest(), EvalSummary.read(run.summary_path))
+    for task, path in run.samples_files(SIDE).items():
+        data.samples[task] = read_rows(path, SampleRow, strict=False)[0]
     return data
 
 
@@ -50,7 +54,7 @@ def task_and_key(metric: str) -> tuple[str, str]:
 
 
 def higher_is_better(metric: str, runs: list[RunData]) -> bool:
-    recorded = next((m.higher_is_better for data in runs if (m := data.summary.metrics.get(metric)) is not None
+    recorded = next((m.higher_is_better for data in runs if (m := data.metrics.get(metric)) is not None
                      and m.higher_is_better is not None), None)
     return registry.higher_is_better(metric, recorded)
 
@@ -69,21 +73,21 @@ class Items:
 
 def side_items(runs: list[RunData], task: str) -> Items:
     items = Items()
-    tables = [{r["doc_id"]: r for r in data.samples.get(task, [])} for data in runs]
+    tables = [{r.doc_id: r for r in data.samples.get(task, [])} for data in runs]
     if not tables or not tables[0]:
         return items
     common = set(tables[0]).intersection(*tables[1:])
     for doc_id in sorted(common, key=lambda d: (str(type(d)), d)):
         rows = [t[doc_id] for t in tables]
-        if any(r.get("prompt") != rows[0].get("prompt") for r in rows):
+        if any(r.prompt != rows[0].prompt for r in rows):
             continue  # the seeds of a group answered different prompts for this id: not one item
         first = rows[0]
-        items.prompt[doc_id], items.reference[doc_id] = first.get("prompt"), first.get("reference")
-        items.answer[doc_id] = first.get("prediction", first.get("response"))
-        keys = set.intersection(*(set(r.get("scores") or {}) for r in rows))
-        items.scores[doc_id] = {k: float(np.mean([r["scores"][k] for r in rows])) for k in keys}
-        if all("loglikelihood" in r and "tokens" in r for r in rows):
-            items.loglikelihood[doc_id] = (float(np.mean([r["loglikelihood"] for r in rows])), first["tokens"])
+        items.prompt[doc_id], items.reference[doc_id] = first.prompt, first.reference
+        items.answer[doc_id] = first.answer
+        keys = set.intersection(*(set(r.scores or {}) for r in rows))
+        items.scores[doc_id] = {k: float(np.mean([r.scores[k] for r in rows])) for k in keys}
+        if all(r.loglikelihood is not None and r.tokens is not None for r in rows):
+            items.loglikelihood[doc_id] = (float(np.mean([r.loglikelihood for r in rows])), first.tokens)
     return items
 
 
@@ -113,7 +117,7 @@ def paired(metric: str, ref: Items, other: Items, ids: list) -> dict | None:
             return None
         rows = [[{"loglikelihood": side.loglikelihood[d][0], "tokens": side.loglikelihood[d][1]} for d in ids]
                 for side in (ref, other)]
-        out = summaries.perplexity_summary(*rows)
+        out = scoring.perplexity_summary(*rows)
         return {k: out[k] for k in ("delta", "ci95", "n", "p_sign")}
     ids = [d for d in ids if key in ref.scores[d] and key in other.scores[d]]
     if not ids:

@@ -9,14 +9,14 @@ from matplotlib import style
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from runner.core import jsonl
 from runner.core.atomic import write_bytes_atomic
 from runner.report.plots import DPI, METADATA, series
+from runner.runs.records import MetricsRow, read_rows
 
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 
 
-def figure(curves: list[tuple[str, list[list[dict]]]]) -> Figure | None:
+def figure(curves: list[tuple[str, list[list[MetricsRow]]]]) -> Figure | None:
     """curves: (side label, metrics.jsonl records of each of its runs); None when no run logged a loss."""
     fig = Figure(figsize=(8, 4.5), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
@@ -46,8 +46,8 @@ def figure(curves: list[tuple[str, list[list[dict]]]]) -> Figure | None:
 
 def write(path: Path, sides: list[tuple[str, list]]) -> str | None:
     """Write the figure for sides [(label, [RunData])]; returns the file name, or None (and no file) without losses."""
-    curves = [(label, [jsonl.read(d.run.file("metrics.jsonl"), strict=False).rows
-                       if d.run.file("metrics.jsonl").is_file() else [] for d in runs]) for label, runs in sides]
+    curves = [(label, [read_rows(d.run.metrics_path, MetricsRow, strict=False)[0]
+                       if d.run.metrics_path.is_file() else [] for d in runs]) for label, runs in sides]
     with style.context("default"):
         fig = figure(curves)
         if fig is None:

@@ -15,9 +15,7 @@ from runner.core import paths
 from runner.core.errors import Problem, UserError, unknown_name
 from runner.recipe import loading
 from runner.runs import lookup, rundir
-from runner.runs.rundir import RunDir
-
-SUMMARY = "eval/summary.json"
+from runner.runs.rundir import SUMMARY, RunDir
 
 
 @dataclass(frozen=True)
@@ -90,7 +88,7 @@ def require_evaluated(side: Side) -> Side:
     """The side, when every run in it has eval/summary.json; else a UserError naming the `recipe eval` to run."""
     problems = []
     for run in side.runs:
-        if not run.file(SUMMARY).is_file():
+        if not run.summary_path.is_file():
             manifest = run.manifest()
             problems.append(Problem(paths.display(run.path), side.label, f"not evaluated (status: "
                                     f"{manifest.status.value}; no {SUMMARY}); run `recipe eval {manifest.recipe} "

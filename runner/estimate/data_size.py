@@ -16,10 +16,10 @@ from runner.core import paths
 from runner.core.contracts import Record
 from runner.core.errors import UserError
 from runner.data import fields, preference, sources
-from runner.data.info import DataInfo
 from runner.models import resolve
-from runner.recipe import stages, templates
+from runner.recipe import parents, templates
 from runner.recipe.loading import Loaded
+from runner.runs.data_info import DataInfo
 
 SAMPLE = 200  # rows rendered and tokenized for the tokens-per-row estimate
 CHARS_PER_TOKEN = 4  # when the tokenizer is not on this machine
@@ -37,8 +37,8 @@ def local_model_dir(loaded: Loaded) -> Path | None:
     """The model's directory when it is on this machine as a Hugging Face folder (no download, no conversion)."""
     spec, root = loaded.recipe.model, loaded.root_of("model.base")
     base = spec.base.strip()
-    if stages.is_run(base):  # a staged recipe tokenizes with its parent's tokenizer
-        return local_model_dir(stages.load_parent(base))
+    if parents.is_run(base):  # a staged recipe tokenizes with its parent's tokenizer
+        return local_model_dir(parents.load_parent(base))
     try:
         path = resolve.package_file(base) if base.startswith(resolve.PKG) else paths.resolve_local(base, root)
         if path.is_file():
@@ -56,10 +56,7 @@ def local_model_dir(loaded: Loaded) -> Path | None:
 def _prepared(loaded: Loaded, read, model_dir: Path) -> DataInfo | None:
     from runner.data import prepare
 
-    template = templates.load(loaded.recipe.data.template)
-    key = prepare.cache_key(loaded.recipe, [r.fingerprint for r in read], template,
-                            resolve.model_fingerprint(model_dir))
-    done = paths.cache_dir() / "data" / key[:16] / prepare.DONE
+    done = prepare.cache_folder(prepare.cache_key(loaded.recipe, read, model_dir)) / prepare.DONE
     return DataInfo.read(done) if done.is_file() else None
 
 

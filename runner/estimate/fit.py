@@ -8,9 +8,9 @@ from typing import Literal
 from runner.core import paths
 from runner.core.contracts import Record
 from runner.core.errors import UserError
-from runner.estimate import data_size, gpus, memory, meta, model_config, throughput
+from runner.estimate import data_size, memory, meta, model_config, throughput
 from runner.estimate.memory import MemoryEstimate, Setup
-from runner.recipe import loading
+from runner.recipe import gpus, loading
 from runner.recipe.loading import Loaded
 from runner.recipe.schema import LoraSpec, Recipe
 

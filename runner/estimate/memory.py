@@ -26,9 +26,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from runner.core import cpufeatures
 from runner.core.contracts import Record
 from runner.estimate.meta import Activations, Architecture
+from runner.recipe import precision as precisions
 from runner.recipe.schema import Recipe
 
 GIB = 2 ** 30
@@ -75,7 +75,7 @@ class Setup(Record):
     @classmethod
     def of(cls, recipe: Recipe) -> Setup:
         hw, train = recipe.hardware, recipe.train
-        return cls(method=recipe.method.weights, precision=cpufeatures.effective_precision(hw), device=hw.device,
+        return cls(method=recipe.method.weights, precision=precisions.effective_precision(hw), device=hw.device,
                    world_size=hw.world_size,
                    nodes=hw.nodes, deepspeed=hw.deepspeed, micro_batch=train.micro_batch_size,
                    seq_len=recipe.data.max_seq_len, gradient_checkpointing=train.gradient_checkpointing,

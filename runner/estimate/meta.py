@@ -234,14 +234,14 @@ def activations(config: ModelConfig, arch: Architecture, *, dtype: str, fused: b
     """Bytes autograd keeps for backward, measured on meta tensors (see the module docstring). adapter_fp32: LoRA
     adapters in fp32 (peft's default) rather than the compute dtype; frozen_keeps_input: frozen linear layers keep
     their input for backward, as 4-bit layers of bitsandbytes before 0.42 did."""
-    from runner.estimate import saved
+    from runner.estimate import activations
 
     adapter_key = _adapter_key(adapter) + f":d{adapter.dropout > 0:d}:a{adapter_fp32:d}" if adapter else "full"
     key = f"{dtype}:{'fused' if fused else 'eager'}:{adapter_key}:k{frozen_keeps_input:d}"
     act_bytes = 4 if dtype == "fp32" else 2
 
     def measure() -> dict:
-        return saved.measure(config, arch, dtype=dtype, fused=fused, adapter=adapter, adapter_fp32=adapter_fp32,
+        return activations.measure(config, arch, dtype=dtype, fused=fused, adapter=adapter, adapter_fp32=adapter_fp32,
                              frozen_keeps_input=frozen_keeps_input, trust_remote_code=trust_remote_code)
 
     try:
@@ -249,5 +249,5 @@ def activations(config: ModelConfig, arch: Architecture, *, dtype: str, fused: b
     except UserError:
         raise
     except Exception as err:  # noqa: BLE001 - an architecture whose forward cannot run on meta tensors (not cached)
-        found = saved.formula(arch, dtype=dtype, fused=fused, reason=f"{type(err).__name__}: {err}")
+        found = activations.formula(arch, dtype=dtype, fused=fused, reason=f"{type(err).__name__}: {err}")
     return Activations.model_validate({**found, "checkpoint": arch.hidden_size * act_bytes})

@@ -20,7 +20,7 @@ from runner.core import paths
 from runner.core.atomic import write_json_atomic
 from runner.core.errors import Problem, UserError
 from runner.models import resolve
-from runner.recipe import stages
+from runner.recipe import parents
 from runner.recipe.schema import ModelSpec
 
 KEPT = Path(__file__).resolve().parent / "configs"
@@ -100,8 +100,8 @@ def _from_hub(repo_id: str, revision: str, where: str) -> ModelConfig:
 def find(spec: ModelSpec, root: Path | None = None, where: str = "recipe") -> ModelConfig:
     """The config of spec.base; problems are reported against `where` (the recipe file)."""
     base = spec.base.strip()
-    if stages.is_run(base):  # a staged recipe: the parent's trained model has the parent's base's architecture
-        parent = stages.load_parent(base)
+    if parents.is_run(base):  # a staged recipe: the parent's trained model has the parent's base's architecture
+        parent = parents.load_parent(base)
         return find(parent.recipe.model, parent.root_of(KEY), paths.display(parent.path))
     if base.startswith(resolve.PKG):
         try:

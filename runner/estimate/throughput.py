@@ -10,7 +10,7 @@ import math
 
 from runner.core.contracts import Record
 from runner.estimate.data_size import DataSize
-from runner.estimate.gpus import GpuModel
+from runner.recipe.gpus import GpuModel
 from runner.recipe.schema import Recipe
 from runner.train.summary import flops_per_token
 

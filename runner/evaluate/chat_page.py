@@ -67,10 +67,14 @@ def _describe(pair: Pair) -> tuple[str, str]:
               f"Run `{run.run_id}` · base `{paths.display(pair.base_dir)}` · fine-tuned: {tuned} · "
               f"template `{recipe.data.template}`")
     stops = ", ".join(f"``{s!r}``" for s in pair.stop) or "none"
-    weights = next(pair.base.parameters())
-    settings = (f"**Generation** (as `recipe generate`): greedy decoding (`do_sample=False`) in "
-                f"{str(weights.dtype).removeprefix('torch.')} on {weights.device.type}, the prompt as one user turn "
-                f"in the `{recipe.data.template}` template, answers cut at the stop strings {stops}.")
+    if pair.numerics is not None:  # runner.models.numerics: as `recipe generate`, `recipe serve` and eval compute
+        computed = pair.numerics.describe()
+    else:
+        weights = next(pair.base.parameters())
+        computed = f"{str(weights.dtype).removeprefix('torch.')} on {weights.device.type}"
+    settings = (f"**Generation** (as `recipe generate`): greedy decoding (`do_sample=False`) in {computed}, the "
+                f"prompt as one user turn in the `{recipe.data.template}` template, answers cut at the stop strings "
+                f"{stops}.")
     return header, settings
 
 

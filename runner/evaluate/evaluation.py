@@ -8,7 +8,7 @@ evaluate(run, recipe, suite) writes into run/eval/:
   results-<slug>.json                 lm-eval's results dicts, JSON-safe, keyed by "heldout" / "standard"
   samples-<slug>-<task>.jsonl         per item: doc_id, prompt, reference, prediction, scores
   judge.json                          per-item judge verdicts and grades (when the suite has a judge)
-  summary.json                        runner.evaluate.summary.EvalSummary
+  summary.json                        runner.runs.eval_summary.EvalSummary
 <slug> is the candidate's file-safe label (base, finetuned, base-fewshot-3, run-other-recipe...). Every candidate
 sees the same items: same test rows and references, same `limit`, same decoding settings, fixed seeds.
 Every candidate is resolved (its model found, its run finished) before any is evaluated.
@@ -21,23 +21,24 @@ import time
 from runner.core import paths
 from runner.core.console import say
 from runner.core.errors import Problem, UserError
-from runner.evaluate import candidates, fewshot, harness, tasks
+from runner.evaluate import candidate_models, fewshot, harness, tasks
 from runner.evaluate.judge_run import judge_run
-from runner.evaluate.summary import BOOTSTRAP_ITERS, SEED, EvalSummary, candidate_metrics, summarize
+from runner.evaluate.scoring import candidate_metrics
+from runner.recipe import candidates
 from runner.recipe.suites import Suite, for_recipe
 from runner.runs import tracking
+from runner.runs.eval_summary import BOOTSTRAP_ITERS, SEED, EvalSummary
 from runner.runs.manifest import EvalRef, RunError, Status
 
 
 def _clear(run) -> None:
-    for stale in ("samples-*.jsonl", "results-*.json", "judge.json", "summary.json"):
-        for path in run.file("eval").glob(stale):  # a re-run with another suite must not leave old files
-            path.unlink()
-    for folder in run.file("eval").glob("tasks-*"):
+    for path in run.stale_eval_files():  # a re-run with another suite must not leave old files
+        path.unlink()
+    for folder in run.stale_task_dirs():
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _candidate_tasks(run, recipe, suite: Suite, resolved: candidates.Resolved, heldout):
+def _candidate_tasks(run, recipe, suite: Suite, resolved: candidate_models.Resolved, heldout):
     """The held-out task folder this candidate answers: this run's own, or its own prompts in eval/tasks-<slug>/."""
     if resolved.same_prompts or heldout is None:
         return heldout
@@ -46,7 +47,7 @@ def _candidate_tasks(run, recipe, suite: Suite, resolved: candidates.Resolved, h
         f"{f' with {c.shots} examples from the train split' if c.shots else ''}")
     prompts, stop = fewshot.candidate_prompts(run, recipe, resolved.template, resolved.system, resolved.tokenizer_dir,
                                               shots=c.shots, seed=SEED)
-    return tasks.write_tasks(run, recipe, suite, folder=run.file("eval", f"tasks-{c.slug}"), prompts=prompts,
+    return tasks.write_tasks(run, recipe, suite, folder=run.tasks_dir(c.slug), prompts=prompts,
                              stop=stop, tokenizer_dir=resolved.tokenizer_dir)
 
 
@@ -66,7 +67,7 @@ def _run_candidate(run, recipe, suite, resolved, heldout, standard, device, mana
     return harness.write_outputs(run, c.slug, results, suite)
 
 
-def _load(resolved: candidates.Resolved, device: str, recipe):
+def _load(resolved: candidate_models.Resolved, device: str, recipe):
     """The candidate's model; one that is not this run's own and cannot be loaded is the user's to fix (exit 2)."""
     c = resolved.candidate
     if c.kind in candidates.DEFAULT:
@@ -84,7 +85,7 @@ def _measure(run, recipe, suite: Suite, manifest, timings: dict) -> EvalSummary:
     say(f"eval: suite {suite.name} {suite.version}")
     listed, reference = candidates.for_eval(recipe, suite)
     device, dtype = harness.device_and_dtype(recipe)
-    resolved = [candidates.resolve(c, run, manifest, recipe, dtype) for c in listed]  # all found before any runs
+    resolved = [candidate_models.resolve(c, run, manifest, recipe, dtype) for c in listed]  # all found before any runs
     heldout = None
     if suite.metrics or suite.judge:
         say(f"eval: writing lm-eval tasks for the held-out split to {paths.display(tasks.tasks_dir(run))}")
@@ -96,18 +97,16 @@ def _measure(run, recipe, suite: Suite, manifest, timings: dict) -> EvalSummary:
         phase = time.monotonic()
         rows[r.candidate.label] = _run_candidate(run, recipe, suite, r, heldout, standard, device, manager)
         timings[f"eval_{r.candidate.slug}_s"] = round(time.monotonic() - phase, 2)
-    judge = judges = None
+    judges = None
     if suite.judge is not None:
         phase = time.monotonic()
-        judge, judges = judge_run(run, recipe, suite, {r.candidate.label: r.candidate.slug for r in resolved},
-                                  reference)
+        judges = judge_run(run, recipe, suite, {r.candidate.label: r.candidate.slug for r in resolved}, reference)
         timings["judge_s"] = round(time.monotonic() - phase, 2)
     per_candidate = candidate_metrics(rows, reference)
     summary_of = {r.candidate.label: {"kind": r.candidate.kind, "slug": r.candidate.slug, "source": r.source,
                                       "template": r.template, "shots": r.candidate.shots,
                                       "metrics": per_candidate[r.candidate.label]} for r in resolved}
-    default = {k: v for k, v in rows.items() if k in candidates.DEFAULT}
-    return EvalSummary(metrics=summarize(default), skipped=skipped, judge=judge, judges=judges,
+    return EvalSummary(skipped=skipped, judges=judges,
                        n_items=heldout.n_items if heldout else 0, suite=suite.name, suite_version=suite.version,
                        bootstrap_iters=BOOTSTRAP_ITERS, seed=SEED, reference=reference, candidates=summary_of)
 
@@ -121,7 +120,7 @@ def evaluate(run, recipe, suite: Suite | None = None) -> EvalSummary:
     try:
         _clear(run)
         summary = _measure(run, recipe, suite, manifest, timings)
-        summary.write(run.file("eval", "summary.json"))
+        summary.write(run.summary_path)
     except UserError:
         raise  # a candidate or judge prompt the user must fix: the run stays as it was (trained)
     except BaseException as err:
@@ -130,9 +129,6 @@ def evaluate(run, recipe, suite: Suite | None = None) -> EvalSummary:
     timings["eval_s"] = round(time.monotonic() - started, 2)
     run.update(status=Status.EVALUATED, error=None, timings=timings,
                eval=EvalRef(suite=suite.name, suite_version=suite.version))
-    say(f"eval: wrote {paths.display(run.file('eval', 'summary.json'))} in {timings['eval_s']:.0f} s")
-    from runner.ship import card
-
-    card.refresh(run)  # the model cards (model/, merged/) take these results as their model-index
-    tracking.log_eval(run, recipe, summary)
+    say(f"eval: wrote {paths.display(run.summary_path)} in {timings['eval_s']:.0f} s")
+    tracking.log_eval(run, recipe, summary)  # the model cards take these results when `recipe eval` refreshes them
     return summary

@@ -51,7 +51,7 @@ def train_examples(recipe, template: Template) -> list[dict]:
     if not train:
         raise UserError(Problem("recipe", "eval.candidates", "base+fewshot needs train examples; the train split "
                                 "is empty"))
-    return [item[1] for item in train]
+    return [item.example for item in train]
 
 
 def draw(examples: list[dict], k: int, seed: int) -> list[dict]:

@@ -17,9 +17,8 @@ from typing import Any
 from runner.core import paths
 from runner.core.console import say
 from runner.core.errors import Problem, UserError
-from runner.evaluate.harness import device_and_dtype
-from runner.evaluate.metrics import clean_generation
-from runner.models import resolve
+from runner.metrics.registry import clean_generation
+from runner.models import numerics, resolve
 from runner.recipe import loading, templates
 from runner.recipe.schema import Recipe
 from runner.runs import rundir
@@ -71,14 +70,15 @@ def _generate_all(model, tokenizer, prompts: list[str], stop: list[str], max_new
                   batch_size: int = 1, samples: int = 0, temperature: float = 1.0) -> list[str]:
     """Greedy answers, each cut at its first stop string; with samples=N, N sampled answers per prompt instead
     (at temperature, one prompt's answers next to each other). Batches pad on the left, so every prompt ends where
-    its answer starts; a batch ends when all its answers have stopped."""
+    its answer starts (a batch of one is not padded); a batch ends when all its answers have stopped. The batch size
+    is the caller's numerics' (runner.models.numerics.decide), and so is the state the model's generate runs in."""
     import torch
 
     decoding = ({"do_sample": True, "num_return_sequences": samples, "temperature": temperature, "top_p": 1.0,
                  "top_k": 0} if samples else {"do_sample": False})
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    side, pad_token, tokenizer.padding_side = tokenizer.padding_side, tokenizer.pad_token, "left"
+    side, pad_token, tokenizer.padding_side = tokenizer.padding_side, tokenizer.pad_token, numerics.PADDING_SIDE
     if pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token  # padding needs one; attention masks hide it
     answers, stopping = [], _stopping(tokenizer, stop)
@@ -86,6 +86,7 @@ def _generate_all(model, tokenizer, prompts: list[str], stop: list[str], max_new
         for start in range(0, len(prompts), batch_size):
             batch = prompts[start:start + batch_size]
             ids = tokenizer(batch, add_special_tokens=False, return_tensors="pt", padding=len(batch) > 1)
+            ids = ids.to(model.device)
             with torch.no_grad():
                 out = model.generate(**ids, max_new_tokens=max_new_tokens, pad_token_id=pad, **decoding, **stopping)
             for row in out[:, ids["input_ids"].shape[1]:]:
@@ -98,7 +99,8 @@ def _generate_all(model, tokenizer, prompts: list[str], stop: list[str], max_new
 @dataclass
 class Pair:
     """A base model and its fine-tuned model (None without a trained run), loaded once. For an adapter both are
-    the same PeftModel: the base answers with the adapter disabled, which computes exactly the base weights."""
+    the same PeftModel: the base answers with the adapter disabled, which computes exactly the base weights.
+    Both load and answer as `numerics` decides, as `recipe serve` and evaluation do."""
 
     recipe: Recipe
     run: rundir.RunDir | None
@@ -110,6 +112,7 @@ class Pair:
     base: Any
     finetuned: Any | None
     adapter: bool
+    numerics: numerics.Numerics | None = None  # how both compute (runner.models.numerics.decide)
 
     def render(self, prompt: str, system: str | None = None) -> str:
         return render_prompt(self.recipe, prompt, self.tokens, system)
@@ -132,15 +135,6 @@ class Pair:
                 "finetuned": self.finetuned_answer(rendered, max_new_tokens)}
 
 
-def _load_settings(recipe: Recipe) -> dict:
-    """from_pretrained settings for generating on this machine: bf16 where the recipe and CPU allow, else float32."""
-    import torch
-
-    device, dtype = device_and_dtype(recipe)
-    return dict(dtype=getattr(torch, dtype) if device == "cpu" else torch.float32,
-                trust_remote_code=recipe.model.trust_remote_code)
-
-
 def _stop_strings(recipe: Recipe, tokens: templates.TokenizerTokens) -> list[str]:
     return [s for s in dict.fromkeys((*templates.load(recipe.data.template).stop, tokens.eos_token)) if s]
 
@@ -152,45 +146,45 @@ def answer_all(recipe: Recipe, model_dir: Path, prompts: list[str], batch_size: 
     ends an answer and at most eval.max_new_tokens long; with samples=N, N answers per prompt sampled at temperature
     (torch seeded with seed), one prompt's next to each other. progress: a noun for a line every 128 prompts."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     torch.manual_seed(seed)
 
+    how = numerics.decide(recipe, batch_size)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=recipe.model.trust_remote_code)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, **_load_settings(recipe)).eval()
+    model = how.load(model_dir, trust_remote_code=recipe.model.trust_remote_code)
     stop = _stop_strings(recipe, resolve.tokenizer_tokens(model_dir))
     answers: list[str] = []
     for start in range(0, len(prompts), 128):
         answers += _generate_all(model, tokenizer, prompts[start:start + 128], stop, recipe.eval.max_new_tokens,
-                                 batch_size, samples, temperature)
+                                 how.batch_size, samples, temperature)
         if progress:
             say(f"answered {min(start + 128, len(prompts))}/{len(prompts)} {progress}")
     return answers
 
 
 def load_pair(target: rundir.RunDir | loading.Loaded, max_new_tokens: int | None = None) -> Pair:
-    """The base and fine-tuned models of a run (or of a recipe's latest run), with the tokenizer and stop strings."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """The base and fine-tuned models of a run (or of a recipe's latest run), with the tokenizer and stop strings,
+    loaded as runner.models.numerics decides (as `recipe serve` loads them): one prompt at a time."""
+    from transformers import AutoTokenizer
 
     recipe, base_dir, run = _target(target)
     manifest = run.trained() if run else None  # before any loading: a run must have its model
     tokenizer = AutoTokenizer.from_pretrained(base_dir, trust_remote_code=recipe.model.trust_remote_code)
     tokens = resolve.tokenizer_tokens(Path(base_dir))
     stop = (manifest.stop if manifest else None) or _stop_strings(recipe, tokens)
-    load = _load_settings(recipe)
-    base = AutoModelForCausalLM.from_pretrained(base_dir, **load).eval()
+    how, trust = numerics.decide(recipe), recipe.model.trust_remote_code
+    adapter = bool(run is not None and manifest.adapter)
     finetuned = None
-    if run is not None:
-        model_dir = run.file(manifest.model_dir)
-        if manifest.adapter:
-            from peft import PeftModel
-
-            base = finetuned = PeftModel.from_pretrained(base, model_dir).eval()  # wraps the base weights above
-        else:
-            finetuned = AutoModelForCausalLM.from_pretrained(model_dir, **load).eval()
+    if adapter:  # one PeftModel on the base weights: the base answers with the adapter disabled
+        base = finetuned = how.load(base_dir, run.file(manifest.model_dir), trust_remote_code=trust)
+    else:
+        base = how.load(base_dir, trust_remote_code=trust)
+        if run is not None:
+            finetuned = how.load(run.file(manifest.model_dir), trust_remote_code=trust)
     return Pair(recipe=recipe, run=run, base_dir=base_dir, tokenizer=tokenizer, tokens=tokens, stop=stop,
                 max_new_tokens=max_new_tokens or recipe.eval.max_new_tokens, base=base, finetuned=finetuned,
-                adapter=bool(run is not None and manifest.adapter))
+                adapter=adapter, numerics=how)
 
 
 def generate(target: rundir.RunDir | loading.Loaded, prompts: list[str],

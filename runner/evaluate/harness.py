@@ -12,14 +12,14 @@ import math
 import os
 from pathlib import Path
 
-from runner.core import cpufeatures, jsonl
 from runner.core.atomic import write_json_atomic
 from runner.core.console import say
-from runner.evaluate.summary import GENERATE_TASK, PERPLEXITY_TASK, SEED
+from runner.evaluate.scoring import GENERATE_TASK, PERPLEXITY_TASK, SEED
+from runner.models import numerics
+from runner.models.numerics import device_and_dtype  # noqa: F401  (evaluation and tests call harness.device_and_dtype)
 from runner.recipe.suites import Suite, include_task_names
 from runner.runs.manifest import Manifest
-
-_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+from runner.runs.records import SampleRow, write_rows
 
 
 def model_args(run, manifest: Manifest, which: str, recipe, dtype: str) -> dict:
@@ -35,22 +35,6 @@ def model_args(run, manifest: Manifest, which: str, recipe, dtype: str) -> dict:
             if not (model / "tokenizer_config.json").is_file():
                 args["tokenizer"] = manifest.base_model_dir
     return args
-
-
-def device_and_dtype(recipe) -> tuple[str, str]:
-    """Where and in which dtype to run the recipe's models: its precision on its device; on CPU, bf16 where the CPU
-    computes it natively (else float32, said once), everything else float32."""
-    import torch
-
-    precision = cpufeatures.effective_precision(recipe.hardware)
-    if recipe.hardware.device == "cuda" and torch.cuda.is_available():
-        return "cuda", _DTYPES[precision]
-    if recipe.hardware.device == "cpu" and precision == "bf16":
-        missing = cpufeatures.missing_bf16()
-        if missing is None:
-            return "cpu", "bfloat16"
-        say(f"this CPU lacks {missing.split(' (')[0]}: the models run in float32, not the recipe's bf16")
-    return "cpu", "float32"
 
 
 def _plain(value):
@@ -100,10 +84,13 @@ def task_manager(heldout_dir: Path | None, suite: Suite):
 
 
 def load_model(args: dict, device: str, recipe):
-    """lm-eval's `hf` model for these arguments (loaded once per candidate)."""
+    """lm-eval's `hf` model for these arguments (loaded once per candidate), loaded under the recipe's numerics
+    (runner.models.numerics: lm-eval's `peft=` keeps a LoRA adapter in float32, as `recipe generate` does)."""
     from lm_eval.api.registry import get_model
 
-    return get_model("hf").create_from_arg_obj(args, {"batch_size": recipe.eval.batch_size, "device": device})
+    how = numerics.decide(recipe, recipe.eval.batch_size)
+    with how.applied():
+        return get_model("hf").create_from_arg_obj(args, {"batch_size": how.batch_size, "device": device})
 
 
 def run_model(args: dict, device: str, calls: list[tuple[str, list[str], bool]], manager, recipe, lm=None) -> dict:
@@ -113,15 +100,17 @@ def run_model(args: dict, device: str, calls: list[tuple[str, list[str], bool]],
 
     lm = lm if lm is not None else load_model(args, device, recipe)
     out = {}
+    how = numerics.decide(recipe, recipe.eval.batch_size)  # threads, autocast off: as generate and serve compute
     try:
         for label, tasks, add_bos in calls:
             lm.add_bos_token = add_bos
             manager.task_group_map.clear()  # reusing a TaskManager must not rename group subtasks "-1"
-            out[label] = lm_eval.simple_evaluate(
-                model=lm, tasks=tasks, task_manager=manager, limit=recipe.eval.max_items, bootstrap_iters=0,
-                log_samples=True, random_seed=SEED, numpy_random_seed=SEED, torch_random_seed=SEED,
-                fewshot_random_seed=SEED)
-            out[label]["config"] |= {"model_args": args, "batch_size": recipe.eval.batch_size, "device": device}
+            with how.applied():
+                out[label] = lm_eval.simple_evaluate(
+                    model=lm, tasks=tasks, task_manager=manager, limit=recipe.eval.max_items, bootstrap_iters=0,
+                    log_samples=True, random_seed=SEED, numpy_random_seed=SEED, torch_random_seed=SEED,
+                    fewshot_random_seed=SEED)
+            out[label]["config"] |= {"model_args": args, "batch_size": how.batch_size, "device": device}
     finally:
         del lm
         gc.collect()
@@ -154,9 +143,9 @@ def write_outputs(run, which: str, results: dict, suite: Suite) -> dict[str, lis
         for task, samples in (output.get("samples") or {}).items():
             rows[task] = sorted((_sample_row(task, s, suite.generation_metrics) for s in samples),
                                 key=lambda r: r["doc_id"])
-            jsonl.write(run.file("eval", f"samples-{which}-{task}.jsonl"), rows[task])
+            write_rows(run.samples_path(which, task), [SampleRow.model_validate(r) for r in rows[task]])
     without_samples = {label: {k: v for k, v in out.items() if k != "samples"} for label, out in results.items()}
-    write_json_atomic(run.file("eval", f"results-{which}.json"), _plain(without_samples))
+    write_json_atomic(run.results_path(which), _plain(without_samples))
     return rows
 
 

@@ -13,18 +13,19 @@ import json
 import numpy as np
 
 from runner.core import jsonl, paths
-from runner.core.atomic import write_json_atomic
 from runner.core.console import say
 from runner.core.errors import Problem, UserError
 from runner.core.yamlio import read_yaml
 from runner.data import fields
 from runner.evaluate import ranking, stats, tasks
 from runner.evaluate.judge import JudgeUnavailable, grade, judge_pair, local_model_asker, openai_chat_asker, tally
-from runner.evaluate.summary import BOOTSTRAP_ITERS, GENERATE_TASK, SEED, JudgesSummary, JudgeSummary
+from runner.evaluate.scoring import GENERATE_TASK
 from runner.models import resolve
 from runner.recipe import suites, templates
 from runner.recipe.schema import ModelSpec
 from runner.recipe.suites import Suite
+from runner.runs.eval_summary import BOOTSTRAP_ITERS, SEED, JudgesSummary
+from runner.runs.records import JudgeFile, SampleRow, read_rows
 
 MODELS = ("base", "finetuned")
 PROMPT_KEYS = {"pairwise": ("version", "system", "user"), "single": ("version", "system", "user", "user_reference")}
@@ -88,9 +89,9 @@ def _pairs(labels: list[str], reference: str, how: str) -> list[tuple[str, str]]
     return [(b, a) for a, b in itertools.combinations(labels, 2)]
 
 
-def _answers(run, slugs: dict[str, str], limit: int | None) -> tuple[list[int], dict[str, dict[int, dict]]]:
-    answers = {label: {r["doc_id"]: r for r in jsonl.read(run.file("eval", f"samples-{slug}-{GENERATE_TASK}.jsonl"))
-                       .rows} for label, slug in slugs.items()}
+def _answers(run, slugs: dict[str, str], limit: int | None) -> tuple[list[int], dict[str, dict[int, SampleRow]]]:
+    answers = {label: {r.doc_id: r for r in read_rows(run.samples_path(slug, GENERATE_TASK), SampleRow)[0]}
+               for label, slug in slugs.items()}
     shared = sorted(set.intersection(*(set(a) for a in answers.values())))
     return shared[:limit], answers
 
@@ -103,8 +104,8 @@ def _pairwise(pairs, doc_ids, answers, questions, ask, prompt) -> tuple[list[dic
         for doc_id in doc_ids:
             mine, theirs = answers[a][doc_id], answers[b][doc_id]
             # judge_pair(question, ref, other, this): asks other-first, then this-first; the outcome is this side's
-            v = judge_pair(questions[doc_id], mine["reference"], theirs["prediction"], mine["prediction"], ask, prompt)
-            items.append({"doc_id": doc_id, "answers": {a: mine["prediction"], b: theirs["prediction"]},
+            v = judge_pair(questions[doc_id], mine.reference, theirs.prediction, mine.prediction, ask, prompt)
+            items.append({"doc_id": doc_id, "answers": {a: mine.prediction, b: theirs.prediction},
                           "outcome": v["outcome"], "verdict_b_first": v["verdict_base_first"],
                           "verdict_a_first": v["verdict_ft_first"], "raw": v["raw"],
                           "unparseable": v["unparseable"], "position_bias": v["position_bias"]})
@@ -128,7 +129,7 @@ def _ranking(labels: list[str], verdicts: list[dict], doc_ids: list[int]) -> lis
 def _grades(labels, doc_ids, answers, questions, ask, prompt) -> tuple[dict, dict]:
     grades, per_item = {}, {}
     for label in labels:
-        rows = [{"doc_id": d, **grade(questions[d], answers[label][d]["reference"], answers[label][d]["prediction"],
+        rows = [{"doc_id": d, **grade(questions[d], answers[label][d].reference, answers[label][d].prediction,
                                       ask, prompt)} for d in doc_ids]
         rated = np.array([r["rating"] for r in rows if r["rating"] is not None], dtype=float)
         ci = stats.bootstrap_ci(lambda idx, rated=rated: rated[idx].mean(axis=1), len(rated), BOOTSTRAP_ITERS,
@@ -141,11 +142,11 @@ def _grades(labels, doc_ids, answers, questions, ask, prompt) -> tuple[dict, dic
 
 
 def judge_run(run, recipe, suite: Suite, slugs: dict[str, str] | None = None,
-              reference: str = "finetuned") -> tuple[JudgeSummary, JudgesSummary]:
+              reference: str = "finetuned") -> JudgesSummary:
     """Judge the candidates' answers (label -> file slug; default base and fine-tuned) into eval/judge.json;
-    returns the fine-tuned-vs-base tally (as summary.judge always held) and the whole judges section."""
+    returns the judges section of the summary (its fine-tuned-vs-base tally: EvalSummary.judge_versus_base)."""
     spec = suite.judge
-    slugs = slugs or {m: m for m in MODELS if run.file("eval", f"samples-{m}-{GENERATE_TASK}.jsonl").is_file()}
+    slugs = slugs or {m: m for m in MODELS if run.samples_path(m, GENERATE_TASK).is_file()}
     labels = list(slugs)
     prompts = load_prompts(suite)
     result: dict = {"kind": spec.kind, "model": spec.model,
@@ -170,32 +171,11 @@ def judge_run(run, recipe, suite: Suite, slugs: dict[str, str] | None = None,
             if "single" in spec.methods:
                 result["grades"], written["grades"] = _grades(labels, doc_ids, answers, questions, ask,
                                                               prompts["single"])
-                result["reference_guided"] = all(answers[labels[0]][d]["reference"] for d in doc_ids)
+                result["reference_guided"] = all(answers[labels[0]][d].reference for d in doc_ids)
         except JudgeUnavailable as err:
             result = {k: v for k, v in result.items() if k in ("kind", "model", "prompts")} | {"skipped": str(err)}
             written = {}
-    legacy = _legacy(result, written)
-    write_json_atomic(run.file("eval", "judge.json"), {**result, **legacy, **written})
+    JudgeFile.model_validate({**result, **written}).write(run.judge_path)
     if "skipped" in result:
         say(f"eval: judge skipped: {result['skipped']}")
-    return JudgeSummary.model_validate({k: v for k, v in legacy.items() if k != "items"} | {
-        "kind": spec.kind, "model": spec.model}), JudgesSummary.model_validate(result)
-
-
-def _legacy(result: dict, written: dict) -> dict:
-    """summary.judge (version 1's shape): fine-tuned vs base, with judge.json's per-item `items` beside it."""
-    if "skipped" in result:
-        return {"skipped": result["skipped"]}
-    pair = next((p for p in written.get("pairs", []) if {p["a"], p["b"]} == set(MODELS)), None)
-    if pair is None:
-        return {"skipped": "no fine-tuned vs base pair was judged" if "pairs" in written else
-                "the suite's judge grades single answers (see judges)"}
-    flip = pair["a"] == "base"  # tallied from base's side: swap wins and losses
-    items = []
-    for i in pair["items"]:
-        outcome = {"win": "loss", "loss": "win"}.get(i["outcome"], i["outcome"]) if flip else i["outcome"]
-        first = (i["verdict_a_first"], i["verdict_b_first"]) if flip else (i["verdict_b_first"], i["verdict_a_first"])
-        items.append({"doc_id": i["doc_id"], "base": i["answers"]["base"], "finetuned": i["answers"]["finetuned"],
-                      "outcome": outcome, "verdict_base_first": first[0], "verdict_ft_first": first[1],
-                      "raw": i["raw"] if not flip else i["raw"][::-1]})
-    return tally(items) | {"items": items}
+    return JudgesSummary.model_validate(result)

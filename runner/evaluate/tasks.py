@@ -22,9 +22,9 @@ from runner.core import jsonl, paths
 from runner.core.atomic import write_json_atomic, write_text_atomic
 from runner.core.errors import Problem, UserError
 from runner.core.yamlio import dump_yaml
-from runner.evaluate import metrics
-from runner.evaluate.summary import GENERATE_TASK, PERPLEXITY_TASK
+from runner.evaluate.scoring import GENERATE_TASK, PERPLEXITY_TASK
 from runner.evaluate.task_hooks import CONFIG_FILE, SHIM
+from runner.metrics import registry as metrics
 from runner.recipe.suites import Suite
 
 ITEMS_FILE = "heldout.jsonl"
@@ -41,12 +41,12 @@ class HeldoutTasks:
 
 def tasks_dir(run) -> Path:
     """run/eval/tasks/: the folder to pass to lm-eval as include_path."""
-    return run.file("eval", "tasks")
+    return run.tasks_dir()
 
 
 def read_test_split(run) -> list[dict]:
     """The run's held-out test rows (data/test.jsonl); a UserError when there are none."""
-    path = run.file("data", "test.jsonl")
+    path = run.split_path("test")
     where = paths.display(path)
     if not path.is_file():
         raise UserError(Problem(where, "", "the run has no held-out test split; set data.split.test in the recipe "
@@ -121,7 +121,7 @@ def write_tasks(run, recipe, suite: Suite, folder: Path | None = None, prompts: 
     stop = manifest.stop if stop is None else stop
     write_json_atomic(folder / CONFIG_FILE, {
         "metrics": suite.generation_metrics, "stop": stop, "package_root": str(paths.PACKAGE_DIR.parent),
-        "sql_database": _sql_database(suite, rows, paths.display(run.file("data", "test.jsonl")))})
+        "sql_database": _sql_database(suite, rows, paths.display(run.split_path("test")))})
     write_text_atomic(folder / SHIM_FILE, SHIM)
     common = {"dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(items_path.resolve())}},
               "test_split": "test", "doc_to_text": "prompt", "doc_to_target": "reference", "target_delimiter": "",

@@ -11,7 +11,7 @@ from pathlib import Path
 from runner.core import paths
 from runner.core.atomic import build_once
 from runner.core.errors import Problem, UserError
-from runner.recipe.stages import KEY, StageRef, parse
+from runner.recipe.parents import KEY, ParentRef, parse
 from runner.runs import rundir
 from runner.runs.manifest import Manifest, ParentRun, Status
 
@@ -34,7 +34,7 @@ def _problem(where: str, message: str) -> UserError:
     return UserError(Problem(where, KEY, message))
 
 
-def find_run(ref: StageRef, where: str = "recipe") -> tuple[rundir.RunDir, Manifest]:
+def find_run(ref: ParentRef, where: str = "recipe") -> tuple[rundir.RunDir, Manifest]:
     """The parent's run and manifest, checked to hold a finished training; else a UserError with the fix."""
     make = f"`recipe train {ref.recipe}`"
     try:

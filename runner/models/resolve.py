@@ -19,8 +19,8 @@ from pathlib import Path
 from runner.core import paths
 from runner.core.atomic import build_once
 from runner.core.errors import Problem, UserError
+from runner.recipe.parents import RUN
 from runner.recipe.schema import ModelSpec
-from runner.recipe.stages import RUN
 from runner.recipe.templates import TokenizerTokens
 
 KEY = "model.base"

@@ -318,10 +318,10 @@ def load(name_or_path: str | Path, overrides: list[str] = ()) -> Loaded:
             file, line = _line_of(key, origins, where)
             problems.append(Problem(file, key, message, line))
         raise UserError(problems) from None
-    from runner.recipe import stages, suites  # late: both need the recipe schema, loading must not need them to import
+    from runner.recipe import parents, suites  # late: both need the recipe schema, loading must not need them to import
 
     for key, message in [*recipe.problems(), *template_problems(recipe), *suites.recipe_problems(recipe),
-                         *stages.problems(recipe.name, recipe.model.base)]:
+                         *parents.problems(recipe.name, recipe.model.base)]:
         file, line = _line_of(key, origins, where)
         problems.append(Problem(file, key, message, line))
     if problems:

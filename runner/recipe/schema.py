@@ -10,10 +10,10 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
-from runner.estimate import gpus
+from runner.recipe import candidates, gpus
 
 SCHEMA_VERSION = 1
-GpuName = Literal[gpus.NAMES]  # one table of GPU models: runner/estimate/gpus.py
+GpuName = Literal[gpus.NAMES]  # one table of GPU models: runner/recipe/gpus.py
 SEMVER = re.compile(r"^\d+\.\d+\.\d+(?:[-+][0-9A-Za-z.-]+)?$")
 
 
@@ -42,7 +42,7 @@ class ModelSpec(Section):
 class LoraSpec(Section):
     r: int = Field(16, gt=0, description="adapter rank")
     alpha: int = Field(32, gt=0, description="scaling numerator (scale = alpha / r)")
-    dropout: float = Field(0.05, ge=0, lt=1)
+    dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the adapter's input during training")
     target: Literal["all-linear"] | list[str] = Field("all-linear", description="modules to adapt")
 
 
@@ -74,7 +74,7 @@ class MethodSpec(Section):
     desirable_weight: float | None = Field(None, gt=0, description="kto only: loss weight of label-true rows (1.0)")
     undesirable_weight: float | None = Field(None, gt=0, description="kto only: loss weight of label-false rows (1.0)")
     rewards: list[str] | None = Field(None, min_length=1, description="grpo only: generation metrics of the registry "
-                                      "(runner/evaluate/metrics.py) that reward each answer, summed, e.g. [token_f1]")
+                                      "(runner/metrics/registry.py) that reward each answer, summed, e.g. [token_f1]")
     generations: int | None = Field(None, ge=2, description="grpo only: answers sampled per prompt (default 4)")
     max_completion_length: int | None = Field(None, gt=0, description="grpo only: tokens per sampled answer "
                                               "(default eval.max_new_tokens)")
@@ -108,7 +108,7 @@ class MethodSpec(Section):
         return problems
 
     def _reward_problems(self) -> list[tuple[str, str]]:
-        from runner.train import rewards  # late: the metric registry, which metrics can score an answer
+        from runner.metrics import rewards  # late: the metric registry, which metrics can score an answer
 
         scorable = rewards.names()
         if not self.rewards:
@@ -141,8 +141,9 @@ class MethodSpec(Section):
 class RegexExtract(Section):
     """Template variables pulled out of one text column by a regex with named groups."""
 
-    column: str
-    pattern: str
+    column: str = Field(description="the text column the pattern reads")
+    pattern: str = Field(description="a regular expression with named groups, one per template variable "
+                         "(matched with re.DOTALL)")
 
     @field_validator("pattern")
     @classmethod
@@ -169,7 +170,8 @@ class DatasetSpec(Section):
     config: str | None = Field(None, description="hub dataset configuration name")
     split: str = Field("train", description="split of the source to read")
     fields: dict[str, str] = Field(default_factory=dict, description="template variable -> dataset column")
-    extract: RegexExtract | None = None
+    extract: RegexExtract | None = Field(None, description="template variables cut out of one text column by a "
+                                         "regex with named groups (instead of, or beside, fields)")
     weight: float = Field(1.0, gt=0, description="mixing ratio: rows taken = weight x rows available")
     use: Literal["split", "train", "val", "test"] = Field(
         "split", description="split: divided by data.split; train/val/test: taken whole into that split")
@@ -210,41 +212,45 @@ class DatasetSpec(Section):
 class SplitSpec(Section):
     val: int | float = Field(0.02, ge=0, description="fraction (<1) or row count (>=1) held out for validation")
     test: int | float = Field(0, ge=0, description="fraction (<1) or row count (>=1) held out for evaluation")
-    seed: int = 42
+    seed: int = Field(42, description="seed of the shuffle that assigns rows to train/val/test")
 
 
 class DataSpec(Section):
-    datasets: list[DatasetSpec] = Field(min_length=1)
+    datasets: list[DatasetSpec] = Field(min_length=1, description="the sources, mixed by weight")
     template: str = Field(description="templates/<name>.jinja, or 'tokenizer' for the model's chat template")
     system: str | None = Field(None, description="system prompt for templates that take one")
-    max_seq_len: int = Field(2048, gt=0)
-    packing: bool = True
+    max_seq_len: int = Field(2048, gt=0, description="tokens per training row (see data.overlength)")
+    packing: bool = Field(True, description="pack several rows into one sequence (off for preference methods)")
     overlength: Literal["truncate", "drop"] = Field("drop", description="rows longer than max_seq_len")
     incomplete: Literal["drop", "error"] = Field("drop", description="rows with an empty or missing field")
     dedupe: bool = Field(True, description="remove exact duplicate rows")
-    split: SplitSpec = SplitSpec()
+    split: SplitSpec = Field(SplitSpec(), description="how rows with use: split are divided into train/val/test")
 
 
 class TrainSpec(Section):
-    epochs: float | None = Field(1, gt=0)
+    epochs: float | None = Field(1, gt=0, description="passes over the training split (train.max_steps stops "
+                                 "sooner)")
     max_steps: int | None = Field(None, gt=0, description="stop after this many optimizer steps")
     micro_batch_size: int = Field(1, gt=0, description="sequences per device per forward pass")
-    gradient_accumulation_steps: int | None = Field(None, gt=0)
+    gradient_accumulation_steps: int | None = Field(None, gt=0, description="micro batches per optimizer step "
+                                                    "(default: derived from global_batch_size, else 1)")
     global_batch_size: int | None = Field(None, gt=0, description="micro x accumulation x gpus x nodes")
-    learning_rate: float = Field(2e-4, gt=0)
-    schedule: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
-    warmup_ratio: float = Field(0.0, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float = Field(1.0, gt=0)
-    optimizer: str = "adamw_torch"
-    gradient_checkpointing: bool = False
-    logging_steps: int = Field(1, gt=0)
+    learning_rate: float = Field(2e-4, gt=0, description="peak learning rate")
+    schedule: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(
+        "cosine", description="learning-rate schedule after warmup")
+    warmup_ratio: float = Field(0.0, ge=0, lt=1, description="share of the steps spent warming up")
+    weight_decay: float = Field(0.0, ge=0, description="the optimizer's weight decay")
+    max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping norm")
+    optimizer: str = Field("adamw_torch", description="the optimizer name axolotl passes to transformers")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: less "
+                                         "memory, more compute")
+    logging_steps: int = Field(1, gt=0, description="a metrics.jsonl row every N optimizer steps")
     eval_steps: int | None = Field(None, gt=0, description="validation loss every N steps")
     save_steps: int | None = Field(
         100, gt=0, description="checkpoint every N optimizer steps: where a resumed or requeued run goes on from "
         "(each hardware profile sets its own; null: no checkpoints, a stopped run starts over)")
     save_total_limit: int | None = Field(2, gt=0, description="checkpoints kept (older ones are deleted); null: all")
-    seed: int = 42
+    seed: int = Field(42, description="training seed (recipe train --seeds trains one run per seed)")
     deterministic: bool = Field(
         False, description="deterministic kernels (torch.use_deterministic_algorithms), a fixed thread count and "
         "seeds set in the trainer process: the same machine gives the same losses run after run (slower)")
@@ -257,25 +263,27 @@ class TrainSpec(Section):
 
 class NcclSpec(Section):
     timeout_s: int = Field(1800, gt=0, description="collective timeout")
-    debug: Literal["OFF", "WARN", "INFO", "TRACE"] = "WARN"
+    debug: Literal["OFF", "WARN", "INFO", "TRACE"] = Field("WARN", description="NCCL_DEBUG in the launch files")
 
 
 class HardwareSpec(Section):
     profile: str = Field(description="name of the hardware profile (recipes/_base/hardware/<profile>.yaml)")
-    device: Literal["cpu", "cuda"] = "cuda"
-    gpu_model: GpuName | None = Field(None, description="a GPU model of the table in runner/estimate/gpus.py, "
+    device: Literal["cpu", "cuda"] = Field("cuda", description="where training runs")
+    gpu_model: GpuName | None = Field(None, description="a GPU model of the table in runner/recipe/gpus.py, "
                                       "e.g. a100-80g, h100-80g: its memory (recipe fit) and peak FLOP/s (MFU)")
     price_per_gpu_hour: float | None = Field(None, gt=0, description="price of one GPU for one hour (USD), for "
                                              "the cost estimate of `recipe fit`")
     gpus: int = Field(1, gt=0, description="processes per node (GPUs on cuda, CPU processes on cpu)")
-    nodes: int = Field(1, gt=0)
-    deepspeed: Literal["none", "zero2", "zero3", "zero3-offload"] = "none"
-    attention: Literal["flash", "sdpa", "eager"] = "sdpa"
+    nodes: int = Field(1, gt=0, description="machines (multi-node launches: torchrun, SLURM)")
+    deepspeed: Literal["none", "zero2", "zero3", "zero3-offload"] = Field(
+        "none", description="DeepSpeed ZeRO stage; zero2 and zero3 need more than one process")
+    attention: Literal["flash", "sdpa", "eager"] = Field("sdpa", description="attention kernel; flash only on "
+                                                         "cuda")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         "bf16", description="bf16 | fp16 | fp32 | auto; on cpu: bf16 (needs a CPU with bf16 instructions, checked "
         "when training starts), fp32, or auto: bf16 where this machine's CPU computes it natively, else fp32 "
         "(decided when a run is made, recorded in its recipe.yaml)")
-    nccl: NcclSpec = NcclSpec()
+    nccl: NcclSpec = Field(NcclSpec(), description="NCCL settings written into multi-GPU launch files")
 
     @property
     def world_size(self) -> int:
@@ -300,10 +308,11 @@ class HardwareSpec(Section):
 
 class EvalSpec(Section):
     suite: str | None = Field(None, description="eval_suites/<name>.yaml")
-    compare_base: bool = True
+    compare_base: bool = Field(True, description="evaluate the base model beside the fine-tuned one (when "
+                               "eval.candidates is not set)")
     max_items: int | None = Field(None, gt=0, description="cap on test items (quick looks)")
-    max_new_tokens: int = Field(128, gt=0)
-    batch_size: int = Field(8, gt=0)
+    max_new_tokens: int = Field(128, gt=0, description="longest generated answer, in tokens")
+    batch_size: int = Field(8, gt=0, description="prompts generated together during evaluation")
     candidates: list[str | dict[str, str]] | None = Field(
         None, description="what answers the items: base, finetuned, base+fewshot:K, run:RECIPE[@ID], a model, or "
         "{model, label, template: recipe|tokenizer} (default: the suite's, else base and finetuned)")
@@ -311,7 +320,6 @@ class EvalSpec(Section):
 
     @model_validator(mode="after")
     def _candidates(self):
-        from runner.evaluate import candidates  # the candidate language lives with the eval stage
 
         if self.candidates is not None:
             candidates.check(self.candidates, self.reference)
@@ -321,13 +329,14 @@ class EvalSpec(Section):
 
 
 class WandbSpec(Section):
-    project: str
-    entity: str | None = None
+    project: str = Field(description="the W&B project")
+    entity: str | None = Field(None, description="the W&B team or user (default: yours)")
 
 
 class TrackingSpec(Section):
-    wandb: WandbSpec | None = None
-    tensorboard: bool = False
+    wandb: WandbSpec | None = Field(None, description="log to W&B (offline files in the run unless "
+                                    "WANDB_MODE=online)")
+    tensorboard: bool = Field(False, description="write TensorBoard event files into the run")
 
 
 def _hub_id(repo_id: str | None) -> str | None:
@@ -369,17 +378,17 @@ class Recipe(Section):
     """A whole recipe after `extends` and overrides are applied."""
 
     schema_: Literal[1] = Field(alias="schema", description="recipe-language version")
-    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$")
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]*$", description="the recipe's name: its file name")
     version: SemVer = Field(description="the recipe's own semantic version, bumped in review")
-    description: str = ""
-    model: ModelSpec
-    method: MethodSpec
-    data: DataSpec
-    train: TrainSpec = TrainSpec()
-    hardware: HardwareSpec
-    eval: EvalSpec = EvalSpec()
-    tracking: TrackingSpec = TrackingSpec()
-    publish: PublishSpec = PublishSpec()
+    description: str = Field("", description="one line on what the recipe is for (listed by recipe list)")
+    model: ModelSpec = Field(description="the base model")
+    method: MethodSpec = Field(description="what trains and how: full, LoRA, QLoRA, preference methods, GRPO")
+    data: DataSpec = Field(description="datasets, the prompt template and how rows are prepared")
+    train: TrainSpec = Field(TrainSpec(), description="hyperparameters")
+    hardware: HardwareSpec = Field(description="where it trains; normally from a recipes/_base/hardware profile")
+    eval: EvalSpec = Field(EvalSpec(), description="the eval suite and what answers its items")
+    tracking: TrackingSpec = Field(TrackingSpec(), description="W&B and TensorBoard")
+    publish: PublishSpec = Field(PublishSpec(), description="what recipe publish uploads and the model card says")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from runner.core import paths
 from runner.core.atomic import write_text_atomic
 from runner.core.errors import UserError
-from runner.recipe import loading, stages
+from runner.recipe import loading, parents
 from runner.recipe.schema import Recipe
 
 SCHEMA_FILE = "recipe.schema.json"
@@ -33,7 +33,7 @@ def snapshot(loaded: loading.Loaded) -> str:
 
 def _stage_line(loaded: loading.Loaded) -> str:
     """For a staged recipe, the dependency a reviewer must read with it: the parent recipe's snapshot."""
-    ref = stages.parse(loaded.recipe.model.base)
+    ref = parents.parse(loaded.recipe.model.base)
     if ref is None:
         return ""
     which = f"run {ref.run_id}" if ref.run_id else "its latest trained run"

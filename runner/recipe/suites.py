@@ -22,7 +22,8 @@ from runner.core.atomic import write_json_atomic
 from runner.core.errors import Problem, UserError, did_you_mean, unknown_name
 from runner.core.validation import describe, line_of
 from runner.core.yamlio import read_yaml
-from runner.evaluate import metrics
+from runner.metrics import registry as metrics
+from runner.recipe import candidates
 from runner.recipe.schema import SemVer
 
 _DB_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")  # a file name, no path: rows cannot point outside the folder
@@ -119,7 +120,6 @@ class Suite(Section):
                              "`sql:` section naming the database, e.g. "
                              "sql: {database: data/sql-demo/{db}.sql}")
         if self.candidates is not None:
-            from runner.evaluate import candidates  # the candidate language lives with the eval stage
 
             candidates.check(self.candidates, self.reference)
         elif self.reference is not None:

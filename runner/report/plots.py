@@ -15,6 +15,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from runner.core.atomic import write_bytes_atomic
+from runner.runs.eval_summary import CandidateMetric, EvalSummary
+from runner.runs.records import MetricsRow
 
 DPI = 100
 METADATA = {"Software": None}  # matplotlib otherwise stamps its version into every PNG
@@ -22,18 +24,18 @@ BASE_COLOR, FT_COLOR, EVAL_COLOR = "#9e9e9e", "#1f77b4", "#d62728"
 PANELS_PER_ROW = 4
 
 
-def series(records: list[dict], key: str) -> tuple[list, list]:
+def series(records: list[MetricsRow], key: str) -> tuple[list, list]:
     """(steps, values) of one metrics.jsonl field, sorted by step; a resumed run re-logs steps, the last wins."""
     by_step = {}
     for record in records:
-        step, value = record.get("step"), record.get(key)
+        step, value = record.step, record.value(key)
         if _number(step) and _number(value):
             by_step[step] = value
     steps = sorted(by_step)
     return steps, [by_step[s] for s in steps]
 
 
-def loss_figure(records: list[dict]) -> Figure | None:
+def loss_figure(records: list[MetricsRow]) -> Figure | None:
     """Train loss and eval (validation) loss against step on the same axes; None when neither was logged."""
     train, evals = series(records, "loss"), series(records, "eval_loss")
     if not train[0] and not evals[0]:
@@ -49,7 +51,7 @@ def loss_figure(records: list[dict]) -> Figure | None:
     return fig
 
 
-def lr_figure(records: list[dict]) -> Figure | None:
+def lr_figure(records: list[MetricsRow]) -> Figure | None:
     """Learning rate against step; None when it was not logged."""
     steps, lrs = series(records, "lr")
     if not steps:
@@ -65,14 +67,14 @@ def lr_figure(records: list[dict]) -> Figure | None:
 REWARDS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies")
 
 
-def reward_keys(records: list[dict]) -> list[str]:
+def reward_keys(records: list[MetricsRow]) -> list[str]:
     """trl's reward metrics in the records: the preference ones, then grpo's reward and rewards/<metric>/mean."""
-    seen = {key.removeprefix("eval_") for r in records for key in r}
+    seen = {key.removeprefix("eval_") for r in records for key in r.keys()}
     grpo = sorted(k for k in seen if k.startswith("rewards/") and k.endswith("/mean"))
     return [k for k in REWARDS if k in seen] + (["reward"] if "reward" in seen else []) + grpo
 
 
-def rewards_figure(records: list[dict]) -> Figure | None:
+def rewards_figure(records: list[MetricsRow]) -> Figure | None:
     """A preference or grpo run's trl rewards against step: chosen, rejected and margin (or grpo's reward per metric)
     on one panel, reward accuracy (the share of pairs whose chosen reward beats the rejected one) on another; eval
     points as markers. None for supervised runs."""
@@ -107,9 +109,10 @@ def rewards_figure(records: list[dict]) -> Figure | None:
     return fig
 
 
-def eval_figure(metrics: dict[str, dict], lower_is_better: frozenset[str] = frozenset()) -> Figure | None:
-    """One panel per metric (own scale): base and fine-tuned bars, the fine-tuned bar's error bar is base + delta CI."""
-    shown = {name: m for name, m in metrics.items() if _number(m.get("base")) and _number(m.get("finetuned"))}
+def eval_figure(metrics: dict[str, CandidateMetric], lower_is_better: frozenset[str] = frozenset()) -> Figure | None:
+    """One panel per metric (own scale): base and fine-tuned bars, the fine-tuned bar's error bar is base + delta CI;
+    metrics: EvalSummary.versus_base() (value: fine-tuned, reference: base)."""
+    shown = {name: m for name, m in metrics.items() if _number(m.reference) and _number(m.value)}
     if not shown:
         return None
     cols = min(len(shown), PANELS_PER_ROW)
@@ -118,15 +121,15 @@ def eval_figure(metrics: dict[str, dict], lower_is_better: frozenset[str] = froz
     FigureCanvasAgg(fig)
     for index, (name, m) in enumerate(shown.items()):
         ax = fig.add_subplot(rows, cols, index + 1)
-        base, ft = m["base"], m["finetuned"]
+        base, ft = m.reference, m.value
         ax.bar([0, 1], [base, ft], color=[BASE_COLOR, FT_COLOR], width=0.6)
-        ci = m.get("ci95")
+        ci = m.ci95
         if isinstance(ci, list) and len(ci) == 2 and all(_number(x) for x in ci):
             # The CI is of the paired delta; anchored at the base mean it brackets the fine-tuned bar.
             low, high = base + ci[0], base + ci[1]
             ax.errorbar([1], [ft], yerr=[[max(ft - low, 0)], [max(high - ft, 0)]], color="black", capsize=6)
         ax.axhline(base, color=BASE_COLOR, linestyle="--", linewidth=1)
-        delta = m.get("delta")
+        delta = m.delta
         subtitle = f"\nΔ {delta:+.3g}" if _number(delta) else ""
         direction = " (lower is better)" if name in lower_is_better else ""
         label = name.replace("$", r"\$")  # a bare $ would start matplotlib mathtext
@@ -139,11 +142,11 @@ def eval_figure(metrics: dict[str, dict], lower_is_better: frozenset[str] = froz
     return fig
 
 
-def candidates_figure(summary: dict, lower_is_better: frozenset[str] = frozenset()) -> Figure | None:
+def candidates_figure(summary: EvalSummary, lower_is_better: frozenset[str] = frozenset()) -> Figure | None:
     """One panel per metric: a bar per candidate; each non-reference bar's error bar is the reference's value plus
     the 95% CI of the paired delta (candidate - reference), so it brackets the bar when the difference is noise."""
-    found, reference = summary.get("candidates") or {}, summary.get("reference") or "finetuned"
-    names = list(dict.fromkeys(n for c in found.values() for n in (c.get("metrics") or {})))
+    found, reference = summary.candidates, summary.reference
+    names = list(dict.fromkeys(n for c in found.values() for n in c.metrics))
     if not names or len(found) < 2:
         return None
     labels = list(found)
@@ -154,14 +157,14 @@ def candidates_figure(summary: dict, lower_is_better: frozenset[str] = frozenset
     colors = [FT_COLOR if label == reference else BASE_COLOR for label in labels]
     for index, name in enumerate(names):
         ax = fig.add_subplot(rows, cols, index + 1)
-        values = [(found[label].get("metrics") or {}).get(name) or {} for label in labels]
-        heights = [m.get("value") if _number(m.get("value")) else 0 for m in values]
+        values = [found[label].metrics.get(name) or CandidateMetric() for label in labels]
+        heights = [m.value if _number(m.value) else 0 for m in values]
         ax.bar(range(len(labels)), heights, color=colors, width=0.6)
         for x, m in enumerate(values):
-            ci, ref = m.get("ci95"), m.get("reference")
+            ci, ref = m.ci95, m.reference
             if labels[x] != reference and isinstance(ci, list) and len(ci) == 2 and all(_number(v) for v in ci) \
-                    and _number(ref) and _number(m.get("value")):
-                low, high, value = ref + ci[0], ref + ci[1], m["value"]
+                    and _number(ref) and _number(m.value):
+                low, high, value = ref + ci[0], ref + ci[1], m.value
                 ax.errorbar([x], [value], yerr=[[max(value - low, 0)], [max(high - value, 0)]], color="black",
                             capsize=5)
         direction = " (lower is better)" if name in lower_is_better else ""
@@ -174,8 +177,8 @@ def candidates_figure(summary: dict, lower_is_better: frozenset[str] = frozenset
     return fig
 
 
-def write_plots(folder: Path, records: list[dict], eval_metrics: dict[str, dict] | None,
-                lower_is_better: frozenset[str] = frozenset(), candidates: dict | None = None) -> dict[str, str]:
+def write_plots(folder: Path, records: list[MetricsRow], eval_metrics: dict[str, CandidateMetric] | None,
+                lower_is_better: frozenset[str] = frozenset(), candidates: EvalSummary | None = None) -> dict[str, str]:
     """Write the figures that have data under folder; returns {name: file name}; stale ones are removed.
     candidates: the eval summary, for the per-candidate chart (None when only base and fine-tuned ran)."""
     with style.context("default"):

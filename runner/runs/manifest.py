@@ -8,7 +8,7 @@ from typing import ClassVar, Literal
 from pydantic import Field
 
 from runner.core.contracts import Contract, Record
-from runner.data.info import DataInfo
+from runner.runs.data_info import DataInfo
 
 
 class Status(StrEnum):

@@ -1,16 +1,26 @@
 """Run directories: runs/<recipe>/<run-id>/ with manifest.json, and runs/<recipe>/latest pointing at the newest.
 
-Layout of a run (each stage writes its own files; later stages read them, never the raw recipe YAML):
-  manifest.json          runner.runs.manifest.Manifest: recipe, fingerprint, versions, data info, seeds,
-                         hardware, timings, status (planned|training|submitted|trained|evaluated|failed), error
-  recipe.resolved.yaml   the recipe as validated
-  data/                  train/val/test.jsonl (axolotl input_output segments; test rows also carry
-                         prompt/reference) and data.json (runner.data.info.DataInfo)
-  axolotl.yaml, launch.sh, deepspeed.json, accelerate.yaml
-  logs/train.log, metrics.jsonl, ranks/rank-N.jsonl
-  model/                 adapter or full model (checkpoint-N/ inside while training)
-  eval/                  lm-eval task files, results, samples, summary.json
-  report.md, plots/
+Every file a run holds is named here, once (a constant below and a RunDir property or method); no module
+outside runner/runs/ spells a run file's name (tests/test_run_files.py checks). Each stage writes its own
+files; later stages read them, never the raw recipe YAML:
+  manifest.json          manifest_path: runner.runs.manifest.Manifest: recipe, fingerprint, versions, data info,
+                         seeds, hardware, timings, status (planned|training|submitted|trained|evaluated|failed), error
+  recipe.resolved.yaml   resolved_path: the recipe as validated
+  axolotl.yaml, launch.sh, deepspeed.json, accelerate.yaml, serve.sh: AXOLOTL, LAUNCH, DEEPSPEED, ACCELERATE,
+                         VLLM_SCRIPT (written by `recipe plan`; relative names, since the launch runs in the run)
+  data/                  data_dir; split_path(split): train/val/test.jsonl (axolotl input_output segments; test
+                         rows also carry prompt/reference); data_info_path: data.json (runner.runs.data_info.DataInfo)
+  logs/                  logs_dir; log_path(name): logs/<name>.log (train, eval, generate, publish, serve, chat)
+  metrics.jsonl          metrics_path: one runner.runs.records.MetricsRow per trainer logging step
+  ranks/                 ranks_dir: rank-N.jsonl and rank-N.engine.json, written by every training process
+  model/                 MODEL: adapter or full model (checkpoint-N/ inside while training; manifest.model_dir)
+  merged/                merged_path: the adapter merged into its base (`recipe merge`; manifest.merged_dir)
+  eval/                  eval_dir: lm-eval task folders (tasks_dir(slug)), results_path(slug),
+                         samples_path(slug, task): rows of runner.runs.records.SampleRow, summary_path
+                         (runner.runs.eval_summary.EvalSummary), judge_path (runner.runs.records.JudgeFile)
+  gate.json              gate_path: runner.runs.gate_result.GateResult (`recipe gate`)
+  report.md, plots/      report_path, plots_dir (`recipe report`)
+  serve/                 serve_dir: the folder `recipe serve` loads
 """
 from __future__ import annotations
 
@@ -21,14 +31,51 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from runner.core import cpufeatures, paths
+from runner.core import paths
 from runner.core.errors import Problem, UserError, unknown_name
+from runner.recipe import precision
 from runner.recipe.schema import Recipe
+from runner.runs.data_info import DATA_FILE, SPLITS
+from runner.runs.gate_result import GATE_FILE
 from runner.runs.manifest import Manifest
 
 MANIFEST = "manifest.json"
 RESOLVED = "recipe.resolved.yaml"
 LATEST = "latest"
+AXOLOTL = "axolotl.yaml"
+LAUNCH = "launch.sh"
+DEEPSPEED = "deepspeed.json"
+ACCELERATE = "accelerate.yaml"
+VLLM_SCRIPT = "serve.sh"
+METRICS = "metrics.jsonl"
+REPORT = "report.md"
+GATE = GATE_FILE
+DATA = "data"
+EVAL = "eval"
+LOGS = "logs"
+RANKS = "ranks"
+MODEL = "model"
+MERGED = "merged"
+PLOTS = "plots"
+SERVE = "serve"
+PREPARED = "prepared"  # axolotl's tokenized dataset cache (dataset_prepared_path)
+
+DATA_INFO = f"{DATA}/{DATA_FILE}"
+SUMMARY = f"{EVAL}/summary.json"
+JUDGE = f"{EVAL}/judge.json"
+SAMPLES = f"{EVAL}/samples-*.jsonl"  # eval/samples-<slug>-<task>.jsonl
+# Checked by tests/test_run_files.py: no string outside runner/runs/ equals one of RUN_FILES (or the last part of
+# one), starts with a RUN_FOLDERS entry and "/", or starts with one of EVAL_PREFIXES.
+RUN_FILES = (MANIFEST, RESOLVED, AXOLOTL, LAUNCH, DEEPSPEED, ACCELERATE, VLLM_SCRIPT, METRICS, REPORT, GATE,
+             DATA_INFO, SUMMARY, JUDGE, SAMPLES, *(f"{DATA}/{split}.jsonl" for split in SPLITS))
+# A workspace has a data/ folder of its own (data/<dataset>/..., data/samples/), so data/ is checked by its files.
+RUN_FOLDERS = (EVAL, LOGS, RANKS, MODEL, MERGED, PLOTS, SERVE, PREPARED)
+EVAL_PREFIXES = ("samples-", "results-", "tasks-")
+
+
+def split_file(split: str) -> str:
+    """data/<split>.jsonl, relative to the run (as axolotl.yaml names it)."""
+    return f"{DATA}/{split}.jsonl"
 
 
 ADAPTER_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
@@ -43,6 +90,94 @@ class RunDir:
     @property
     def manifest_path(self) -> Path:
         return self.path / MANIFEST
+
+    @property
+    def resolved_path(self) -> Path:
+        return self.path / RESOLVED
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / METRICS
+
+    @property
+    def report_path(self) -> Path:
+        return self.path / REPORT
+
+    @property
+    def gate_path(self) -> Path:
+        return self.path / GATE
+
+    @property
+    def plots_dir(self) -> Path:
+        return self.path / PLOTS
+
+    @property
+    def merged_path(self) -> Path:
+        return self.path / MERGED
+
+    @property
+    def serve_dir(self) -> Path:
+        return self.path / SERVE
+
+    @property
+    def ranks_dir(self) -> Path:
+        return self.path / RANKS
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.path / LOGS
+
+    def log_path(self, name: str) -> Path:
+        """logs/<name>.log (name without .log), or logs/<name> when it has a suffix (slurm-<job>.out)."""
+        return self.logs_dir / (name if "." in name else f"{name}.log")
+
+    @property
+    def data_dir(self) -> Path:
+        return self.path / DATA
+
+    def split_path(self, split: str) -> Path:
+        return self.path / split_file(split)
+
+    @property
+    def data_info_path(self) -> Path:
+        return self.path / DATA_INFO
+
+    @property
+    def eval_dir(self) -> Path:
+        return self.path / EVAL
+
+    @property
+    def summary_path(self) -> Path:
+        return self.path / SUMMARY
+
+    @property
+    def judge_path(self) -> Path:
+        return self.path / JUDGE
+
+    def samples_path(self, slug: str, task: str) -> Path:
+        """eval/samples-<slug>-<task>.jsonl: a candidate's (base, finetuned, ...) rows of one task."""
+        return self.eval_dir / f"samples-{slug}-{task}.jsonl"
+
+    def samples_files(self, slug: str) -> dict[str, Path]:
+        """task -> eval/samples-<slug>-<task>.jsonl of every task a candidate answered (a longer slug that starts
+        with this one, base-fewshot-3 for base, matches too: callers that know the slugs claim longest first)."""
+        prefix = f"samples-{slug}-"
+        return {p.name[len(prefix):-len(".jsonl")]: p for p in sorted(self.eval_dir.glob(f"{prefix}*.jsonl"))}
+
+    def results_path(self, slug: str) -> Path:
+        return self.eval_dir / f"results-{slug}.json"
+
+    def tasks_dir(self, slug: str | None = None) -> Path:
+        """eval/tasks (the lm-eval task files of the base and fine-tuned models) or eval/tasks-<slug>."""
+        return self.eval_dir / (f"tasks-{slug}" if slug else "tasks")
+
+    def stale_eval_files(self) -> list[Path]:
+        """What a previous evaluation left in eval/ (samples, results, judge, summary, per-candidate task folders)."""
+        found = [p for pattern in ("samples-*.jsonl", "results-*.json") for p in self.eval_dir.glob(pattern)]
+        return found + [p for p in (self.judge_path, self.summary_path) if p.exists()]
+
+    def stale_task_dirs(self) -> list[Path]:
+        return sorted(self.eval_dir.glob("tasks-*"))
 
     @property
     def run_id(self) -> str:
@@ -102,7 +237,7 @@ def recipe_for_eval(run: RunDir, current: Recipe) -> tuple[Recipe, list[str]]:
     """The run's own recipe with the current file's `eval` section, and the top-level sections (other than eval)
     in which the current recipe differs from the run's (`precision: auto` compared as the run decided it)."""
     trained = run.recipe()
-    current = cpufeatures.concrete(current, run.manifest().target)
+    current = precision.concrete(current, run.manifest().target)
     now, then = current.model_dump(mode="json", by_alias=True), trained.model_dump(mode="json", by_alias=True)
     changed = [key for key in now if key != "eval" and now[key] != then.get(key)]
     return trained.model_copy(update={"eval": current.eval}), changed

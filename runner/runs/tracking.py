@@ -24,7 +24,7 @@ from runner.runs.manifest import Tracking
 from runner.runs.rundir import RunDir
 
 if TYPE_CHECKING:
-    from runner.evaluate.summary import EvalSummary
+    from runner.runs.eval_summary import EvalSummary
 
 WANDB_FOLDER = "wandb"
 TENSORBOARD_FOLDER = "tensorboard"
@@ -79,13 +79,14 @@ def locate(run: RunDir, recipe: Recipe) -> Tracking | None:
 def eval_scalars(summary: EvalSummary) -> dict[str, float]:
     """test/<metric> (fine-tuned), test_base/<metric>, test_delta/<metric>, the judge's win rate, the item count."""
     scalars: dict[str, float] = {f"{TEST_PREFIX}/n_items": float(summary.n_items)}
-    for name, metric in summary.metrics.items():
-        for prefix, value in ((TEST_PREFIX, metric.finetuned), (f"{TEST_PREFIX}_base", metric.base),
+    for name, metric in summary.versus_base().items():
+        for prefix, value in ((TEST_PREFIX, metric.value), (f"{TEST_PREFIX}_base", metric.reference),
                               (f"{TEST_PREFIX}_delta", metric.delta)):
             if value is not None:
                 scalars[f"{prefix}/{name}"] = float(value)
-    if summary.judge is not None and summary.judge.win_rate is not None:
-        scalars[f"{TEST_PREFIX}/judge_win_rate"] = float(summary.judge.win_rate)
+    judge = summary.judge_versus_base()
+    if judge is not None and judge.win_rate is not None:
+        scalars[f"{TEST_PREFIX}/judge_win_rate"] = float(judge.win_rate)
     return scalars
 
 

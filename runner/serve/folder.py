@@ -3,7 +3,7 @@
   config.json, weights    links to the merged model (after `recipe merge`), else to the base model's files
   adapter_*               links to the run's LoRA adapter (transformers loads it on top of the weights above)
   tokenizer files         the base model's tokenizer (as `recipe generate` uses it) with the recipe's template as
-                          its chat template and the stop strings as its response template (runner.serve.chat_template)
+                          its chat template and the stop strings as its response template (runner.recipe.chat_template)
   generation_config.json  the model's own, with the stop strings as `stop_strings`
 
 Written at each `recipe serve` (staged, then renamed into place), so it always follows the run as it is now.
@@ -19,12 +19,11 @@ from runner.core.atomic import staging_dir
 from runner.core.errors import Problem, UserError
 from runner.evaluate.generate import render_prompt
 from runner.models import resolve
-from runner.recipe import templates
+from runner.recipe import chat_template, templates
 from runner.recipe.schema import Recipe
 from runner.runs import rundir
-from runner.serve import chat_template
 
-SERVE = "serve"
+SERVE = rundir.SERVE
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "adapter_model.bin")
 MODEL_SUFFIXES = (".safetensors", ".bin", ".index.json", ".py")  # weights, their index, a remote-code model's code
 PROBE = "What is the capital of France?"
@@ -111,7 +110,7 @@ def prepare(run: rundir.RunDir) -> Served:
     except OSError:  # the model ships none
         generation = GenerationConfig.from_model_config(config)
     generation.stop_strings = stop or None
-    target = run.file(SERVE)
+    target = run.serve_dir
     with staging_dir(target) as staging:
         tokenizer.save_pretrained(staging)
         generation.save_pretrained(staging)

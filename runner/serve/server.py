@@ -11,7 +11,9 @@ through the classes its `Serve` command composes (and FastAPI's own hooks):
 - a request longer than the model's context is answered 400 with what to change (the command would generate
   past the context): the handlers below count the prompt's tokens first;
 - the port is bound before the model loads, so a port in use is a clear error at once;
-- errors go out in OpenAI's shape, so OpenAI clients show their message (an exception handler on the app).
+- errors go out in OpenAI's shape, so OpenAI clients show their message (an exception handler on the app);
+- the model loads and generates as `recipe generate` and eval do (runner.models.numerics): its LoRA adapter in
+  float32 (transformers' own loading would round it to the model's bf16), autocast off, the same threads.
 """
 from __future__ import annotations
 
@@ -54,10 +56,27 @@ def _classes():
     class RunModels(ModelManager):
         """Serves one folder under one name: every request for that name gets run/serve/'s model."""
 
-        def __init__(self, served: Served, **kwargs):
+        def __init__(self, served: Served, how, **kwargs):
             self.served = served
+            self.numerics = how  # runner.models.numerics.Numerics: how the model loads and generates
             self.context_length = served.context_length
             super().__init__(force_model=served.name, **kwargs)  # loads the model now
+
+        def _load_model(self, model_id_and_revision: str, tqdm_class=None, progress_callback=None):
+            """What run/serve/ links to, loaded as `recipe generate` loads it: the weights, the LoRA adapter on them
+            (through peft, in the adapter dtype numerics decides), the folder's generation config (its stop
+            strings); generate bound to the numerics."""
+            from transformers import GenerationConfig
+
+            folder = self.served.folder
+            adapter = folder / "adapter_config.json"
+            adapter_dir = adapter.resolve().parent if adapter.is_file() else None
+            model = self.numerics.load((folder / "config.json").resolve().parent, adapter_dir,
+                                       trust_remote_code=self.trust_remote_code)
+            if adapter_dir is not None:
+                model = model.get_base_model()  # the transformers model, peft's LoRA layers in it
+            model.generation_config = GenerationConfig.from_pretrained(folder)
+            return self.numerics.bind(model)
 
         def process_model_name(self, model_id: str) -> str:
             return model_id  # the recipe's name, not a hub id with an @revision
@@ -123,15 +142,16 @@ def _classes():
 
 
 def load(served: Served):
-    """The model manager with the run's model loaded, on the device and in the dtype eval and `recipe generate` use
-    for the recipe (on CPU: float32, or bf16 where the recipe and the CPU allow)."""
-    from runner.evaluate.harness import device_and_dtype
+    """The model manager with the run's model loaded and generating as eval and `recipe generate` do for the recipe
+    (runner.models.numerics.decide: on CPU float32, or bf16 where the recipe and the CPU allow; one request at a
+    time, a batch of one)."""
+    from runner.models import numerics
 
     RunModels, _, _ = _classes()
     recipe = served.run.recipe()
-    device, dtype = device_and_dtype(recipe)
+    how = numerics.decide(recipe)
     try:
-        return RunModels(served, device="auto" if device == "cuda" else "cpu", dtype=dtype,
+        return RunModels(served, how, device=how.device_map, dtype=how.dtype,
                          trust_remote_code=recipe.model.trust_remote_code)
     except Exception as err:  # whatever stops it loading (a missing or corrupt file, a config it cannot read)
         from runner.core import paths

@@ -1,29 +1,32 @@
 """Model cards: README.md in a run's model folder (model/, and merged/ after a merge), in the Hugging Face format.
 
-Written when training ends, refreshed when eval writes eval/summary.json (the `model-index` results) and written into
-merged/ by merge; `recipe publish` uploads it with the model. The metadata is built with huggingface_hub's
-ModelCardData and EvalResult, so the front matter is the library's YAML, never hand-written. Only what the hub accepts
-goes there: `base_model` and `datasets` are hub ids (a local base or file is named in the body instead, since the hub
-refuses a commit whose card names a path). The body: results (base vs fine-tuned), how to load and prompt the model
-in its own template, the training figures with the report's plots (drawn into <folder>/plots/ so the card is
-complete on its own), the data and the resolved recipe.
+Written when training ends and refreshed when eval writes eval/summary.json (the `model-index` results), both by
+the verbs (runner.cli.followups), and written into merged/ by merge; `recipe publish` uploads it with the model. The
+metadata is built with huggingface_hub's ModelCardData and EvalResult, so the front matter is the library's YAML,
+never hand-written. Only what the hub accepts goes there: `base_model` and `datasets` are hub ids (a local base or
+file is named in the body instead, since the hub refuses a commit whose card names a path). The body: results (base
+vs fine-tuned), how to load and prompt the model in its own template, the training figures with the report's plots
+(drawn into <folder>/plots/ so the card is complete on its own), the data and the resolved recipe.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner.core import jsonl
 from runner.core.atomic import write_text_atomic
 from runner.core.console import say
 from runner.core.errors import UserError
-from runner.evaluate.summary import EvalSummary
+from runner.models import resolve
 from runner.recipe.schema import Recipe
+from runner.recipe.templates import TokenizerTokens
 from runner.report import plots
 from runner.report.cells import cell, code, duration, fenced, fmt, interval, p_value, table
 from runner.report.markdown import lower_is_better  # the report's rule: card and report agree
+from runner.runs.eval_summary import EvalSummary
 from runner.runs.manifest import Manifest
-from runner.runs.rundir import RESOLVED, RunDir
+from runner.runs.records import MetricsRow, read_rows
+from runner.runs.rundir import MERGED, RESOLVED, RunDir
 
 CARD = "README.md"
 PLOTS = "plots"
@@ -56,9 +59,8 @@ def subject(run: RunDir, recipe: Recipe | None = None, merged: bool = False, rep
     """What a card for run's model folder (merged/ when merged) is about; recipe defaults to the run's own."""
     manifest = run.manifest()
     recipe = recipe or run.recipe()
-    summary_path = run.file("eval", "summary.json")
-    summary = EvalSummary.read(summary_path) if summary_path.is_file() else None
-    folder = folder or run.file((manifest.merged_dir or "merged") if merged else manifest.model_dir)
+    summary = EvalSummary.read(run.summary_path) if run.summary_path.is_file() else None
+    folder = folder or run.file((manifest.merged_dir or MERGED) if merged else manifest.model_dir)
     repo_id = repo_id or recipe.publish.hub_model_id or f"{PLACEHOLDER_NAMESPACE}/{recipe.name}"
     return Subject(run, manifest, recipe, summary, merged, folder, repo_id)
 
@@ -107,15 +109,15 @@ def eval_results(s: Subject):
         return []
     suite = f"suite {s.summary.suite} {s.summary.suite_version}"
     results = []
-    for name, metric in s.summary.metrics.items():
-        if metric.finetuned is None:
+    for name, metric in s.summary.versus_base().items():
+        if metric.value is None:
             continue
         task, _, metric_type = name.rpartition("/")  # standard lm-eval tasks are "<task>/<metric>"
         dataset = ({"dataset_type": task, "dataset_name": f"{task} (lm-evaluation-harness)"} if task else
                    {"dataset_type": _heldout_dataset(s.recipe),
                     "dataset_name": f"{s.recipe.name} held-out test split ({s.summary.n_items} items, {suite})"})
         results.append(EvalResult(task_type=PIPELINE, task_name="Text Generation", metric_type=metric_type,
-                                  metric_name=metric_type, metric_value=metric.finetuned, **dataset))
+                                  metric_name=metric_type, metric_value=metric.value, **dataset))
     return results
 
 
@@ -145,10 +147,9 @@ def build(s: Subject, written: dict[str, str] | None = None):
 
 def write(s: Subject) -> Path:
     """Draw the report's plots into <folder>/plots/ and write <folder>/README.md; returns the card's path."""
-    records = (jsonl.read(s.run.file("metrics.jsonl"), strict=False).rows
-               if s.run.file("metrics.jsonl").is_file() else [])
-    metrics = s.summary.to_json()["metrics"] if s.summary else {}
-    lower = frozenset(name for name, m in metrics.items() if lower_is_better(name, m))
+    records = read_rows(s.run.metrics_path, MetricsRow, strict=False)[0] if s.run.metrics_path.is_file() else []
+    metrics = s.summary.versus_base() if s.summary else {}
+    lower = frozenset(name for name, m in metrics.items() if lower_is_better(name, m.higher_is_better))
     written = plots.write_plots(s.folder / PLOTS, records, metrics, lower)
     return write_text_atomic(s.folder / CARD, str(build(s, written)))
 
@@ -214,12 +215,12 @@ def _results(s: Subject, written: dict[str, str]) -> str:
     parts = ["## Results", f"Eval suite {code(summary.suite)} {summary.suite_version} on {summary.n_items} held-out "
              "test items, the base and the fine-tuned model on the same items. Delta is fine-tuned − base, with a "
              "paired-bootstrap 95% interval and a sign test."]
-    rows = [[cell(name, 0) + (" (lower is better)" if lower_is_better(name, m.model_dump()) else ""),
-             fmt(m.base, ".4f"), fmt(m.finetuned, ".4f"), fmt(m.delta, "+.4f"), interval(m.ci95), fmt(m.n),
-             p_value(m.p_sign)] for name, m in summary.metrics.items()]
+    rows = [[cell(name, 0) + (" (lower is better)" if lower_is_better(name, m.higher_is_better) else ""),
+             fmt(m.reference, ".4f"), fmt(m.value, ".4f"), fmt(m.delta, "+.4f"), interval(m.ci95), fmt(m.n),
+             p_value(m.p_sign)] for name, m in summary.versus_base().items()]
     parts.append(table(["metric", "base", "fine-tuned", "delta", "95% CI", "n", "sign-test p"], rows, 1)
                  if rows else "_No metrics were computed._")
-    judge = summary.judge
+    judge = summary.judge_versus_base()
     if judge and not judge.skipped and judge.n:
         parts.append(f"Judge ({judge.kind}, {code(judge.model)}): the fine-tuned model wins {judge.wins}, ties "
                      f"{judge.ties} and loses {judge.losses} of {judge.n} pairs against the base model.")
@@ -229,14 +230,42 @@ def _results(s: Subject, written: dict[str, str]) -> str:
     return "\n\n".join(parts)
 
 
+def _tokens_from_files(folder: Path) -> TokenizerTokens | None:
+    """A generic fast tokenizer's BOS/EOS and chat template read from its files as transformers reads them
+    (tokenizer_config.json; chat_template.jinja over the config's chat_template), without building the tokenizer:
+    that imports transformers and torch, seconds at the end of every `recipe train`. None where more decides them
+    (a tokenizer class of its own, a legacy special_tokens_map.json, named templates, token objects): load it."""
+    try:
+        config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if (not isinstance(config, dict) or config.get("tokenizer_class") not in resolve.GENERIC_TOKENIZER_CLASSES
+            or not (folder / "tokenizer.json").is_file()
+            or any((folder / name).exists() for name in ("special_tokens_map.json", "additional_chat_templates"))):
+        return None
+    bos, eos, template = config.get("bos_token"), config.get("eos_token"), config.get("chat_template")
+    template_file = folder / "chat_template.jinja"
+    try:
+        template = template_file.read_text(encoding="utf-8") if template_file.is_file() else template
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not all(value is None or isinstance(value, str) for value in (bos, eos, template)):
+        return None
+    return TokenizerTokens(bos_token=bos or "", eos_token=eos or "", chat_template=template)
+
+
+def tokenizer_tokens(folder: Path) -> TokenizerTokens:
+    """runner.models.resolve.tokenizer_tokens(folder), read from the files where they say it all."""
+    return _tokens_from_files(folder) or resolve.tokenizer_tokens(folder)
+
+
 def _example_prompt(s: Subject) -> str | None:
     """One user turn rendered by the recipe's template, exactly as `recipe generate` and eval send it."""
     from runner.evaluate.generate import render_prompt
-    from runner.models import resolve
 
     for folder in (s.folder, Path(s.manifest.base_model_dir)):
         try:
-            tokens = resolve.tokenizer_tokens(folder)
+            tokens = tokenizer_tokens(folder)
         except Exception:  # noqa: BLE001 - any tokenizer that does not load here: try the next folder
             continue
         try:

@@ -22,7 +22,7 @@ from runner.core import paths
 from runner.core.atomic import write_text_atomic
 from runner.core.errors import Problem, UserError
 from runner.recipe.schema import Recipe
-from runner.runs.rundir import RunDir
+from runner.runs.rundir import MERGED, RunDir
 from runner.ship import card
 
 SKIP_DIRS = ("checkpoint-*", "runs", ".*")
@@ -108,7 +108,7 @@ def plan(run: RunDir, recipe: Recipe, repo_id: str, merged: bool | None = None, 
     elif merged and not manifest.adapter:
         raise UserError(Problem(where, "--merged", "this run is a full fine-tune: model/ is already the whole "
                                 "model and there is no adapter to merge; publish without --merged"))
-    folder = run.file(manifest.merged_dir or "merged") if merged else run.file(manifest.model_dir)
+    folder = run.file(manifest.merged_dir or MERGED) if merged else run.file(manifest.model_dir)
     if merged and not (folder / "config.json").is_file():
         raise UserError(Problem(where, "merged", f"no merged model in {paths.display(folder)}; run `recipe merge "
                                 f"{manifest.recipe} --run {manifest.run_id}` first, or publish the adapter with "

@@ -14,12 +14,14 @@ import subprocess
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
-from runner.core import cpufeatures, paths
+from runner.core import paths
 from runner.core.errors import NO_SPACE, Problem, RunFailed, UserError, storage_error
 from runner.data import prepare
 from runner.data.prepare import Prepared
+from runner.recipe import precision
 from runner.recipe.loading import Loaded
 from runner.recipe.schema import Recipe
 from runner.runs import rundir, tracking
@@ -41,13 +43,14 @@ def _stop(signum, frame):
 _PROGRESS = re.compile(r"^\s*\d+%\|.*\d+/\d+ \[|^\{'(loss|eval_loss|train_runtime)'")
 
 
-def _stream(run: rundir.RunDir, env: dict, verbose: bool = False) -> tuple[int, list[str]]:
+def _stream(run: rundir.RunDir, env: dict, verbose: bool = False,
+            meanwhile: Callable[[], object] | None = None) -> tuple[int, list[str]]:
     """Run launch.sh, teeing its output to logs/train.log and (its progress, or all of it when verbose) stderr;
-    returns (exit code, log tail).
+    returns (exit code, log tail). meanwhile() runs once the trainer has started (its first lines wait in the pipe).
 
     A log that stops taking writes (a full disk) is closed and the output still streams to stderr and the
     tail: the trainer's pipe must be drained to the end, or the trainer would block on it."""
-    log_path = run.file("logs", "train.log")
+    log_path = run.log_path("train")
     try:
         log_path.parent.mkdir(exist_ok=True)
         log = log_path.open("a", encoding="utf-8")
@@ -55,7 +58,7 @@ def _stream(run: rundir.RunDir, env: dict, verbose: bool = False) -> tuple[int, 
         raise storage_error(err, log_path) from None
     tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
     try:
-        process = subprocess.Popen(["bash", "launch.sh"], cwd=run.path, env=env, stdout=subprocess.PIPE,
+        process = subprocess.Popen(["bash", rundir.LAUNCH], cwd=run.path, env=env, stdout=subprocess.PIPE,
                                    stderr=subprocess.STDOUT, text=True, errors="replace")
     except BaseException:
         _close_quietly(log)
@@ -63,6 +66,8 @@ def _stream(run: rundir.RunDir, env: dict, verbose: bool = False) -> tuple[int, 
     previous = signal.signal(signal.SIGTERM, _stop)
     try:
         run.update(train_pid=process.pid)  # launch.sh execs the trainer, so this is the training process
+        if meanwhile is not None:
+            meanwhile()
         for line in process.stdout:
             if log is not None:
                 try:
@@ -159,16 +164,19 @@ def _failed(run: rundir.RunDir, code: int, tail: list[str], timings: dict) -> Ru
                    error=RunError(stage="train", message=message, log_tail=tail))
     except UserError as err:  # even the manifest cannot be written (a full disk): say so instead
         unrecorded = f" (not recorded in manifest.json: {err.problems[0].message.split(';')[0]})"
-    return RunFailed(f"{message}; see {paths.display(run.file('logs', 'train.log'))}{unrecorded}. Last lines:"
+    return RunFailed(f"{message}; see {paths.display(run.log_path('train'))}{unrecorded}. Last lines:"
                      "\n  " + "\n  ".join(tail[-12:]))
 
 
-def train(loaded: Loaded, target: str = "local", resume: str | None | bool = False,
-          detach: bool = False, verbose: bool = False) -> rundir.RunDir:
-    """Prepare, plan and launch a training run (or relaunch an earlier one); returns its run directory.
+def train(loaded: Loaded, target: str = "local", resume: str | None | bool = False, detach: bool = False,
+          verbose: bool = False, meanwhile: Callable[[], object] | None = None) -> rundir.RunDir:
+    """Prepare, plan and launch a training run (or relaunch an earlier one); returns its run directory. What
+    follows a run (its model card, a merge) is the caller's: runner.cli.followups.after_train.
 
     target slurm submits the run with sbatch and waits for the job (or returns at once when detach).
-    A resumed run keeps the target its launch.sh was written for."""
+    A resumed run keeps the target its launch.sh was written for.
+    meanwhile(), the caller's own work, runs once a local trainer has started, while it starts up (seconds of
+    imports) instead of after the run: `recipe train` imports what writes the model card there."""
     run = None
     if resume is not False:
         run, loaded = _resumed_run(loaded, resume)
@@ -176,7 +184,7 @@ def train(loaded: Loaded, target: str = "local", resume: str | None | bool = Fal
         loaded = plan.concrete(loaded, target)
     recipe = loaded.recipe
     if target != "slurm":  # a SLURM job runs on a node this machine cannot inspect
-        cpufeatures.require_bf16(recipe, paths.display(loaded.path))
+        precision.require_bf16(recipe, paths.display(loaded.path))
     started = time.monotonic()
     prepared = prepare.prepare(loaded)
     prepare_s = round(time.monotonic() - started, 2)
@@ -190,7 +198,7 @@ def train(loaded: Loaded, target: str = "local", resume: str | None | bool = Fal
     try:
         env = launch_env(recipe)
         tracking.announce(run, recipe, env["WANDB_MODE"])
-        code, tail = _via_slurm(run, env, detach) if target == "slurm" else _stream(run, env, verbose)
+        code, tail = _via_slurm(run, env, detach) if target == "slurm" else _stream(run, env, verbose, meanwhile)
         if code is None:
             run.update(status=Status.SUBMITTED)
             return run
@@ -203,11 +211,4 @@ def train(loaded: Loaded, target: str = "local", resume: str | None | bool = Fal
         raise _failed(run, code, tail, timings)
     run.update(status=Status.TRAINED, timings=timings, train=summary.summarize(run, run.manifest()),
                tracking=tracking.locate(run, recipe))
-    from runner.ship import card
-
-    card.refresh(run)  # model/README.md, the Hugging Face model card (a note, never a failure, if it cannot be)
-    if recipe.publish.merge_adapter and recipe.method.adapter is not None:
-        from runner.train.merge import merge
-
-        merge(run)
     return run

@@ -11,7 +11,7 @@ from runner.core.errors import Problem, UserError
 from runner.runs import rundir
 from runner.ship import card
 
-MERGED = "merged"
+MERGED = rundir.MERGED
 
 
 def merge(run: rundir.RunDir) -> Path:
@@ -25,7 +25,7 @@ def merge(run: rundir.RunDir) -> Path:
                                 "folder is already a complete model, there is no adapter to merge"))
     run.trained()  # the adapter and the base model it was trained on are both there
     print(f"merging {paths.display(adapter_dir)} into {manifest.base_model}", file=sys.stderr)
-    target = run.file(MERGED)
+    target = run.merged_path
     with staging_dir(target) as staging, redirect_stdout(sys.stderr):  # deepspeed logs to stdout on save
         merge_into(Path(manifest.base_model_dir), adapter_dir, staging)
         card.try_write(run, merged=True, folder=staging)  # merged/README.md, the model card published with it

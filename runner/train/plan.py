@@ -6,38 +6,37 @@ import json
 import os
 import shutil
 
-from runner.core import cpufeatures, paths
+from runner.core import paths
 from runner.core.atomic import write_text_atomic
 from runner.core.yamlio import dump_yaml
-from runner.data.info import SPLITS, DataInfo
 from runner.data.prepare import DONE, Prepared
 from runner.models import parent, resolve
-from runner.recipe import loading, stages
+from runner.recipe import loading, parents, precision
 from runner.recipe.loading import Loaded
 from runner.runs import rundir
+from runner.runs.data_info import SPLITS, DataInfo
 from runner.runs.manifest import Batch, Manifest, Seeds, Status
-from runner.serve import vllm
-from runner.train import engine, provenance
+from runner.train import engine, provenance, vllm
 
 
 def base_model_for(loaded: Loaded) -> str:
     """What axolotl loads: hub ids stay hub ids (resolved on the cluster); local files become local dirs."""
     spec, root = loaded.recipe.model, loaded.root_of("model.base")  # root: the layer of the file that named it
-    local = (spec.base.startswith((resolve.PKG, stages.RUN)) or paths.resolve_local(spec.base, root).exists()
+    local = (spec.base.startswith((resolve.PKG, parents.RUN)) or paths.resolve_local(spec.base, root).exists()
              or spec.base.endswith(".gguf"))
     return str(resolve.resolve_base(spec, paths.display(loaded.path), root)) if local else spec.base
 
 
 def engine_files(loaded: Loaded, target: str, base_model: str, has_val: bool) -> dict[str, str]:
     recipe = loaded.recipe
-    files = {"recipe.resolved.yaml": loading.resolved_yaml(recipe),
-             "axolotl.yaml": dump_yaml(engine.axolotl_config(recipe, base_model, has_val=has_val)),
-             "launch.sh": engine.launch_script(recipe, target)}
+    files = {rundir.RESOLVED: loading.resolved_yaml(recipe),
+             rundir.AXOLOTL: dump_yaml(engine.axolotl_config(recipe, base_model, has_val=has_val)),
+             rundir.LAUNCH: engine.launch_script(recipe, target)}
     deepspeed = engine.deepspeed_config(recipe)
     if deepspeed:
-        files["deepspeed.json"] = json.dumps(deepspeed, indent=2, sort_keys=True) + "\n"
+        files[rundir.DEEPSPEED] = json.dumps(deepspeed, indent=2, sort_keys=True) + "\n"
     if target == "accelerate":
-        files["accelerate.yaml"] = dump_yaml(engine.accelerate_config(recipe))
+        files[rundir.ACCELERATE] = dump_yaml(engine.accelerate_config(recipe))
     files |= vllm.files(recipe, base_model)  # GPU profiles: serve.sh (vLLM) and chat_template.jinja
     return files
 
@@ -45,18 +44,19 @@ def engine_files(loaded: Loaded, target: str, base_model: str, has_val: bool) ->
 def write_plan(run: rundir.RunDir, loaded: Loaded, target: str, base_model: str, has_val: bool) -> None:
     for name, text in engine_files(loaded, target, base_model, has_val).items():
         write_text_atomic(run.file(name), text)
-    run.file("launch.sh").chmod(0o755)
+    run.file(rundir.LAUNCH).chmod(0o755)
     if run.file(vllm.SCRIPT).exists():
         run.file(vllm.SCRIPT).chmod(0o755)
-    run.file("logs").mkdir(exist_ok=True)  # sbatch opens --output=logs/slurm-%j.out before the script runs
+    run.logs_dir.mkdir(exist_ok=True)  # sbatch opens --output=logs/slurm-%j.out before the script runs
 
 
 def link_data(run: rundir.RunDir, prepared: Prepared) -> None:
     """Hard-link the cached prepared files into run/data (copy across file systems)."""
-    target = run.file("data")
+    target = run.data_dir
     target.mkdir(exist_ok=True)
     for name in (*[f"{s}.jsonl" for s in SPLITS], DONE):
         destination = target / name
+
         destination.unlink(missing_ok=True)
         try:
             os.link(prepared.dir / name, destination)
@@ -82,7 +82,7 @@ def new_manifest(loaded: Loaded, run: rundir.RunDir, target: str, base_model: st
 def concrete(loaded: Loaded, target: str = "local") -> Loaded:
     """The loaded recipe as a run makes it here: `hardware.precision: auto` decided for this machine and target.
     The fingerprint stays the written recipe's (what `recipe show` and the lock files print)."""
-    recipe = cpufeatures.concrete(loaded.recipe, target)
+    recipe = precision.concrete(loaded.recipe, target)
     if recipe is loaded.recipe:
         return loaded
     return dataclasses.replace(loaded, recipe=recipe, written_fingerprint=loaded.fingerprint)

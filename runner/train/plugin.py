@@ -19,6 +19,8 @@ from axolotl.integrations.base import BasePlugin
 from pydantic import BaseModel
 from transformers.trainer_callback import TrainerCallback
 
+from runner.runs.records import MetricsRow
+from runner.runs.rundir import RANKS
 from runner.train import cpu_shims
 
 
@@ -82,7 +84,7 @@ class MetricsCallback(TrainerCallback):
         self.path = path
         self.rank = int(os.environ.get("RANK", 0))
         self.world_size = int(os.environ.get("WORLD_SIZE", 1))
-        self.rank_path = path.parent / "ranks" / f"rank-{self.rank}.jsonl"
+        self.rank_path = path.parent / RANKS / f"rank-{self.rank}.jsonl"
         self.started = time.monotonic()
         self.last_tokens, self.last_time = 0, self.started
         self.engine: dict = {}
@@ -192,7 +194,7 @@ class MetricsCallback(TrainerCallback):
             record["tokens_seen"] = tokens
             record["tokens_per_s"] = round((tokens - self.last_tokens) / (now - self.last_time), 2)
             self.last_tokens, self.last_time = tokens, now
-        self._append(self.path, record)
+        self._append(self.path, MetricsRow.model_validate(record).to_json())
 
 
 class RecipeRunnerPlugin(BasePlugin):

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from runner.core.errors import Problem, RunFailed, UserError
+from runner.runs import rundir
 
 POLL_S = 5
 
@@ -27,8 +28,8 @@ def submit(run_dir: Path, env: dict) -> str:
     """sbatch launch.sh from the run directory (so SLURM_SUBMIT_DIR is the run); returns the job id.
 
     The job inherits `env` (sbatch's default --export=ALL), so the runner's venv is on the job's PATH."""
-    (run_dir / "logs").mkdir(exist_ok=True)  # SLURM opens --output=logs/... before the script runs
-    result = _run(["sbatch", "--parsable", "launch.sh"], cwd=run_dir, env=env)
+    (run_dir / rundir.LOGS).mkdir(exist_ok=True)  # SLURM opens --output=logs/... before the script runs
+    result = _run(["sbatch", "--parsable", rundir.LAUNCH], cwd=run_dir, env=env)
     if result.returncode != 0:
         raise RunFailed(f"sbatch refused the job: {result.stderr.strip() or result.stdout.strip()}")
     return result.stdout.strip().split(";")[0]
@@ -56,4 +57,4 @@ def wait(job_id: str) -> tuple[str, int | None]:
 
 
 def log_path(run_dir: Path, job_id: str) -> Path:
-    return run_dir / "logs" / f"slurm-{job_id}.out"
+    return rundir.RunDir(run_dir).log_path(f"slurm-{job_id}.out")

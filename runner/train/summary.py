@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 
 from runner.core import jsonl
-from runner.estimate import gpus
+from runner.recipe import gpus
 from runner.runs.manifest import Manifest, RankEngine, RankSummary, TrainSummary
+from runner.runs.records import MetricsRow, read_rows
 from runner.runs.rundir import RunDir
 
 
 def peak_tflops(gpu_model: str | None) -> float | None:
-    """Peak dense bf16 TFLOP/s of one GPU, from the one GPU table (runner/estimate/gpus.py)."""
+    """Peak dense bf16 TFLOP/s of one GPU, from the one GPU table (runner/recipe/gpus.py)."""
     return gpus.peak_tflops(gpu_model)
 
 
@@ -40,7 +41,7 @@ def padding_waste(manifest: Manifest, steps: int, tokens_seen: int) -> float | N
 
 def _ranks(run: RunDir) -> dict[str, RankSummary]:
     ranks = {}
-    for rank_file in sorted(run.file("ranks").glob("rank-*.jsonl")):
+    for rank_file in sorted(run.ranks_dir.glob("rank-*.jsonl")):
         lines = jsonl.read(rank_file, strict=False).rows
         engine_file = rank_file.with_suffix(".engine.json")
         engine = RankEngine.model_validate(json.loads(engine_file.read_text())) if engine_file.exists() else None
@@ -52,21 +53,20 @@ def _ranks(run: RunDir) -> dict[str, RankSummary]:
 
 def summarize(run: RunDir, manifest: Manifest) -> TrainSummary:
     """Steps, tokens, throughput, FLOP/s, MFU and final losses of a run."""
-    path = run.file("metrics.jsonl")
-    if not path.is_file():
+    if not run.metrics_path.is_file():
         return TrainSummary()
-    records = jsonl.read(path, strict=False).rows  # a line cut off mid-write (a killed trainer) is skipped
-    losses = [r for r in records if "loss" in r]
-    evals = [r for r in records if "eval_loss" in r]
-    tokens = max((r.get("tokens_seen", 0) for r in records), default=0)
-    elapsed = max((r.get("elapsed_s", 0) for r in records), default=0)
-    steps = max((r["step"] for r in records if "step" in r), default=0)
+    records, _ = read_rows(run.metrics_path, MetricsRow, strict=False)  # a line cut off mid-write is skipped
+    losses = [r.loss for r in records if r.loss is not None]
+    evals = [r.eval_loss for r in records if r.eval_loss is not None]
+    tokens = max((r.tokens_seen or 0 for r in records), default=0)
+    elapsed = max((r.elapsed_s or 0 for r in records), default=0)
+    steps = max((r.step for r in records if r.step is not None), default=0)
     ranks = _ranks(run)
     summary = TrainSummary(
         steps=steps, tokens=tokens, ranks=ranks, padding_waste=padding_waste(manifest, steps, tokens),
         tokens_per_s=round(tokens / elapsed, 2) if elapsed else None,
-        first_loss=losses[0]["loss"] if losses else None, final_loss=losses[-1]["loss"] if losses else None,
-        final_eval_loss=evals[-1]["eval_loss"] if evals else None, logged_steps=len(losses))
+        first_loss=losses[0] if losses else None, final_loss=losses[-1] if losses else None,
+        final_eval_loss=evals[-1] if evals else None, logged_steps=len(losses))
     summary.precision = next((r.engine.precision for r in ranks.values() if r.engine and r.engine.precision), None)
     peaks = [r.engine.peak_gpu_memory_gib for r in ranks.values() if r.engine and r.engine.peak_gpu_memory_gib]
     summary.peak_gpu_memory_gib = max(peaks) if peaks else None

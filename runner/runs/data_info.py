@@ -7,6 +7,7 @@ from typing import ClassVar, Literal
 from runner.core.contracts import Contract, Record
 
 SPLITS = ("train", "val", "test")
+DATA_FILE = "data.json"  # in a prepared data folder (the cache's, and a run's data/)
 
 
 class TokenPercentiles(Record):

@@ -13,6 +13,7 @@ import re
 import sqlite3
 import threading
 from collections import Counter
+from pathlib import Path
 
 MAX_VM_STEPS = 1_000_000
 _PROGRESS_EVERY = 1_000  # the progress handler runs once per this many VM steps
@@ -126,3 +127,9 @@ def _authorize(action: int, *_args) -> int:
 @functools.lru_cache(maxsize=8)
 def _database(db_sql: str) -> _Database:
     return _Database(db_sql)
+
+
+@functools.lru_cache(maxsize=8)
+def database_text(pattern: str, db: str) -> str:
+    """The SQL dump for one test row: the suite's database pattern with {db} filled in."""
+    return Path(pattern.replace("{db}", db)).read_text(encoding="utf-8")

@@ -18,7 +18,7 @@ _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 @dataclass(frozen=True)
-class StageRef:
+class ParentRef:
     """The parent of a staged recipe: its recipe name and, when pinned, one run id (else its latest run)."""
 
     recipe: str
@@ -32,8 +32,8 @@ def is_run(base: str) -> bool:
     return base.strip().startswith(RUN)
 
 
-def parse(base: str) -> StageRef | None:
-    """run:<recipe>[@<run-id>] -> StageRef; another kind of base -> None; a malformed reference -> ValueError."""
+def parse(base: str) -> ParentRef | None:
+    """run:<recipe>[@<run-id>] -> ParentRef; another kind of base -> None; a malformed reference -> ValueError."""
     base = base.strip()
     if not base.startswith(RUN):
         return None
@@ -41,7 +41,7 @@ def parse(base: str) -> StageRef | None:
     if not _NAME.match(name) or (at and not _RUN_ID.match(run_id)):
         raise ValueError(f"{base!r} is not a run reference; write run:<recipe> (its latest run) or "
                          "run:<recipe>@<run-id> (one run), e.g. run:smollm2-135m-sql-chatml")
-    return StageRef(name, run_id or None)
+    return ParentRef(name, run_id or None)
 
 
 def load_parent(base: str):

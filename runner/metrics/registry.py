@@ -93,13 +93,13 @@ def register(metric: Metric) -> Metric:
 
 
 def _sql_execution(prediction: str, reference: str, database: str | None) -> float:
-    from runner.evaluate import sql
+    from runner.metrics import sql
 
     return float(sql.execution_match(prediction, reference, database))
 
 
 def _sql_exact_match(prediction: str, reference: str, database: str | None) -> float:
-    from runner.evaluate import sql
+    from runner.metrics import sql
 
     return float(sql.normalized_sql_match(prediction, reference))
 

@@ -1,120 +1,15 @@
-"""EvalSummary: eval/summary.json, per metric base vs fine-tuned on the same items (paired bootstrap interval of
-the delta, sign test), skipped tasks and the judge's tally; how it is computed from per-item rows; how it prints."""
+"""How eval/summary.json's figures (runner.runs.eval_summary.EvalSummary) are computed from per-item rows: per
+metric a candidate against another on the same items (paired bootstrap interval of the delta, sign test); and how
+the summary prints."""
 from __future__ import annotations
-
-from typing import ClassVar, Literal
 
 import numpy as np
 
-from runner.core.contracts import Contract, Record
 from runner.evaluate import stats
+from runner.runs.eval_summary import BOOTSTRAP_ITERS, SEED, EvalSummary, JudgesSummary
 
 GENERATE_TASK = "recipe_heldout_generate"
 PERPLEXITY_TASK = "recipe_heldout_perplexity"
-BOOTSTRAP_ITERS = 2000
-SEED = 0
-
-
-class MetricSummary(Record):
-    base: float | None = None
-    finetuned: float | None = None
-    delta: float | None = None
-    ci95: list[float] | None = None
-    n: int
-    p_sign: float | None = None
-    higher_is_better: bool | None = None
-
-
-class JudgeSummary(Record):
-    kind: str | None = None
-    model: str | None = None
-    skipped: str | None = None
-    wins: int | None = None
-    ties: int | None = None
-    losses: int | None = None
-    n: int | None = None
-    win_rate: float | None = None
-    adjusted_win_rate: float | None = None
-
-
-class CandidateMetric(Record):
-    """One metric of one candidate; against the reference on the same items: delta = value - reference."""
-
-    value: float | None = None
-    reference: float | None = None
-    delta: float | None = None
-    ci95: list[float] | None = None
-    n: int
-    p_sign: float | None = None
-
-
-class CandidateSummary(Record):
-    kind: str  # base | finetuned | fewshot | run | model (runner.evaluate.candidates)
-    slug: str  # its files: eval/samples-<slug>-<task>.jsonl, eval/results-<slug>.json
-    source: str  # the model directory or run it answered with
-    template: str
-    shots: int = 0
-    metrics: dict[str, CandidateMetric] = {}
-
-
-class PairTally(Record):
-    """Pairwise judge verdicts of a against b over the same items (both answer orders per item)."""
-
-    a: str
-    b: str
-    wins: int  # a better in both orders
-    ties: int  # an explicit tie, orders disagreeing, or a verdict missing
-    losses: int
-    n: int
-    win_rate: float | None = None  # (wins + ties / 2) / n
-    position_bias: int = 0  # items whose two verdicts named the same position (the verdict flipped with the order)
-    unparseable: int = 0  # replies with no [[A]]/[[B]]/[[C]] (out of 2 n)
-
-
-class RankEntry(Record):
-    candidate: str
-    strength: float  # Bradley-Terry log-strength, mean 0 over the candidates
-    ci95: list[float] | None = None  # bootstrap over items
-
-
-class GradeSummary(Record):
-    mean: float | None = None  # 1-10 over the items with a parseable [[rating]]
-    ci95: list[float] | None = None
-    n: int
-    unparseable: int = 0
-
-
-class JudgesSummary(Record):
-    """The suite's judge over every candidate: pairwise tallies and ranking, single-answer grades."""
-
-    kind: str
-    model: str
-    prompts: dict[str, str] = {}  # prompt file -> its version
-    skipped: str | None = None
-    pairs: list[PairTally] = []
-    ranking: list[RankEntry] | None = None  # with three or more candidates
-    grades: dict[str, GradeSummary] | None = None
-    reference_guided: bool = False
-
-
-class EvalSummary(Contract):
-    VERSION: ClassVar[int] = 2
-    version: Literal[2] = 2
-    suite: str
-    suite_version: str
-    n_items: int
-    metrics: dict[str, MetricSummary]  # base vs fine-tuned, as in version 1
-    skipped: dict[str, str] = {}
-    judge: JudgeSummary | None = None  # the pairwise judge's fine-tuned-vs-base tally, as in version 1
-    bootstrap_iters: int = BOOTSTRAP_ITERS
-    seed: int = SEED
-    reference: str = "finetuned"
-    candidates: dict[str, CandidateSummary] = {}  # every candidate's metrics against the reference
-    judges: JudgesSummary | None = None
-
-
-EvalSummary.MIGRATIONS = {0: lambda data: data | {"suite_version": str(data.get("suite_version"))},
-                          1: lambda data: data}  # version 2 only adds sections (candidates, judges, reference)
 
 
 def _paired(base: list[dict] | None, ft: list[dict]) -> tuple[list[dict] | None, list[dict]]:
@@ -142,11 +37,6 @@ def perplexity_summary(base: list[dict] | None, ft: list[dict]) -> dict:
     b, f = float(ppl(b_ll, b_n)), float(ppl(f_ll, f_n))
     return {"base": round(b, 6), "finetuned": round(f, 6), "delta": round(f - b, 6),
             "ci95": [round(lo, 6), round(hi, 6)], "n": len(ft), "p_sign": round(sign["p_value"], 6)}
-
-
-def summarize(rows: dict[str, dict[str, list[dict]]]) -> dict[str, dict]:
-    """Per metric {"base","finetuned","delta","ci95","n","p_sign"}; standard tasks as "<task>/<metric>"."""
-    return paired_metrics(rows.get("base"), rows["finetuned"])
 
 
 def candidate_metrics(rows: dict[str, dict[str, list[dict]]], reference: str) -> dict[str, dict[str, dict]]:
@@ -187,14 +77,14 @@ def format_summary(summary: EvalSummary) -> str:
 
     lines = [f"suite {summary.suite} {summary.suite_version}, {summary.n_items} held-out items",
              f"{'metric':28} {'base':>10} {'fine-tuned':>10} {'delta':>10} {'95% CI':>21} {'p(sign)':>8} {'n':>5}"]
-    for name, m in summary.metrics.items():
+    for name, m in summary.versus_base().items():
         ci = "-" if m.ci95 is None else f"[{num(m.ci95[0], True)}, {num(m.ci95[1], True)}]"
-        lines.append(f"{name:28} {num(m.base):>10} {num(m.finetuned):>10} {num(m.delta, True):>10} "
+        lines.append(f"{name:28} {num(m.reference):>10} {num(m.value):>10} {num(m.delta, True):>10} "
                      f"{ci:>21} {num(m.p_sign):>8} {m.n:>5}")
     lines += _candidate_lines(summary, num)
     lines += [f"skipped {task}: {reason}" for task, reason in summary.skipped.items()]
     lines += _judges_lines(summary.judges)
-    judge = summary.judge
+    judge = summary.judge_versus_base()
     if judge:
         lines.append(f"judge skipped: {judge.skipped}" if judge.skipped else
                      f"judge ({judge.kind} {judge.model}): fine-tuned {judge.wins} wins, {judge.ties} ties, "

