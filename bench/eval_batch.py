@@ -60,7 +60,7 @@ def _tokenizer(run_path: Path):
 
 def worker(run_path: str, recipe_name: str, order: list[int], max_items: int) -> dict:
     """Runs in the subprocess: one evaluate() per batch size in order, after an untimed warm-up pass."""
-    from runner.evaluate import evaluation
+    from runner.evaluate import run_suite
     from runner.recipe import loading
     from runner.runs import rundir
 
@@ -77,7 +77,7 @@ def worker(run_path: str, recipe_name: str, order: list[int], max_items: int) ->
                                             "eval.compare_base=false"])
         clock.reset()
         started = time.perf_counter()
-        evaluation.evaluate(run, loaded.recipe)
+        run_suite.evaluate(run, loaded.recipe)
         total = time.perf_counter() - started
         new_tokens = sum(len(tokenizer(o, add_special_tokens=False)["input_ids"]) for o in clock.outputs) \
             if tokenizer else None

@@ -12,7 +12,7 @@ import pytest
 
 from runner.core import jsonl
 from runner.core.errors import UserError
-from runner.evaluate import evaluation, fewshot, tasks
+from runner.evaluate import fewshot, run_suite, tasks
 from runner.evaluate.scoring import GENERATE_TASK, PERPLEXITY_TASK, SEED, format_summary
 from runner.models import resolve, tiny
 from runner.recipe import suites, templates
@@ -49,7 +49,7 @@ def evaluated(project):
                {"model": "models/tiny-llama", "label": "tiny-again"},
                {"model": "models/tiny-llama", "label": "tiny-chat", "template": "tokenizer"}]
     recipe = _with_candidates(recipe, entries)
-    summary = evaluation.evaluate(run, recipe, suites.load("cands"))
+    summary = run_suite.evaluate(run, recipe, suites.load("cands"))
     return run, recipe, summary, other
 
 
@@ -145,6 +145,6 @@ def test_candidates_that_cannot_be_had_are_exit_2_before_the_run_fails(evaluated
              (str(broken), "could not be loaded")]
     for entry, message in cases:
         with pytest.raises(UserError, match=message) as caught:
-            evaluation.evaluate(run, _with_candidates(recipe, ["finetuned", entry]), suites.load("heldout-qa"))
+            run_suite.evaluate(run, _with_candidates(recipe, ["finetuned", entry]), suites.load("heldout-qa"))
         assert caught.value.problems[0].file == f"eval.candidates: {entry}"
         assert run.manifest().status != "failed"

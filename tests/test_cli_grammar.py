@@ -11,7 +11,7 @@ import pytest
 
 from runner import cli
 from runner.cli import app, targets
-from runner.cli.run_verbs import _train_target
+from runner.cli.train_verbs import _train_target
 from runner.decide import runs_select
 from runner.recipe import loading
 from runner.runs import rundir

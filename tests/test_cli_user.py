@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from runner import cli
-from runner.cli import app, run_verbs
+from runner.cli import app, train_verbs
 from runner.recipe import loading
 from runner.runs import rundir
 from runner.runs.manifest import Status
@@ -48,8 +48,8 @@ def test_every_verb_finds_the_same_runs_from_a_name_or_a_path(project, run_cli):
 
 
 def test_figures_are_rounded_for_people():
-    assert run_verbs._figure(2.874032735824585) == "2.874" and run_verbs._figure(0.024503) == "0.0245"
-    assert run_verbs._figure(None) == "-"
+    assert train_verbs._figure(2.874032735824585) == "2.874" and train_verbs._figure(0.024503) == "0.0245"
+    assert train_verbs._figure(None) == "-"
 
 
 def test_eval_uses_the_recipe_the_run_was_trained_with(project, run_cli):

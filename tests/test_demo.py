@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.evaluate.evaluation import evaluate
+from runner.evaluate.run_suite import evaluate
 from runner.recipe import loading, suites
 from runner.report.markdown import write_report
 from runner.train.launch import train

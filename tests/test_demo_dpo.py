@@ -12,7 +12,7 @@ import pytest
 
 import sql_pairs
 from runner.core import jsonl
-from runner.evaluate.evaluation import evaluate
+from runner.evaluate.run_suite import evaluate
 from runner.recipe import loading, suites
 from runner.report.markdown import write_report
 from runner.train.launch import train

@@ -20,7 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read by huggingface_hub/datasets
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 from runner.core.errors import UserError
-from runner.evaluate import evaluation, generate, task_hooks, tasks
+from runner.evaluate import generate, run_suite, task_hooks, tasks
 from runner.evaluate.judge_run import judge_run
 from runner.evaluate.scoring import format_summary
 from runner.recipe import loading, suites
@@ -51,7 +51,7 @@ def project(tmp_path_factory):
 def evaluated(project):
     """The tiny run evaluated once on the test-chat suite (held-out metrics + a local tiny judge)."""
     run, recipe = make_eval_run()
-    summary = evaluation.evaluate(run, recipe, suites.load("test-chat"))
+    summary = run_suite.evaluate(run, recipe, suites.load("test-chat"))
     return run, recipe, summary.to_json()
 
 
@@ -230,7 +230,7 @@ def standard_eval(project):
     (project / "eval_suites" / "test-standard.yaml").write_text(
         "suite: 1\nversion: 1.0.0\nlm_eval_tasks: [arc_easy, demo_mc]\nlm_eval_include: [lm_tasks]\n")
     run, recipe = make_eval_run()
-    return run, evaluation.evaluate(run, recipe, suites.load("test-standard")).to_json()
+    return run, run_suite.evaluate(run, recipe, suites.load("test-standard")).to_json()
 
 
 @pytest.mark.model
@@ -259,7 +259,7 @@ def test_offline_standard_task_is_skipped_with_its_reason(standard_eval):
 def test_run_without_a_trained_model_says_train_it_first(project):
     run, recipe = make_eval_run(adapter=False)
     with pytest.raises(UserError) as caught:
-        evaluation.evaluate(run, recipe, suites.load("heldout-qa"))
+        run_suite.evaluate(run, recipe, suites.load("heldout-qa"))
     assert caught.value.exit_code == 2
     assert "no trained model in" in str(caught.value) and "train it first: recipe train tiny-cpu" in str(caught.value)
     assert run.manifest().status == "trained"  # a refused eval does not mark the run failed
@@ -290,7 +290,7 @@ def test_generate_refuses_an_untrained_run_before_generating(project, monkeypatc
 
 @pytest.mark.model
 def test_merge_with_a_missing_base_model_is_a_clear_error(project):
-    from runner.train.merge import merge
+    from runner.models.merge import merge
 
     run, _ = make_eval_run(adapter=True)
     run.update(base_model_dir=str(project / "models" / "gone"))

@@ -155,8 +155,8 @@ def _free_port() -> int:
 
 @pytest.mark.model
 def test_a_merged_run_is_served_from_its_merged_model(own_trained_run):
+    from runner.models.merge import merge
     from runner.serve import folder
-    from runner.train.merge import merge
 
     merged = merge(own_trained_run)
     served = folder.prepare(own_trained_run)

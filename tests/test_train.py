@@ -120,7 +120,7 @@ def test_merge_gives_the_same_logits_as_base_plus_adapter(own_trained_run, train
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from runner.train.merge import merge
+    from runner.models.merge import merge
 
     run = own_trained_run  # merge writes merged/ into the run
     merged_dir = merge(run)

@@ -1,5 +1,6 @@
-"""The `recipe` command's parser and entry point. Verbs live in small modules beside this one (recipe_verbs,
-run_verbs), each registering its own subcommands; user errors exit 2, failed stages 1."""
+"""The `recipe` command's parser and entry point. Verbs live in small modules beside this one, one per stage
+(recipe_verbs, train_verbs, eval_verbs, decide_verbs, ...), each registering its own subcommands; user errors exit
+2, failed stages 1."""
 from __future__ import annotations
 
 import argparse
@@ -8,10 +9,20 @@ import shutil
 import sys
 import textwrap
 
-from runner.cli import chat_verbs, decide_verbs, fit_verbs, recipe_verbs, run_verbs, serve_verbs, ship_verbs, targets
+from runner.cli import (
+    chat_verbs,
+    decide_verbs,
+    eval_verbs,
+    fit_verbs,
+    recipe_verbs,
+    serve_verbs,
+    ship_verbs,
+    targets,
+    train_verbs,
+)
 from runner.core.errors import STORAGE_ERRNOS, RunFailed, UserError, storage_error
 
-VERB_MODULES = (recipe_verbs, run_verbs, chat_verbs, ship_verbs, serve_verbs, fit_verbs, decide_verbs)
+VERB_MODULES = (recipe_verbs, train_verbs, eval_verbs, chat_verbs, ship_verbs, serve_verbs, fit_verbs, decide_verbs)
 
 EPILOG = """examples:
   recipe init my-repo                   # a starter workspace: recipes/my-model.yaml, data, README, .gitignore

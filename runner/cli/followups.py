@@ -6,7 +6,7 @@ runner.evaluate never import runner.ship), so `recipe train` and `recipe eval` c
   warm_up()          imports what after_train uses, for `recipe train` to do while the trainer starts up
   after_eval(run)    the model cards (model/, merged/) again, with eval/summary.json's results as their model-index
 
-Code that runs the stages itself (runner.train.launch.train, runner.evaluate.evaluation.evaluate) calls these too,
+Code that runs the stages itself (runner.train.launch.train, runner.evaluate.run_suite.evaluate) calls these too,
 to get what the verbs give.
 """
 from __future__ import annotations
@@ -25,9 +25,7 @@ def after_train(run: RunDir) -> RunDir:
         return run
     card.refresh(run)
     if manifest.adapter and run.recipe().publish.merge_adapter:
-        from runner.train.merge import merge
-
-        merge(run)  # merged/, with its own card
+        merge_with_card(run)
     return run
 
 
@@ -42,6 +40,14 @@ def warm_up() -> None:
         from runner.ship import card  # noqa: F401
     except Exception:  # noqa: BLE001 - only a head start
         pass
+
+
+def merge_with_card(run: RunDir):
+    """run/merged/ with its model card (merged/README.md, published with it); the merged folder."""
+    from runner.models.merge import merge
+    from runner.ship import card
+
+    return merge(run, also=lambda folder: card.try_write(run, merged=True, folder=folder))
 
 
 def after_eval(run: RunDir) -> None:

@@ -70,7 +70,7 @@ def model_dir(run: rundir.RunDir, manifest: Manifest) -> Path:
     if not manifest.adapter:
         return run.file(manifest.model_dir)
     target = merged_target(manifest)
-    from runner.train.merge import merge_into
+    from runner.models.merge import merge_into
 
     try:
         build_once(target, f"merging the adapter of {paths.display(run.path)} into its base for this stage: {target}",

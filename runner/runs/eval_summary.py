@@ -1,4 +1,4 @@
-"""eval/summary.json (EvalSummary, version 3): written by `recipe eval` (runner.evaluate.evaluation, its figures
+"""eval/summary.json (EvalSummary, version 3): written by `recipe eval` (runner.evaluate.run_suite, its figures
 computed by runner.evaluate.scoring), read by the report, the model card, tracking, `recipe compare` and `recipe gate`.
 
 candidates  every candidate's metrics; against the reference candidate (default: finetuned) on the same items, the

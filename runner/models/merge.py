@@ -1,7 +1,9 @@
-"""`recipe merge`: fold a run's LoRA adapter into its base model (peft's merge_and_unload) -> run/merged/."""
+"""Fold a run's LoRA adapter into its base model (peft's merge_and_unload) -> run/merged/ (`recipe merge`,
+publish.merge_adapter after training, and a parent run's model for a staged recipe)."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from contextlib import redirect_stdout
 from pathlib import Path
 
@@ -9,13 +11,13 @@ from runner.core import paths
 from runner.core.atomic import staging_dir
 from runner.core.errors import Problem, UserError
 from runner.runs import rundir
-from runner.ship import card
 
 MERGED = rundir.MERGED
 
 
-def merge(run: rundir.RunDir) -> Path:
-    """Write run/merged/ (full model + tokenizer) from the base model and run/model's adapter.
+def merge(run: rundir.RunDir, also: Callable[[Path], None] | None = None) -> Path:
+    """Write run/merged/ (full model + tokenizer) from the base model and run/model's adapter; `also(folder)` adds
+    files to it before it is published (the verbs: its model card).
 
     The merged model is staged beside run/merged and renamed into place, so a failure leaves no half model."""
     manifest = run.manifest()
@@ -28,7 +30,8 @@ def merge(run: rundir.RunDir) -> Path:
     target = run.merged_path
     with staging_dir(target) as staging, redirect_stdout(sys.stderr):  # deepspeed logs to stdout on save
         merge_into(Path(manifest.base_model_dir), adapter_dir, staging)
-        card.try_write(run, merged=True, folder=staging)  # merged/README.md, the model card published with it
+        if also is not None:
+            also(staging)
     run.update(merged_dir=MERGED)
     return target
 
