@@ -318,3 +318,19 @@ def build_run(folder: Path, manifest: dict = MANIFEST, evaluated: bool = True) -
         for side in ("base", "finetuned"):
             write_file(folder / "eval" / f"samples-{side}-sql_heldout.jsonl", jsonl_text(samples(side)))
     return RunDir(folder)
+
+
+def finished_run(name: str = "tiny-cpu") -> RunDir:
+    """A run made as `recipe train` makes one (plan files, precision decided), marked trained, with no model: for
+    the verbs that find and check runs before they load anything."""
+    from runner.recipe import loading
+    from runner.runs import rundir
+    from runner.runs.manifest import Status
+    from runner.train import plan
+
+    loaded = plan.concrete(loading.load(name))
+    run = rundir.create(name, loaded.fingerprint)
+    plan.write_plan(run, loaded, "local", "models/tiny-llama", has_val=True)
+    plan.new_manifest(loaded, run, "local", "models/tiny-llama", Status.TRAINED).write(run.manifest_path)
+    rundir.point_latest(run)
+    return run

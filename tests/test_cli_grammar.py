@@ -14,10 +14,7 @@ from runner.cli import app, targets
 from runner.cli.train_verbs import _train_target
 from runner.decide import runs_select
 from runner.recipe import loading
-from runner.runs import rundir
-from runner.runs.manifest import Status
-from runner.train import plan
-from tests.helpers import ROOT
+from tests.helpers import ROOT, finished_run
 
 # Every verb that acts on a run, with the options it needs to parse.
 RUN_VERBS = {"merge": [], "eval": [], "generate": ["--prompt", "hi"], "report": [], "serve": [], "chat": [],
@@ -27,15 +24,6 @@ RUN_VERBS = {"merge": [], "eval": [], "generate": ["--prompt", "hi"], "report": 
 def _verbs() -> dict[str, argparse.ArgumentParser]:
     parser = cli.build_parser()
     return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
-
-
-def _finished_run(name: str = "tiny-cpu") -> rundir.RunDir:
-    loaded = plan.concrete(loading.load(name))  # as a run is made: precision auto decided for this machine
-    run = rundir.create(name, loaded.fingerprint)
-    plan.write_plan(run, loaded, "local", "models/tiny-llama", has_val=True)
-    plan.new_manifest(loaded, run, "local", "models/tiny-llama", Status.TRAINED).write(run.manifest_path)
-    rundir.point_latest(run)
-    return run
 
 
 def test_recipe_help_lists_every_verb_once_grouped_by_stage(capsys):
@@ -63,9 +51,9 @@ def test_every_verb_help_exits_0(capsys):
 
 
 def test_every_run_spelling_names_the_same_run_in_every_verb(project):
-    older = _finished_run()
+    older = finished_run()
     time.sleep(1.1)  # run ids are stamped to the second
-    latest = _finished_run()
+    latest = finished_run()
     assert older.run_id != latest.run_id
     by_option = ["--run", older.run_id]
     spellings = {f"tiny-cpu@{older.run_id}": [], older.run_id: [], str(older.path): [], "tiny-cpu": by_option,
@@ -88,7 +76,7 @@ def test_every_run_spelling_names_the_same_run_in_every_verb(project):
 
 
 def test_report_takes_a_run_in_any_spelling_with_overrides(project, run_cli):
-    run = _finished_run()
+    run = finished_run()
     for argv in (["report", f"tiny-cpu@{run.run_id}", "eval.max_new_tokens=8"], ["report", run.run_id],
                  ["report", str(run.path), "publish.merge_adapter=true"], ["report", "tiny-cpu", "--run", run.run_id]):
         run.file("report.md").unlink(missing_ok=True)
@@ -98,7 +86,7 @@ def test_report_takes_a_run_in_any_spelling_with_overrides(project, run_cli):
 
 
 def test_a_key_that_would_change_a_finished_run_is_exit_2_saying_why(project, run_cli):
-    run = _finished_run()
+    run = finished_run()
     lr = run.recipe().train.learning_rate
     for verb in ("report", "merge", "serve", "chat", "gate", "generate"):
         extra = ["--prompt", "hi"] if verb == "generate" else []
@@ -113,7 +101,7 @@ def test_a_key_that_would_change_a_finished_run_is_exit_2_saying_why(project, ru
 
 
 def test_train_refuses_a_run_name_without_resume_and_a_second_run_id(project, run_cli):
-    run = _finished_run()
+    run = finished_run()
     code, _, err = run_cli("train", f"tiny-cpu@{run.run_id}")
     assert code == 2 and "--resume" in err
     code, _, err = run_cli("train", f"tiny-cpu@{run.run_id}", "--resume", "20200101-000000-abcdef12")
@@ -121,7 +109,7 @@ def test_train_refuses_a_run_name_without_resume_and_a_second_run_id(project, ru
 
 
 def test_unknown_runs_are_exit_2_naming_the_spellings(project, run_cli):
-    _finished_run()
+    finished_run()
     code, _, err = run_cli("report", "tiny-cpu@20200101-000000-abcdef12")
     assert code == 2 and "unknown run '20200101-000000-abcdef12'" in err
     code, _, err = run_cli("report", "tiny-cpu@")

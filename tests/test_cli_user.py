@@ -8,8 +8,7 @@ from runner import cli
 from runner.cli import app, train_verbs
 from runner.recipe import loading
 from runner.runs import rundir
-from runner.runs.manifest import Status
-from runner.train import plan
+from tests.helpers import finished_run
 
 
 def test_overrides_after_an_option_are_accepted(project, run_cli):
@@ -29,17 +28,8 @@ def test_an_option_value_that_looks_like_an_override_stays_the_option_value():
     assert args.prompt == ["a=b"] and args.overrides == ["eval.max_new_tokens=4"]
 
 
-def _finished_run(name: str = "tiny-cpu") -> rundir.RunDir:
-    loaded = plan.concrete(loading.load(name))  # as a run is made: precision auto decided for this machine
-    run = rundir.create(name, loaded.fingerprint)
-    plan.write_plan(run, loaded, "local", "models/tiny-llama", has_val=True)
-    plan.new_manifest(loaded, run, "local", "models/tiny-llama", Status.TRAINED).write(run.manifest_path)
-    rundir.point_latest(run)
-    return run
-
-
 def test_every_verb_finds_the_same_runs_from_a_name_or_a_path(project, run_cli):
-    run = _finished_run()
+    run = finished_run()
     code, out, err = run_cli("report", str(project / "recipes" / "tiny-cpu.yaml"))
     assert code == 0, err
     assert run.file("report.md").is_file()
@@ -53,7 +43,7 @@ def test_figures_are_rounded_for_people():
 
 
 def test_eval_uses_the_recipe_the_run_was_trained_with(project, run_cli):
-    run = _finished_run()
+    run = finished_run()
     trained_lr = loading.load("tiny-cpu").recipe.train.learning_rate
     current = loading.load("tiny-cpu", ["train.learning_rate=0.5", "eval.max_items=3"]).recipe
     recipe, changed = rundir.recipe_for_eval(run, current)

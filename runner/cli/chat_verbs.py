@@ -19,8 +19,7 @@ def cmd_chat(args) -> int:
     from runner.evaluate import chat_page, generate
 
     chat_page.check_port(args.host, args.port)  # the user's mistakes first, before minutes of loading
-    run = targets.run_of(args)
-    recipe = targets.run_recipe(args, run, "chat")
+    run, recipe = targets.finished_run(args, "chat")
     run.trained()
     log = run.log_path("chat")
     console.say(f"chat: loading the base and fine-tuned models of {paths.display(run.path)}")

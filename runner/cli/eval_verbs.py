@@ -72,8 +72,7 @@ def cmd_generate(args) -> int:
 def cmd_report(args) -> int:
     from runner.report import markdown
 
-    run = targets.run_of(args)
-    targets.run_recipe(args, run, "report")  # a key that would change how the run was made is exit 2
+    run, _ = targets.finished_run(args, "report")
     print(f"wrote {paths.display(markdown.write_report(run))}")
     return 0
 

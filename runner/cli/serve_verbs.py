@@ -16,8 +16,7 @@ then, with any OpenAI client:
 def cmd_serve(args) -> int:
     from runner.serve import folder, server
 
-    run = targets.run_of(args)
-    targets.run_recipe(args, run, "serve")  # a key that would change how the run was made is exit 2
+    run, _ = targets.finished_run(args, "serve")
     run.trained()  # a run with no model is exit 2 before anything else
     sock = server.bind(args.host, args.port)  # a port in use is exit 2 before the model loads
     try:

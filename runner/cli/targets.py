@@ -85,3 +85,9 @@ def run_recipe(args, run: RunDir, verb: str) -> Recipe:
     if problems:
         raise UserError(problems)
     return loading.with_overrides(recipe, [t for t in args.overrides if _after_training(_key(t))], where)
+
+
+def finished_run(args, verb: str) -> tuple[RunDir, Recipe]:
+    """The run a verb on a finished run names, and its recipe with the overrides it can take (run_recipe)."""
+    run = run_of(args)
+    return run, run_recipe(args, run, verb)

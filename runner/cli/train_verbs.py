@@ -130,8 +130,7 @@ def _figure(value: float | None) -> str:
 def cmd_merge(args) -> int:
     from runner.cli.followups import merge_with_card
 
-    run = targets.run_of(args)
-    targets.run_recipe(args, run, "merge")  # a key that would change how the run was made is exit 2
+    run, _ = targets.finished_run(args, "merge")
     print(f"merged model: {paths.display(merge_with_card(run))}")
     return 0
 
