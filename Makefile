@@ -134,7 +134,7 @@ docs-check: setup ## the docs cannot rot: mkdocs build --strict (links, anchors,
 bench: setup tiny-model ## benchmarks: runner overhead, data-prep speed, packing, eval batching, demo stages, recipe fit vs measured memory -> bench/results.json
 	$(PY) bench/run.py
 
-bench-check: setup ## the quick benchmark (bench/run.py --quick, toy sizes, ~8 min) as on a fresh clone: exits 0, every figure written and finite
+bench-check: setup ## the quick benchmark (bench/run.py --quick, toy sizes, 8 to 20 min) as on a fresh clone: exits 0, every figure written and finite
 	BENCH_CHECK=1 $(PY) -m pytest -q tests/test_bench.py::test_bench_quick_writes_every_figure_without_a_demo_run
 
 gpu-check: ## on a GPU machine, offline: install .gpu-check/wheels, train LoRA and QLoRA steps of a random 7B, compare with `recipe fit`

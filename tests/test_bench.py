@@ -1,7 +1,7 @@
 """The benchmark's own correctness on toy inputs (fast, no model): timing and polling subprocesses, the A/B
 alternation of each figure, the ratios of means, goals, and the results file.
 
-The quick benchmark itself (bench/run.py --quick: every figure at toy sizes, ~8 minutes) is not part of `make
+The quick benchmark itself (bench/run.py --quick: every figure at toy sizes, 8 to 20 minutes) is not part of `make
 test`: `make bench-check` runs it (BENCH_CHECK=1) through test_bench_quick_writes_every_figure_without_a_demo_run."""
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def is_number(value) -> bool:
 
 
 @pytest.mark.model
-@pytest.mark.skipif(not os.environ.get("BENCH_CHECK"), reason="the quick benchmark (~8 min): `make bench-check`")
+@pytest.mark.skipif(not os.environ.get("BENCH_CHECK"), reason="the quick benchmark (8 to 20 min): `make bench-check`")
 def test_bench_quick_writes_every_figure_without_a_demo_run(tmp_path):
     """A fresh clone: no runs (RECIPE_RUNS_DIR empty), no cache. `make demo` has not run, and the bench still
     exits 0 with every figure, demo stage timings included (it runs the demo's train and eval stages itself)."""
@@ -141,7 +141,7 @@ def test_timed_measures_wall_cpu_memory_and_keeps_the_log(tmp_path):
     result = common.timed("toy", _python(code), cwd=tmp_path, env=dict(os.environ), logs=tmp_path / "logs", rss=True)
     after = time.time()
     assert result["cpu_s"] >= 0.3 and result["wall_s"] >= result["cpu_s"] * 0.9
-    assert before <= result["started_unix"] and result["ended_unix"] <= after + 0.01
+    assert before - 0.001 <= result["started_unix"] and result["ended_unix"] <= after + 0.01  # rounded to 1 ms
     assert result["ended_unix"] == pytest.approx(result["started_unix"] + result["wall_s"], abs=0.002)
     assert common.marker(result["text"], "BENCH_TOY") == {"n": 2}  # the last marker line
     log = (tmp_path / "logs" / "toy.log").read_text()
@@ -155,16 +155,15 @@ def test_timed_measures_wall_cpu_memory_and_keeps_the_log(tmp_path):
 def test_timed_polls_until_the_poll_answers(tmp_path):
     flag = tmp_path / "flag"
     code = f"import pathlib, time\ntime.sleep(0.2)\npathlib.Path({str(flag)!r}).write_text('x')\ntime.sleep(0.3)"
-    calls = []
+    answers = []
 
     def poll(started_epoch, started):
-        calls.append(time.perf_counter())
-        return round(time.perf_counter() - started, 3) if flag.exists() else None
+        answers.append(round(time.perf_counter() - started, 3) if flag.exists() else None)
+        return answers[-1]
 
     result = common.timed("poll", _python(code), cwd=tmp_path, env=dict(os.environ), logs=tmp_path, poll=poll)
-    assert 0.2 <= result["polled"] < result["wall_s"]
-    assert len(calls) >= 5  # polled every 10 ms until the file appeared, then no more
-    assert calls[-1] - calls[0] < result["wall_s"] - 0.2
+    assert 0.2 <= result["polled"] < result["wall_s"] and result["polled"] == answers[-1]
+    assert len(answers) >= 5 and set(answers[:-1]) == {None}  # every 10 ms until it answered, then no more
 
 
 def test_timed_stops_on_a_failed_or_hung_command(tmp_path):
