@@ -36,14 +36,14 @@ test: setup ## ruff, lint-imports (the layers), the docs build, the test suite (
 	$(VENV)/bin/ruff check runner tests bench tools
 	$(VENV)/bin/lint-imports
 	$(MAKE) --no-print-directory docs-check
-	$(PY) -m pytest -q -m "not slurm and not browser" --durations=15
+	$(PY) -m pytest -q -m "not slurm and not browser and not bench" --durations=15
 	$(MAKE) --no-print-directory test-slurm
 	$(MAKE) --no-print-directory test-browser
 
 test-fast: setup ## the edit loop (under a minute): ruff, lint-imports, then every test that runs no model and no trainer
 	$(VENV)/bin/ruff check runner tests bench tools
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q -m "not model and not slurm and not browser"
+	$(PY) -m pytest -q -m "not model and not slurm and not browser and not bench"
 
 validate: setup ## validate every recipe and base under recipes/ (or recipe=NAME)
 	$(RECIPE) validate $(if $(filter command line,$(origin recipe)),$(recipe))
@@ -134,8 +134,8 @@ docs-check: setup ## the docs cannot rot: mkdocs build --strict (links, anchors,
 bench: setup tiny-model ## benchmarks: runner overhead, data-prep speed, packing, eval batching, demo stages, recipe fit vs measured memory -> bench/results.json
 	$(PY) bench/run.py
 
-bench-check: setup ## the quick benchmark (bench/run.py --quick, toy sizes, 8 to 20 min) as on a fresh clone: exits 0, every figure written and finite
-	BENCH_CHECK=1 $(PY) -m pytest -q tests/test_bench.py::test_bench_quick_writes_every_figure_without_a_demo_run
+bench-check: setup ## the benchmarks' own runs (bench/run.py --quick at toy sizes, the fit phase; 10 to 20 min) as on a fresh clone: exit 0, every figure written and finite
+	$(PY) -m pytest -q -m bench tests/test_bench.py tests/test_fit.py
 
 gpu-check: ## on a GPU machine, offline: install .gpu-check/wheels, train LoRA and QLoRA steps of a random 7B, compare with `recipe fit`
 	bash bench/gpu_check.sh

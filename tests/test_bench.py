@@ -2,7 +2,7 @@
 alternation of each figure, the ratios of means, goals, and the results file.
 
 The quick benchmark itself (bench/run.py --quick: every figure at toy sizes, 8 to 20 minutes) is not part of `make
-test`: `make bench-check` runs it (BENCH_CHECK=1) through test_bench_quick_writes_every_figure_without_a_demo_run."""
+test`: `make bench-check` runs it (marker `bench`) through test_bench_quick_writes_every_figure_without_a_demo_run."""
 from __future__ import annotations
 
 import json
@@ -35,7 +35,7 @@ def is_number(value) -> bool:
 
 
 @pytest.mark.model
-@pytest.mark.skipif(not os.environ.get("BENCH_CHECK"), reason="the quick benchmark (8 to 20 min): `make bench-check`")
+@pytest.mark.bench
 def test_bench_quick_writes_every_figure_without_a_demo_run(tmp_path):
     """A fresh clone: no runs (RECIPE_RUNS_DIR empty), no cache. `make demo` has not run, and the bench still
     exits 0 with every figure, demo stage timings included (it runs the demo's train and eval stages itself)."""

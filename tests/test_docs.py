@@ -186,19 +186,27 @@ def _env(home: Path) -> dict[str, str]:
     return env
 
 
-def _recipe(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "recipe"), *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=300)
-
-
-def test_every_recipe_and_suite_shown_validates_and_plans(tmp_path):
+def test_every_recipe_and_suite_shown_validates_and_plans(tmp_path, monkeypatch, capsys):
     """Each full recipe in the docs is written into a throw-away workspace (the shipped library behind it) and must
-    pass `recipe validate` and `recipe plan`; each eval suite must pass `recipe validate`."""
+    pass `recipe validate` and `recipe plan`; each eval suite must pass `recipe validate` (in process: the same
+    `recipe` entry point, without a Python start per command)."""
+    from runner import cli
+    from runner.recipe import templates
+
     workspace = tmp_path / "ws"
     for folder in ("recipes", "eval_suites", "data"):
         (workspace / folder).mkdir(parents=True)
-    env = _env(tmp_path) | {"RECIPE_RUNNER_HOME": str(workspace), "RECIPE_RUNS_DIR": str(tmp_path / "runs"),
-                            "RECIPE_CACHE_DIR": str(tmp_path / "cache")}
+    settings = {"RECIPE_RUNNER_HOME": workspace, "RECIPE_RUNS_DIR": tmp_path / "runs",
+                "RECIPE_CACHE_DIR": tmp_path / "cache", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    for name, value in settings.items():
+        monkeypatch.setenv(name, str(value))
+    monkeypatch.chdir(workspace)
+    templates.load.cache_clear()
+
+    def recipe(args: list[str]) -> tuple[int, str]:
+        code = cli.main(args)
+        out, err = capsys.readouterr()
+        return code, err.strip() or out.strip()
     recipes, suites = {}, {}
     for block in YAML_BLOCKS:
         data = yaml.safe_load(block.text)
@@ -214,17 +222,16 @@ def test_every_recipe_and_suite_shown_validates_and_plans(tmp_path):
                 problems.append(f"{kind} {name} is shown differently at {', '.join(where(b) for b in shown)}")
             (workspace / folder / f"{name}.yaml").write_text(shown[0].text, encoding="utf-8")
         if kind == "suite" and suites:  # `recipe validate` with no name checks the workspace's suites (no recipes yet)
-            result = _recipe(["validate"], workspace, env)
-            if result.returncode:
-                problems.append(f"suites shown at {', '.join(where(b[0]) for b in suites.values())}: "
-                                f"{result.stderr.strip() or result.stdout.strip()}")
+            code, said = recipe(["validate"])
+            if code:
+                problems.append(f"suites shown at {', '.join(where(b[0]) for b in suites.values())}: {said}")
     for name, shown in recipes.items():
         for verb in (["validate", name], ["plan", name]):
-            result = _recipe(verb, workspace, env)
-            if result.returncode:
-                problems.append(f"{where(shown[0])}: recipe {verb[0]} {name}: "
-                                f"{result.stderr.strip()[-2000:] or result.stdout.strip()[-2000:]}")
+            code, said = recipe(verb)
+            if code:
+                problems.append(f"{where(shown[0])}: recipe {verb[0]} {name}: {said[-2000:]}")
                 break
+    templates.load.cache_clear()
     assert not problems, "\n".join(problems)
 
 

@@ -308,6 +308,7 @@ def test_a_cpu_recipe_takes_its_time_from_a_finished_run_and_its_tokens_from_the
 
 
 @pytest.mark.model
+@pytest.mark.bench  # a benchmark phase (a minute and more): `make bench-check`
 def test_bench_fit_phase_quick_compares_estimates_with_published_and_measured_memory(tmp_path):
     """bench/run.py --quick --only fit: a real tiny-cpu training's peak RSS beside `recipe fit`, and three published
     GPU rows estimated; the user's runs and cache folders are left alone."""

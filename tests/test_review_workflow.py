@@ -179,5 +179,6 @@ def test_an_unchanged_model_passes(repo):
                   for side, ref in (("base", "main"), ("head", "HEAD")))
     losses = [[r.get("loss") for r in jsonl.read(run / "metrics.jsonl").rows] for run in (base, head)]
     assert losses[0] == losses[1] and len([x for x in losses[0] if x is not None]) == 8
-    summaries = [EvalSummary.read(run / "eval" / "summary.json").candidates for run in (base, head)]
+    summaries = [{name: c.metrics for name, c in EvalSummary.read(run / "eval" / "summary.json").candidates.items()}
+                 for run in (base, head)]  # each candidate's metrics (their sources are the two checkouts' paths)
     assert summaries[0] == summaries[1]

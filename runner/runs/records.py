@@ -7,9 +7,11 @@ SampleRow     a row of eval/samples-<slug>-<task>.jsonl: written by runner.evalu
 JudgeFile     eval/judge.json (a Contract, version 2; written before versions = 0): the judge's per-item verdicts
               and grades, written by runner.evaluate.judge_run. Versions 0 and 1 are migrated on reading.
 
-A JSONL file has no version of its own: its row schema is a Record, and the files are read through the one JSONL
-reader (runner.core.jsonl). Tolerant reading (a file cut off by a killed process) skips and counts a row that is
-not valid JSON or does not fit the schema; strict reading makes it a UserError naming file and line.
+A JSONL file carries no version in its rows (the shape axolotl's and lm-eval's own tools read): its row schema is a
+Record whose VERSION names the row shape this code writes and reads (a change that old rows do not fit bumps it,
+with the reading of older rows kept), and the files are read through the one JSONL reader (runner.core.jsonl).
+Tolerant reading (a file cut off by a killed process) skips and counts a row that is not valid JSON or does not fit
+the schema; strict reading makes it a UserError naming file and line.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ class MetricsRow(Record):
     """One trainer logging step (rank 0). trl's reward metrics (rewards/chosen, eval_rewards/margins, reward, ...)
     are kept under trl's own names beside the named fields, as numbers."""
 
+    VERSION: ClassVar[int] = 1
     model_config = ConfigDict(extra="allow")
     __pydantic_extra__: dict[str, float] = Field(init=False)
 
@@ -64,6 +67,7 @@ class SampleRow(Record):
     tokens (scores.perplexity); lm-eval's own tasks: response and scores. Rows written by other tools may carry
     their scores flat beside the text (numbers), which `score_values` reads."""
 
+    VERSION: ClassVar[int] = 1
     model_config = ConfigDict(extra="allow")
 
     doc_id: Any = None

@@ -1,4 +1,4 @@
-"""The generated text-to-SQL demo data (runner.sqldemo) and the SQL metrics (runner.sql_metrics)."""
+"""The generated text-to-SQL demo data (tools/sqldemo.py) and the SQL metrics that score it (runner/metrics/sql.py)."""
 from __future__ import annotations
 
 import json
