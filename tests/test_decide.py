@@ -293,6 +293,7 @@ def test_suite_without_gates_is_exit_2(gated, run_cli):
     make_run("tiny-cpu", "r", _rows(*_scores(8, 0.5)), suite="heldout-qa")
     code, _, err = _gate(run_cli)
     assert code == 2 and "declares no gates" in err
+    assert "evaluated with suite 'heldout-qa'" in err and "recipe eval tiny-cpu@r eval.suite=NAME" in err
 
 
 # ---------------------------------------------------------------- seeds and determinism (the files)

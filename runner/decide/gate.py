@@ -68,8 +68,11 @@ def judge(candidate: Side, baseline: Side | None) -> GateResult:
     (suite_name, version), = names
     suite = suites.load(suite_name, key="suite", where=paths.display(runs[0].run.summary_path))
     if not suite.gates:
-        raise UserError(Problem(paths.display(suites.path_of(suite.name)), "gates", "the suite declares no gates; add "
-                                "e.g. `gates: {rouge_l: {max_drop: 0.02}}` (see `recipe gate --help`)"))
+        run = runs[0].run
+        raise UserError(Problem(paths.display(suites.path_of(suite.name)), "gates", f"the suite declares no gates; "
+                                f"{candidate.label} was evaluated with suite {suite.name!r}: gate it on a suite of "
+                                "your workspace that declares some (e.g. `gates: {rouge_l: {max_drop: 0.02}}`), "
+                                f"evaluated first: recipe eval {run.path.parent.name}@{run.run_id} eval.suite=NAME"))
     needs_baseline = [m for m, g in suite.gates.items() if g.max_drop is not None]
     if needs_baseline and baseline is None:
         raise UserError(Problem(paths.display(suites.path_of(suite.name)), f"gates.{needs_baseline[0]}",
