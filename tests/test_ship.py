@@ -136,12 +136,12 @@ def test_card_reads_tokenizer_tokens_from_the_files_as_transformers_loads_them(t
               "legacy": folder("legacy", base, files={"special_tokens_map.json": '{"eos_token": "<|im_end|>"}'}),
               "objects": folder("objects", base | {"eos_token": {"__type": "AddedToken", "content": "<|im_end|>"}})}
     for name, path in read.items():
-        assert card._tokens_from_files(path) == resolve.tokenizer_tokens(path), name
-    assert card.tokenizer_tokens(read["both"]).chat_template == "from the file"
+        assert resolve.tokenizer_tokens_from_files(path) == resolve.tokenizer_tokens(path), name
+    assert resolve.tokenizer_tokens_read(read["both"]).chat_template == "from the file"
     for name, path in loaded.items():
-        assert card._tokens_from_files(path) is None, name
-        assert card.tokenizer_tokens(path) == resolve.tokenizer_tokens(path), name
-    assert card.tokenizer_tokens(loaded["legacy"]).eos_token == "<|im_end|>"
+        assert resolve.tokenizer_tokens_from_files(path) is None, name
+        assert resolve.tokenizer_tokens_read(path) == resolve.tokenizer_tokens(path), name
+    assert resolve.tokenizer_tokens_read(loaded["legacy"]).eos_token == "<|im_end|>"
 
 
 def test_card_lists_hub_datasets_only():

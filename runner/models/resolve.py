@@ -201,6 +201,35 @@ def tokenizer_tokens(model_dir: Path, tokenizer=None) -> TokenizerTokens:
                            chat_template=template)
 
 
+def tokenizer_tokens_from_files(folder: Path) -> TokenizerTokens | None:
+    """A generic fast tokenizer's BOS/EOS and chat template read from its files as transformers reads them
+    (tokenizer_config.json; chat_template.jinja over the config's chat_template), without building the tokenizer:
+    that imports transformers and torch, seconds at the end of every `recipe train`. None where more decides them
+    (a tokenizer class of its own, a legacy special_tokens_map.json, named templates, token objects): load it."""
+    try:
+        config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if (not isinstance(config, dict) or config.get("tokenizer_class") not in GENERIC_TOKENIZER_CLASSES
+            or not (folder / "tokenizer.json").is_file()
+            or any((folder / name).exists() for name in ("special_tokens_map.json", "additional_chat_templates"))):
+        return None
+    bos, eos, template = config.get("bos_token"), config.get("eos_token"), config.get("chat_template")
+    template_file = folder / "chat_template.jinja"
+    try:
+        template = template_file.read_text(encoding="utf-8") if template_file.is_file() else template
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not all(value is None or isinstance(value, str) for value in (bos, eos, template)):
+        return None
+    return TokenizerTokens(bos_token=bos or "", eos_token=eos or "", chat_template=template)
+
+
+def tokenizer_tokens_read(folder: Path) -> TokenizerTokens:
+    """tokenizer_tokens(folder), read from the files where they say it all (no transformers import), else loaded."""
+    return tokenizer_tokens_from_files(folder) or tokenizer_tokens(folder)
+
+
 def model_fingerprint(model_dir: Path) -> str:
     """sha256 over config.json and the tokenizer files: a cache key for data prepared for this model."""
     digest = hashlib.sha256()

@@ -10,7 +10,6 @@ vs fine-tuned), how to load and prompt the model in its own template, the traini
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,6 @@ from runner.core.console import say
 from runner.core.errors import UserError
 from runner.models import resolve
 from runner.recipe.schema import Recipe
-from runner.recipe.templates import TokenizerTokens
 from runner.report import plots
 from runner.report.cells import cell, code, duration, fenced, fmt, interval, p_value, table
 from runner.report.markdown import lower_is_better  # the report's rule: card and report agree
@@ -230,42 +228,13 @@ def _results(s: Subject, written: dict[str, str]) -> str:
     return "\n\n".join(parts)
 
 
-def _tokens_from_files(folder: Path) -> TokenizerTokens | None:
-    """A generic fast tokenizer's BOS/EOS and chat template read from its files as transformers reads them
-    (tokenizer_config.json; chat_template.jinja over the config's chat_template), without building the tokenizer:
-    that imports transformers and torch, seconds at the end of every `recipe train`. None where more decides them
-    (a tokenizer class of its own, a legacy special_tokens_map.json, named templates, token objects): load it."""
-    try:
-        config = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if (not isinstance(config, dict) or config.get("tokenizer_class") not in resolve.GENERIC_TOKENIZER_CLASSES
-            or not (folder / "tokenizer.json").is_file()
-            or any((folder / name).exists() for name in ("special_tokens_map.json", "additional_chat_templates"))):
-        return None
-    bos, eos, template = config.get("bos_token"), config.get("eos_token"), config.get("chat_template")
-    template_file = folder / "chat_template.jinja"
-    try:
-        template = template_file.read_text(encoding="utf-8") if template_file.is_file() else template
-    except (OSError, UnicodeDecodeError):
-        return None
-    if not all(value is None or isinstance(value, str) for value in (bos, eos, template)):
-        return None
-    return TokenizerTokens(bos_token=bos or "", eos_token=eos or "", chat_template=template)
-
-
-def tokenizer_tokens(folder: Path) -> TokenizerTokens:
-    """runner.models.resolve.tokenizer_tokens(folder), read from the files where they say it all."""
-    return _tokens_from_files(folder) or resolve.tokenizer_tokens(folder)
-
-
 def _example_prompt(s: Subject) -> str | None:
     """One user turn rendered by the recipe's template, exactly as `recipe generate` and eval send it."""
     from runner.evaluate.generate import render_prompt
 
     for folder in (s.folder, Path(s.manifest.base_model_dir)):
         try:
-            tokens = tokenizer_tokens(folder)
+            tokens = resolve.tokenizer_tokens_read(folder)
         except Exception:  # noqa: BLE001 - any tokenizer that does not load here: try the next folder
             continue
         try:
