@@ -5,9 +5,10 @@ runner.evaluate never import runner.ship), so `recipe train` and `recipe eval` c
                      and its card)
   warm_up()          imports what after_train uses, for `recipe train` to do while the trainer starts up
   after_eval(run)    the model cards (model/, merged/) again, with eval/summary.json's results as their model-index
+  merge_with_card    run/merged/ with its card (`recipe merge`, and after_train)
 
-Code that runs the stages itself (runner.train.launch.train, runner.evaluate.run_suite.evaluate) calls these too,
-to get what the verbs give.
+A caller of runner.train.launch.train or runner.evaluate.run_suite.evaluate that wants what the verbs give (the
+tests' shared trained run does) calls these after it.
 """
 from __future__ import annotations
 
