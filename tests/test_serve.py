@@ -230,7 +230,19 @@ def test_the_server_answers_the_openai_client_as_generate_does(own_trained_run):
         assert refused.value.status_code == 400 and "the model's context is 512 tokens" in refused.value.message
         with pytest.raises(openai.BadRequestError, match="ask for at most"):
             client.chat.completions.create(model="tiny-cpu", messages=chat, max_tokens=600)
+        # a caller's stop string ends the answer before it, as OpenAI's API does, whole, streamed and as a completion
+        cut = next(i for i, c in enumerate(expected) if i and not c.isspace() and expected.index(c) == i)
+        stop, before = expected[cut], expected[:cut]
+        stopped = client.chat.completions.create(model="tiny-cpu", messages=chat, temperature=0, max_tokens=limit,
+                                                 stop=[stop])
+        assert stopped.choices[0].message.content == before and stopped.choices[0].finish_reason == "stop"
+        streamed = list(client.chat.completions.create(model="tiny-cpu", messages=chat, temperature=0,
+                                                       max_tokens=limit, stop=stop, stream=True))
+        assert "".join(c.choices[0].delta.content or "" for c in streamed).strip() == before.strip()
         rendered = render_prompt(own_trained_run.recipe(), question, TOKENS)
+        completed = client.completions.create(model="tiny-cpu", prompt=rendered, temperature=0, max_tokens=limit,
+                                              stop=[stop])
+        assert completed.choices[0].text.strip() == before.strip()
         completion = client.completions.create(model="tiny-cpu", prompt=rendered, temperature=0, max_tokens=4)
         assert completion.usage.completion_tokens <= 4 and process.poll() is None  # still up after the 400
     finally:

@@ -5,7 +5,9 @@ test points HF_ENDPOINT at a closed port on 127.0.0.1, so the request is really 
 from __future__ import annotations
 
 import base64
+import hashlib
 import http.server
+import io
 import json
 import os
 import secrets
@@ -26,6 +28,7 @@ from runner.train import engine
 ROOT = Path(__file__).resolve().parent.parent
 REPO = "me/tiny-cpu-lora"
 EVAL = ["eval.max_items=4", "eval.max_new_tokens=8"]
+ADAPTER = ["--no-merged", "publish.base_model=org/tiny-base"]  # the adapter alone, its base named by a hub id
 
 
 def _card_in(out: str) -> ModelCard:
@@ -154,7 +157,7 @@ def test_publish_dry_run_lists_every_file_and_the_card(own_trained_run, run_cli)
     run = own_trained_run
     folder = run.path / "model"
     before = {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
-    code, out, err = run_cli("publish", "tiny-cpu", "--repo-id", REPO, "--dry-run",
+    code, out, err = run_cli("publish", "tiny-cpu", "--repo-id", REPO, "--dry-run", "--no-merged",
                              "publish.base_model=HuggingFaceTB/SmolLM2-135M-Instruct", "publish.license=apache-2.0")
     assert code == 0, err
     assert f"to https://huggingface.co/{REPO}" in out and "LoRA adapter" in out
@@ -174,15 +177,18 @@ def test_publish_dry_run_lists_every_file_and_the_card(own_trained_run, run_cli)
     assert "token: not set" in out or "token: HF_TOKEN is set" in out
     assert before == {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}  # nothing written
 
-    code, _, err = run_cli("publish", "tiny-cpu", "--repo-id", REPO, "--merged", "--dry-run")
-    assert code == 2 and "recipe merge tiny-cpu" in err  # nothing merged yet
+    assert "a local model that `publish.base_model` names as HuggingFaceTB/SmolLM2-135M-Instruct" in published.text
+    # the adapter alone, its base a local folder and no hub id for it: it would load nowhere else
+    code, _, err = run_cli("publish", "tiny-cpu", "--repo-id", REPO, "--no-merged", "--dry-run")
+    assert code == 2 and "publish.base_model=ORG/NAME" in err and "is not a hub model" in err
+    assert before == {p: (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")}
 
 
 @pytest.mark.model
 def test_publish_offline_says_what_it_tried_and_never_shows_the_token(own_trained_run, tmp_path):
     token = f"hf_planted{secrets.token_hex(16)}"
     endpoint = f"http://127.0.0.1:{_closed_port()}"
-    result = _cli(["publish", "tiny-cpu", "--repo-id", REPO, "--private"], tmp_path, HF_TOKEN=token,
+    result = _cli(["publish", "tiny-cpu", "--repo-id", REPO, "--private", *ADAPTER], tmp_path, HF_TOKEN=token,
                   HF_ENDPOINT=endpoint)
     assert result.returncode == 2, result.stderr
     assert f"{endpoint}/{REPO}" in result.stderr and "create_repo" in result.stderr
@@ -191,7 +197,8 @@ def test_publish_offline_says_what_it_tried_and_never_shows_the_token(own_traine
     written = [p for root in (own_trained_run.path, tmp_path) for p in root.rglob("*") if p.is_file()]
     assert own_trained_run.path / "logs" / "publish.log" in written
     assert not [p for p in written if token.encode() in p.read_bytes()]
-    offline = _cli(["publish", "tiny-cpu", "--repo-id", REPO], tmp_path, HF_TOKEN=token, HF_HUB_OFFLINE="1")
+    offline = _cli(["publish", "tiny-cpu", "--repo-id", REPO, *ADAPTER], tmp_path, HF_TOKEN=token,
+                   HF_HUB_OFFLINE="1")
     assert offline.returncode == 2 and "HF_HUB_OFFLINE is set" in offline.stderr and token not in offline.stderr
 
 
@@ -237,12 +244,13 @@ def test_publish_commits_exactly_the_dry_run_list(own_trained_run, tmp_path):
     _FakeHub.refuse_card = False
     endpoint = f"http://127.0.0.1:{server.server_address[1]}"
     try:
-        dry = _cli(["publish", "tiny-cpu", "--repo-id", REPO, "--dry-run"], tmp_path, HF_ENDPOINT=endpoint)
-        real = _cli(["publish", "tiny-cpu", "--repo-id", REPO, "--private"], tmp_path, HF_TOKEN=token,
+        dry = _cli(["publish", "tiny-cpu", "--repo-id", REPO, "--dry-run", *ADAPTER], tmp_path, HF_ENDPOINT=endpoint)
+        real = _cli(["publish", "tiny-cpu", "--repo-id", REPO, "--private", *ADAPTER], tmp_path, HF_TOKEN=token,
                     HF_ENDPOINT=endpoint)
         calls = list(_FakeHub.calls)
         _FakeHub.refuse_card = True
-        refused = _cli(["publish", "tiny-cpu", "--repo-id", REPO], tmp_path, HF_TOKEN=token, HF_ENDPOINT=endpoint)
+        refused = _cli(["publish", "tiny-cpu", "--repo-id", REPO, *ADAPTER], tmp_path, HF_TOKEN=token,
+                       HF_ENDPOINT=endpoint)
     finally:
         server.shutdown()
     assert dry.returncode == 0 and real.returncode == 0, dry.stderr + real.stderr
@@ -263,9 +271,111 @@ def test_publish_commits_exactly_the_dry_run_list(own_trained_run, tmp_path):
     assert files["README.md"] == (run.path / "model" / "README.md").read_bytes()  # the card, also written locally
     assert json.loads(calls[1][2])["content"] == files["README.md"].decode()  # what the hub's card check saw
     assert ModelCard(files["README.md"].decode()).data.library_name == "peft"
-    assert json.loads(files["adapter_config.json"])["base_model_name_or_path"] == "models/tiny-llama"  # not a path
+    assert json.loads(files["adapter_config.json"])["base_model_name_or_path"] == "org/tiny-base"  # not a path
     assert token not in real.stdout + real.stderr + refused.stdout + refused.stderr
     assert not [p for p in run.path.rglob("*") if p.is_file() and token.encode() in p.read_bytes()]
+
+
+class _ServingHub(_FakeHub):
+    """_FakeHub that keeps what a commit uploads and serves it back through the hub's download endpoints, as
+    huggingface_hub and transformers call them: GET /api/models/{repo}/revision/{rev} (the file list) and HEAD/GET
+    /{repo}/resolve/{rev}/{file} (X-Repo-Commit, ETag, Content-Length; a missing file is 404 EntryNotFound)."""
+
+    files: dict = {}
+    SHA = "0123abcd" * 5
+
+    def do_POST(self):  # noqa: N802 - http.server's naming
+        if self.path.split("?")[0].endswith("/commit/main"):
+            length = int(self.headers["Content-Length"])
+            body = self.rfile.read(length)
+            lines = [json.loads(line) for line in body.splitlines()]
+            _ServingHub.files.update({x["value"]["path"]: base64.b64decode(x["value"]["content"])
+                                      for x in lines if x["key"] == "file"})
+            self.rfile = io.BytesIO(body)  # read again by _FakeHub
+        super().do_POST()
+
+    def _found(self, head: bool):
+        path = self.path.split("?")[0]
+        if path.startswith(f"/api/models/{REPO}/revision/"):
+            data = json.dumps({"id": REPO, "sha": self.SHA, "siblings": [{"rfilename": name}
+                                                                          for name in sorted(self.files)]}).encode()
+            headers = {"Content-Type": "application/json"}
+        elif path.startswith(f"/{REPO}/resolve/") and path.split("/", 5)[5] in self.files:
+            data = self.files[path.split("/", 5)[5]]
+            headers = {"X-Repo-Commit": self.SHA, "ETag": f'"{hashlib.sha256(data).hexdigest()}"'}
+        else:
+            self.send_response(404)
+            self.send_header("X-Error-Code", "EntryNotFound")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_response(200)
+        for name, value in (headers | {"Content-Length": str(len(data))}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if not head:
+            self.wfile.write(data)
+
+    def do_GET(self):  # noqa: N802
+        self._found(head=False)
+
+    def do_HEAD(self):  # noqa: N802
+        self._found(head=True)
+
+
+LOAD_FROM_HUB = """
+import json, sys
+from transformers import AutoModelForCausalLM, AutoTokenizer
+repo, prompts, stop, limit = json.loads(sys.stdin.read())
+tokenizer = AutoTokenizer.from_pretrained(repo)
+model = AutoModelForCausalLM.from_pretrained(repo)
+answers = []
+for prompt in prompts:
+    inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False)
+    out = model.generate(**inputs, max_new_tokens=limit, do_sample=False, stop_strings=stop, tokenizer=tokenizer)
+    answers.append(tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True))
+print(json.dumps(answers))
+"""
+
+
+@pytest.mark.model
+def test_a_published_model_loads_from_the_hub_for_someone_else(own_trained_run, tmp_path):
+    """tiny-cpu's base is a local folder, so its adapter is published merged by default (merged first); a fresh
+    process with no access to the run (another working folder, its own HF_HOME) loads it from the hub by repo id
+    and gives the run's greedy answers; no uploaded file names a path of this machine."""
+    from runner.evaluate.generate import generate
+    from runner.metrics.registry import clean_generation
+
+    run, token = own_trained_run, f"hf_planted{secrets.token_hex(16)}"
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ServingHub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _ServingHub.files.clear()
+    _FakeHub.refuse_card = False
+    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    prompts, limit = ["Name a colour.", "What is two plus two?", "Say hello."], 8
+    try:
+        published = _cli(["publish", "tiny-cpu", "--repo-id", REPO], tmp_path, HF_TOKEN=token, HF_ENDPOINT=endpoint)
+        assert published.returncode == 0, published.stderr
+        assert "merging the adapter into its base first" in published.stderr
+        assert "is not a hub model" in published.stderr
+        expected = generate(run, prompts, max_new_tokens=limit)
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        environ = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "RECIPE_"))}
+        loaded = subprocess.run([sys.executable, "-c", LOAD_FROM_HUB], cwd=elsewhere, capture_output=True, text=True,
+                                input=json.dumps([REPO, [e["rendered"] for e in expected], run.manifest().stop,
+                                                  limit]),
+                                env=environ | {"HF_ENDPOINT": endpoint, "HF_HOME": str(elsewhere / "hf-home")},
+                                timeout=300)
+    finally:
+        server.shutdown()
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    assert "config.json" in _ServingHub.files and "adapter_config.json" not in _ServingHub.files  # merged
+    stop = run.manifest().stop  # the answers cleaned as `recipe generate` cleans its own
+    assert [clean_generation(a, stop) for a in json.loads(loaded.stdout)] == [e["finetuned"] for e in expected]
+    machine = [str(run.path), str(ROOT), str(Path(run.manifest().base_model_dir)), "pkg://", str(Path.home())]
+    leaks = {name: [m for m in machine if m.encode() in data] for name, data in _ServingHub.files.items()}
+    assert not {name: found for name, found in leaks.items() if found}
 
 
 def test_publish_needs_a_token(tmp_path):

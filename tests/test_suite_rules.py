@@ -15,7 +15,8 @@ from runner.models import tiny
 from tests.helpers import ROOT, ImportOnSessionStreams, unmarked_model_tests
 
 TESTS = ROOT / "tests"
-BUILTIN_MARKS = {"parametrize", "skip", "skipif", "xfail", "usefixtures", "filterwarnings"}
+BUILTIN_MARKS = {"parametrize", "skip", "skipif", "xfail", "usefixtures", "filterwarnings",
+                 "xdist_group"}  # pytest's own, and pytest-xdist's (helpers.schedule_for_workers)
 
 
 def _is_test_module(dotted: str) -> bool:

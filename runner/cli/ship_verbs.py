@@ -1,7 +1,7 @@
 """Verbs that ship a run's model: publish (the adapter or merged model with its model card, to the hub)."""
 from __future__ import annotations
 
-from runner.cli import targets
+from runner.cli import followups, targets
 from runner.core import console, paths
 
 
@@ -17,8 +17,16 @@ def cmd_publish(args) -> int:
     repo_id = publish.repo_id_for(current, args.repo_id)  # the current publish section is the one used
     recipe = publish.recipe_for_publish(run, current)
     log = run.log_path("publish")
+    merged = publish.publishes_merged(run, recipe, args.merged)
+    if publish.needs_merge(run, merged):
+        why = "" if args.merged or recipe.publish.merge_adapter else (
+            f" (its base, {run.manifest().base_model}, is not a hub model, so the adapter alone would load nowhere "
+            "else; --no-merged with publish.base_model=ORG/NAME publishes the adapter)")
+        console.say(f"merging the adapter into its base first{why}")
+        with console.third_party_to(run.log_path("merge"), args.verbose):
+            followups.merge_with_card(run)
     with console.third_party_to(log, args.verbose):  # huggingface_hub's and transformers' messages go to the log
-        plan = publish.plan(run, recipe, repo_id, args.merged, args.private)
+        plan = publish.plan(run, recipe, repo_id, merged, args.private)
     if args.dry_run:
         print(publish.describe(plan, token_set=publish.has_token()), end="")
         return 0
@@ -36,9 +44,10 @@ def register(verb, with_recipe) -> None:
     sub.add_argument("--repo-id", default=None, metavar="NAMESPACE/NAME",
                      help="the hub repo (default: publish.hub_model_id)")
     sub.add_argument("--merged", action="store_true", default=None,
-                     help="the merged model in merged/ (default when publish.merge_adapter; `recipe merge` makes it)")
-    sub.add_argument("--no-merged", dest="merged", action="store_false", help="the adapter in model/, even when "
-                     "publish.merge_adapter is set")
+                     help="the merged model in merged/, merged first when missing (the default when "
+                     "publish.merge_adapter is set or the adapter's base is not a hub model)")
+    sub.add_argument("--no-merged", dest="merged", action="store_false",
+                     help="the adapter in model/ (its base must be a hub model, or named by publish.base_model)")
     sub.add_argument("--private", action="store_true", help="create the repo private (an existing repo keeps its "
                      "visibility)")
     sub.add_argument("--dry-run", action="store_true", help="list every file and its size and print the model card; "

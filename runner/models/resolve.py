@@ -123,6 +123,19 @@ def hub_snapshot(repo_id: str, revision: str = "main", local: Path | None = None
     return _checked_dir(folder)
 
 
+def gguf_file_type(base: str) -> str | None:
+    """The weight type of the .gguf file a model.base names (pkg:// or a local path) as llama.cpp names it (Q4_1,
+    Q8_0, F16...), read from the file's own metadata; None when it cannot be read."""
+    import gguf
+
+    try:
+        path = package_file(base) if base.startswith(PKG) else paths.resolve_local(base)
+        field = gguf.GGUFReader(path).get_field("general.file_type")
+        return gguf.LlamaFileType(int(field.contents())).name.removeprefix("MOSTLY_") if field else None
+    except (UserError, OSError, ValueError, KeyError):
+        return None
+
+
 def gguf_target(gguf: Path) -> Path:
     """Where convert_gguf writes (or wrote) the Hugging Face copy of a .gguf file: cache_dir()/models/gguf-<sha16>/."""
     return paths.cache_dir() / "models" / f"gguf-{_sha256(gguf)[:16]}"

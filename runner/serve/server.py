@@ -3,7 +3,7 @@
 transformers serve (transformers.cli.serving) does the serving: /v1/models, /v1/chat/completions (streaming
 too), /v1/completions, /health; it formats chats with the folder's chat template, stops at the generation
 config's stop strings and cuts answers with the tokenizer's response template (runner.serve.folder). Its app is
-built here rather than through the `transformers serve` command for four things the command cannot do, each
+built here rather than through the `transformers serve` command for what the command cannot do, each
 through the classes its `Serve` command composes (and FastAPI's own hooks):
 
 - the model is offered under the recipe's name: `RunModels` (a `ModelManager`) loads run/serve/ for that name
@@ -13,7 +13,9 @@ through the classes its `Serve` command composes (and FastAPI's own hooks):
 - the port is bound before the model loads, so a port in use is a clear error at once;
 - errors go out in OpenAI's shape, so OpenAI clients show their message (an exception handler on the app);
 - the model loads and generates as `recipe generate` and eval do (runner.models.numerics): its LoRA adapter in
-  float32 (transformers' own loading would round it to the model's bf16), autocast off, the same threads.
+  float32 (transformers' own loading would round it to the model's bf16), autocast off, the same threads;
+- an answer ends before the caller's `stop` string, as OpenAI's API returns it (runner.serve.stops), where
+  transformers serve keeps the stop string.
 """
 from __future__ import annotations
 
@@ -126,7 +128,7 @@ def _classes():
             except jinja2.TemplateError as err:
                 bad(f"the recipe's template cannot render these messages: {err}")
             fit(self, body, model, len(processor(text, add_special_tokens=False)["input_ids"]))
-            return await super().handle_request(body, request_id)
+            return cut_at_stops(await super().handle_request(body, request_id), body)
 
     class CompletionsHandler(CompletionHandler):
         async def handle_request(self, body: dict, request_id: str):
@@ -136,9 +138,29 @@ def _classes():
             if not isinstance(prompt, str):
                 bad("prompt must be a string")
             fit(self, body, model, len(getattr(processor, "tokenizer", processor)(prompt)["input_ids"]))
-            return await super().handle_request(body, request_id)
+            return cut_at_stops(await super().handle_request(body, request_id), body)
 
     return RunModels, ChatHandler, CompletionsHandler
+
+
+def cut_at_stops(response, body: dict):
+    """The response with its answers ending before the request's first `stop` string, as OpenAI's API returns them
+    (transformers serve keeps the stop string): a whole JSON answer is rewritten, a stream filtered as it goes."""
+    import json
+
+    from fastapi.responses import JSONResponse, StreamingResponse
+
+    from runner.serve import stops
+
+    wanted = stops.stops_of(body)
+    if not wanted:
+        return response
+    if isinstance(response, StreamingResponse):
+        response.body_iterator = stops.cut_stream(response.body_iterator, wanted)
+        return response
+    if isinstance(response, JSONResponse) and response.status_code == 200:
+        return JSONResponse(stops.cut_response(json.loads(response.body), wanted))
+    return response
 
 
 def load(served: Served):

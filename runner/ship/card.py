@@ -63,13 +63,18 @@ def subject(run: RunDir, recipe: Recipe | None = None, merged: bool = False, rep
     return Subject(run, manifest, recipe, summary, merged, folder, repo_id)
 
 
+def base_is_hub(manifest: Manifest) -> bool:
+    """Whether the base the run trained on is a hub model as it is (read from the hub cache), not a local folder or a
+    GGUF file's dequantized weights."""
+    cached_as = f"models--{manifest.base_model.replace('/', '--')}"
+    return cached_as in Path(manifest.base_model_dir).parts
+
+
 def base_model_id(manifest: Manifest, recipe: Recipe) -> str | None:
     """The base model's hub id: publish.base_model, or model.base when it was read from the hub cache."""
     if recipe.publish.base_model:
         return recipe.publish.base_model
-    base = manifest.base_model
-    cached_as = f"models--{base.replace('/', '--')}"
-    return base if cached_as in Path(manifest.base_model_dir).parts else None
+    return manifest.base_model if base_is_hub(manifest) else None
 
 
 def base_license(manifest: Manifest) -> dict:
@@ -195,6 +200,7 @@ def _intro(s: Subject) -> str:
                                    if lora else "")
     lines = [f"# {s.repo_id.rpartition('/')[2]}", f"{what} fine-tuned from {base} by recipe-runner, recipe "
              f"{code(recipe.name)} {recipe.version} (fingerprint {code(m.fingerprint[:12])}), run {code(m.run_id)}."
+             + (f" {_trained_on(m, hub)}" if hub and not base_is_hub(m) else "")
              + (f"\n\n> {cell(recipe.description, 0)}" if recipe.description else ""),
              f"- Method: {method}, {recipe.hardware.precision} on {recipe.hardware.profile}",
              f"- Prompt template: {code(recipe.data.template)}" + (f"; system prompt: {cell(recipe.data.system, 0)}"
@@ -203,6 +209,16 @@ def _intro(s: Subject) -> str:
     lines.append(f"- License: {code(licence)}" if licence else
                  "- License: not stated (set `publish.license`; the base model's terms apply)")
     return "\n\n".join(lines[:2]) + "\n\n" + "\n".join(lines[2:])
+
+
+def _trained_on(m: Manifest, hub: str) -> str:
+    """What the weights it trained on were, when the hub id names where they came from, not the weights themselves."""
+    if m.base_model.endswith(".gguf"):
+        kind = resolve.gguf_file_type(m.base_model)
+        return (f"It was trained on the dequantized weights of the GGUF file {code(m.base_model)}"
+                + (f" ({kind})" if kind else "") + f", a quantization of {hub}: those weights differ from "
+                f"{hub}'s own by the quantization error, which is why the model is published merged.")
+    return f"It was trained from {code(m.base_model)}, a local model that `publish.base_model` names as {hub}."
 
 
 def _results(s: Subject, written: dict[str, str]) -> str:

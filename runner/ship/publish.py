@@ -4,8 +4,12 @@ What goes up is decided here, listed by --dry-run and committed as exactly that 
 create_commit with a CommitOperationAdd per file (what upload_folder does with a folder's listing; here the listing
 is ours, so the upload is the dry run's list and no staging copy is made). The list is the folder's files minus
 checkpoints (checkpoint-*/), tensorboard's runs/, logs (*.log), the trainer's pickled arguments (training_args.bin)
-and hidden files; README.md is the card as built now (and is written to the folder too); an adapter's
-adapter_config.json names its base model by hub id (or by the recipe's model.base) instead of this machine's path.
+and hidden files; README.md is the card as built now (and is written to the folder too).
+
+What someone else downloads must load for them: an adapter's adapter_config.json names its base by hub id, never
+this machine's path. An adapter trained on a base that is not itself a hub model (a local folder, a GGUF file's
+dequantized weights) is published merged by default, since no hub model holds the weights it was trained on; an
+adapter published anyway needs `publish.base_model`, the hub model it came from, and its card says what differs.
 
 The token comes from HF_TOKEN (or huggingface_hub's stored login) and goes only to HfApi, never into a file, a log or
 a message: failures are reworded with it blanked out.
@@ -99,23 +103,42 @@ def hub_token() -> str:
     return token
 
 
-def plan(run: RunDir, recipe: Recipe, repo_id: str, merged: bool | None = None, private: bool = False) -> Plan:
+def publishes_merged(run: RunDir, recipe: Recipe, asked: bool | None = None) -> bool:
+    """Whether the merged model goes up rather than the adapter: --merged / --no-merged when given; else when
+    publish.merge_adapter says so, or when the adapter's base is not a hub model (nobody else could load it)."""
+    manifest = run.trained()
+    if asked is not None:
+        if asked and not manifest.adapter:
+            raise UserError(Problem(paths.display(run.path), "--merged", "this run is a full fine-tune: model/ is "
+                                    "already the whole model and there is no adapter to merge; publish without "
+                                    "--merged"))
+        return asked
+    return manifest.adapter and (recipe.publish.merge_adapter or not card.base_is_hub(manifest))
+
+
+def needs_merge(run: RunDir, merged: bool) -> bool:
+    """Whether the merged model is to be published and merged/ does not hold it yet (the verb merges first)."""
+    manifest = run.trained()
+    return merged and not (run.file(manifest.merged_dir or MERGED) / "config.json").is_file()
+
+
+def plan(run: RunDir, recipe: Recipe, repo_id: str, merged: bool, private: bool = False) -> Plan:
     """What publishing would upload: the folder, the card, every file with its size. Writes nothing."""
     manifest = run.trained()
     where = paths.display(run.path)
-    if merged is None:
-        merged = recipe.publish.merge_adapter and manifest.adapter
-    elif merged and not manifest.adapter:
-        raise UserError(Problem(where, "--merged", "this run is a full fine-tune: model/ is already the whole "
-                                "model and there is no adapter to merge; publish without --merged"))
     folder = run.file(manifest.merged_dir or MERGED) if merged else run.file(manifest.model_dir)
     if merged and not (folder / "config.json").is_file():
         raise UserError(Problem(where, "merged", f"no merged model in {paths.display(folder)}; run `recipe merge "
                                 f"{manifest.recipe} --run {manifest.run_id}` first, or publish the adapter with "
                                 "--no-merged"))
     subject = card.subject(run, recipe, merged, repo_id, folder)
+    base = card.base_model_id(manifest, recipe)
+    if subject.adapter and base is None:
+        raise UserError(Problem(where, "publish.base_model", f"the adapter's base, {manifest.base_model}, is not a "
+                                "hub model, so the adapter alone would load nowhere else; publish the merged model "
+                                "(without --no-merged), or name the hub model the base came from: "
+                                "publish.base_model=ORG/NAME"))
     text = str(card.build(subject))
-    base = card.base_model_id(manifest, recipe) or manifest.base_model
     what = "LoRA adapter" if subject.adapter else "merged model" if merged else "full model"
     return Plan(run, repo_id, endpoint(), private, merged, what, folder, text,
                 _files(folder, text, base if subject.adapter else None))
