@@ -46,7 +46,7 @@ test: setup ## ruff, lint-imports (the layers), the docs build, then the whole s
 test-fast: setup ## the edit loop (under a minute): ruff, lint-imports, then every test that runs no model and no trainer
 	$(VENV)/bin/ruff check runner tests bench tools
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q -m "not model and not slurm and not browser and not bench"
+	$(PY) -m pytest -q $(XDIST) -m "not model and not slurm and not browser and not bench"
 
 validate: setup ## validate every recipe and base under recipes/ (or recipe=NAME)
 	$(RECIPE) validate $(if $(filter command line,$(origin recipe)),$(recipe))

@@ -148,3 +148,29 @@ def test_candidates_that_cannot_be_had_are_exit_2_before_the_run_fails(evaluated
             run_suite.evaluate(run, _with_candidates(recipe, ["finetuned", entry]), suites.load("heldout-qa"))
         assert caught.value.problems[0].file == f"eval.candidates: {entry}"
         assert run.manifest().status != "failed"
+
+
+def test_the_merged_model_is_a_candidate_on_the_same_prompts(project, tmp_path, monkeypatch):
+    """`merged` scores run/merged/ on the fine-tuned model's own prompts; before `recipe merge` it is exit 2 naming
+    the command (eval never builds an artifact)."""
+    from runner.models.merge import merge
+
+    monkeypatch.setenv("RECIPE_RUNS_DIR", str(tmp_path / "runs"))  # a run of its own, merged below
+    run, recipe = make_eval_run()
+    recipe = _with_candidates(recipe, ["finetuned", "merged"])
+    with pytest.raises(UserError, match=f"run `recipe merge tiny-cpu@{run.run_id}` first") as caught:
+        run_suite.evaluate(run, recipe, suites.load("heldout-qa"))
+    assert caught.value.problems[0].file == "eval.candidates: merged" and run.manifest().status != "failed"
+    merge(run)
+    summary = run_suite.evaluate(run, recipe, suites.load("heldout-qa"))
+    merged = summary.candidates["merged"]
+    assert merged.kind == "merged" and merged.source == str(run.merged_path) and merged.template == recipe.data.template
+    assert not (run.path / "eval" / "tasks-merged").exists()  # the fine-tuned model's own task folder
+    ours, theirs = _answers(run, "finetuned"), _answers(run, "merged")
+    assert [a["prompt"] for a in ours] == [a["prompt"] for a in theirs]
+    # folded into the weights, the LoRA product rounds differently: on the random adapter's near-tied logits a greedy
+    # choice can tip, which is why the merged model is scored rather than assumed equal; most answers are the same
+    same = [a["prediction"] == b["prediction"] for a, b in zip(ours, theirs, strict=True)]
+    assert sum(same) >= len(same) // 2
+    assert set(merged.metrics) == set(summary.candidates["finetuned"].metrics)
+    assert all(len(m.ci95) == 2 for m in merged.metrics.values())  # paired against the reference, finetuned

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from runner.cli import targets
-from runner.core import paths
+from runner.core import console, paths
 from runner.core.errors import Problem, UserError
 from runner.recipe import loading
 from runner.runs import lookup
@@ -15,7 +15,10 @@ from runner.train.engine import TARGETS
 def cmd_tiny_model(args) -> int:
     from runner.models import tiny
 
-    print(paths.display(tiny.build(args.out)))  # None: models/tiny-llama
+    log = paths.cache_dir() / "logs" / "tiny-model.log"  # torch's and transformers' warnings, not the terminal
+    with console.third_party_to(log, args.verbose):
+        built = tiny.build(args.out)  # None: models/tiny-llama
+    console.result(paths.display(built) + "\n")
     return 0
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner.core.errors import Problem, UserError
-from runner.recipe.candidates import BASE, DEFAULT, FINETUNED, Candidate
+from runner.recipe.candidates import BASE, DEFAULT, FINETUNED, MERGED, Candidate
 
 
 @dataclass(frozen=True)
@@ -33,12 +33,29 @@ def resolve(candidate: Candidate, run, manifest, recipe, dtype: str) -> Resolved
         args = harness.model_args(run, manifest, candidate.kind, recipe, dtype)
         source = manifest.base_model_dir if candidate.kind == BASE else str(run.file(manifest.model_dir))
         return Resolved(candidate, args, manifest.base_model_dir, template, system, source, True)
+    if candidate.kind == MERGED:
+        return _merged(candidate, run, manifest, recipe, dtype, where)
     if candidate.kind == "fewshot":
         args = harness.model_args(run, manifest, BASE, recipe, dtype)
         return Resolved(candidate, args, manifest.base_model_dir, template, system, manifest.base_model_dir, False)
     if candidate.kind == "run":
         return _other_run(candidate, recipe, dtype, where)
     return _model(candidate, recipe, dtype, where)
+
+
+def _merged(candidate: Candidate, run, manifest, recipe, dtype: str, where: str) -> Resolved:
+    """run/merged/: the same prompts as the fine-tuned model (its tokenizer is the adapter's); never merged here."""
+    from runner.core import paths
+
+    if not manifest.adapter:
+        raise UserError(Problem(where, "", "this run is a full fine-tune: there is no adapter to merge, its model/ is "
+                                "already what `finetuned` scores; drop merged from eval.candidates"))
+    folder = run.file(manifest.merged_dir or MERGED)
+    if not (folder / "config.json").is_file():
+        raise UserError(Problem(where, "", f"no merged model in {paths.display(folder)}; eval scores artifacts, it "
+                                f"never builds one: run `recipe merge {manifest.recipe}@{manifest.run_id}` first"))
+    args = {"pretrained": str(folder), "dtype": dtype, "trust_remote_code": recipe.model.trust_remote_code}
+    return Resolved(candidate, args, str(folder), recipe.data.template, recipe.data.system, str(folder), True)
 
 
 def _other_run(candidate: Candidate, recipe, dtype: str, where: str) -> Resolved:

@@ -37,11 +37,13 @@ def merge(run: rundir.RunDir, also: Callable[[Path], None] | None = None) -> Pat
 
 
 def merge_into(base_dir: Path, adapter_dir: Path, folder: Path) -> None:
-    """Save base_dir's model with adapter_dir's LoRA folded in, and the adapter's tokenizer, into folder."""
+    """Save base_dir's model with adapter_dir's LoRA folded in, and the adapter's tokenizer (the base's when the
+    adapter folder has none), into folder."""
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
     PeftModel.from_pretrained(base, adapter_dir).merge_and_unload().save_pretrained(folder)
-    AutoTokenizer.from_pretrained(adapter_dir).save_pretrained(folder)
+    tokenizer_dir = adapter_dir if (adapter_dir / "tokenizer_config.json").is_file() else base_dir
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(folder)

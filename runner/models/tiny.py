@@ -14,6 +14,7 @@ from pathlib import Path
 
 from runner.core import paths
 from runner.core.atomic import file_lock, staging_dir
+from runner.core.console import say
 from runner.core.errors import Problem, UserError
 
 STAMP = "tiny-model.json"
@@ -122,7 +123,7 @@ def build(out_dir: Path | None = None, corpus_files: list[Path] | None = None) -
     with file_lock(out_dir.parent / f".{out_dir.name}.lock"):
         if _current(out_dir, want):  # another process built it while we waited
             return out_dir
-        print(f"building tiny model in {paths.display(out_dir)} (a few seconds)", file=sys.stderr, flush=True)
+        say(f"building tiny model in {paths.display(out_dir)} (a few seconds)")
         with staging_dir(out_dir) as tmp, redirect_stdout(sys.stderr):  # deepspeed logs to stdout on save
             tokenizer = _tokenizer(corpus_files)
             tokenizer.save_pretrained(tmp)

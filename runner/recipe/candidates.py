@@ -3,6 +3,8 @@
 A candidate is written in a recipe's `eval.candidates` or a suite's `candidates` as
   base                  the run's base model, zero-shot, in the recipe's template
   finetuned             this run's model (always evaluated: it is the run)
+  merged                this run's adapter merged into its base (run/merged/, written by `recipe merge`): what
+                        `recipe publish` uploads for a base no hub model holds, scored on the same prompts
   base+fewshot:K        the base model with K examples from the train split as prior turns (runner.evaluate.fewshot)
   run:RECIPE[@RUN_ID]   another recipe's trained model (its latest run, or RUN_ID), on THIS run's items
   anything else         a model: hub id | local dir | .gguf | pkg://, in the recipe's template
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 
 from runner.core.errors import Problem, UserError
 
-BASE, FINETUNED = "base", "finetuned"
+BASE, FINETUNED, MERGED = "base", "finetuned", "merged"
 DEFAULT = (BASE, FINETUNED)
 _FEWSHOT = re.compile(r"^base\+fewshot:(\d+)$")
 _RUN = re.compile(r"^run:([a-z0-9][a-z0-9._-]*)(?:@([A-Za-z0-9._-]+))?$")
@@ -28,7 +30,7 @@ MAX_SHOTS = 32
 @dataclass(frozen=True)
 class Candidate:
     label: str  # as written (the table's column); `slug` names its files
-    kind: str  # base | finetuned | fewshot | run | model
+    kind: str  # base | finetuned | merged | fewshot | run | model
     shots: int = 0
     recipe: str | None = None  # run: the other recipe
     run_id: str | None = None  # run: a run id (None: its latest)
@@ -55,13 +57,13 @@ def parse(entry) -> Candidate:
         if template not in ("recipe", "tokenizer"):
             raise ValueError(f"candidate template {template!r}: use recipe or tokenizer")
         label = entry.get("label") or entry["model"]
-        if not isinstance(label, str) or label in DEFAULT:
+        if not isinstance(label, str) or label in (*DEFAULT, MERGED):
             raise ValueError(f"candidate label {label!r} is reserved or not a string; name it otherwise")
         return Candidate(label, "model", model=entry["model"].strip(), template=template)
     if not isinstance(entry, str) or not entry.strip():
         raise ValueError("a candidate is a non-empty string or a {model, label, template} mapping")
     text = entry.strip()
-    if text in DEFAULT:
+    if text in (*DEFAULT, MERGED):
         return Candidate(text, text)
     if text.startswith("base+"):
         match = _FEWSHOT.match(text)

@@ -16,6 +16,7 @@ def is_default(summary: EvalSummary) -> bool:
 
 def _describe(label: str, c: CandidateSummary) -> str:
     what = {"base": "base model, zero-shot", "finetuned": "this run's model",
+            "merged": "this run's adapter merged into its base (merged/)",
             "fewshot": f"base model, {fmt(c.shots)} examples from the train split",
             "run": f"another run: {c.source}", "model": f"model {c.source}"}.get(c.kind, str(c.kind))
     return f"{cell(label, 0)} ({cell(what, 0)}; template {cell(c.template, 0)})"

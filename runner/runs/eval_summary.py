@@ -31,7 +31,7 @@ class CandidateMetric(Interval):
 
 
 class CandidateSummary(Record):
-    kind: str  # base | finetuned | fewshot | run | model (runner.recipe.candidates)
+    kind: str  # base | finetuned | merged | fewshot | run | model (runner.recipe.candidates)
     slug: str  # its files: eval/samples-<slug>-<task>.jsonl, eval/results-<slug>.json
     source: str | None = None  # the model directory or run it answered with (None: not recorded, version 1)
     template: str | None = None
