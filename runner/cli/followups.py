@@ -32,13 +32,16 @@ def after_train(run: RunDir) -> RunDir:
 
 def warm_up() -> None:
     """Import what writes the model card (matplotlib for its plots, huggingface_hub's ModelCard, the prompt
-    templates: most of a second) while the trainer starts, rather than after it ends. Never fails: an import that
-    fails here fails again in after_train, which says so."""
+    templates: most of a second) and warm matplotlib's fonts while the trainer starts, rather than after it ends.
+    Never fails: an import that fails here fails again in after_train, which says so."""
     try:
         from huggingface_hub import EvalResult, ModelCard, ModelCardData  # noqa: F401 - card.py imports them lazily
 
         from runner.evaluate import generate  # noqa: F401 - the card's example prompt
+        from runner.report import plots
         from runner.ship import card  # noqa: F401
+
+        plots.warm()
     except Exception:  # noqa: BLE001 - only a head start
         pass
 

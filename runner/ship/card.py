@@ -200,7 +200,7 @@ def _intro(s: Subject) -> str:
                                    if lora else "")
     lines = [f"# {s.repo_id.rpartition('/')[2]}", f"{what} fine-tuned from {base} by recipe-runner, recipe "
              f"{code(recipe.name)} {recipe.version} (fingerprint {code(m.fingerprint[:12])}), run {code(m.run_id)}."
-             + (f" {_trained_on(m, hub)}" if hub and not base_is_hub(m) else "")
+             + (f" {_trained_on(m, hub, s.adapter)}" if hub and not base_is_hub(m) else "")
              + (f"\n\n> {cell(recipe.description, 0)}" if recipe.description else ""),
              f"- Method: {method}, {recipe.hardware.precision} on {recipe.hardware.profile}",
              f"- Prompt template: {code(recipe.data.template)}" + (f"; system prompt: {cell(recipe.data.system, 0)}"
@@ -211,13 +211,16 @@ def _intro(s: Subject) -> str:
     return "\n\n".join(lines[:2]) + "\n\n" + "\n".join(lines[2:])
 
 
-def _trained_on(m: Manifest, hub: str) -> str:
-    """What the weights it trained on were, when the hub id names where they came from, not the weights themselves."""
+def _trained_on(m: Manifest, hub: str, adapter: bool) -> str:
+    """What the weights it trained on were, when publish.base_model names where they came from, not those weights."""
     if m.base_model.endswith(".gguf"):
         kind = resolve.gguf_file_type(m.base_model)
+        what = ("so on " + hub + "'s own weights this adapter answers slightly otherwise than it was evaluated; the "
+                "merged model holds the weights it trained on" if adapter else
+                "so the model is published merged: the weights it trained on, with the adapter folded in")
         return (f"It was trained on the dequantized weights of the GGUF file {code(m.base_model)}"
-                + (f" ({kind})" if kind else "") + f", a quantization of {hub}: those weights differ from "
-                f"{hub}'s own by the quantization error, which is why the model is published merged.")
+                + (f" ({kind})" if kind else "") + f", a quantization of {hub}, which differ from {hub}'s own by "
+                f"the quantization error: {what}.")
     return f"It was trained from {code(m.base_model)}, a local model that `publish.base_model` names as {hub}."
 
 
