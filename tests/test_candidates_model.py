@@ -143,11 +143,14 @@ def test_candidates_that_cannot_be_had_are_exit_2_before_the_run_fails(evaluated
     cases = [("run:no-such-recipe", "has no runs yet"), ("run:tiny-cpu@20990101-000000-nope", "unknown run"),
              ("models/no-such-model", "does not exist"), (str(no_tokenizer), "has no usable tokenizer"),
              (str(broken), "could not be loaded")]
+    summary = run.summary_path.read_bytes()
     for entry, message in cases:
         with pytest.raises(UserError, match=message) as caught:
             run_suite.evaluate(run, _with_candidates(recipe, ["finetuned", entry]), suites.load("heldout-qa"))
         assert caught.value.problems[0].file == f"eval.candidates: {entry}"
         assert run.manifest().status != "failed"
+        if entry != str(broken):  # found wanting before anything ran: the last eval is kept as it was
+            assert run.summary_path.read_bytes() == summary, entry
 
 
 def test_the_merged_model_is_a_candidate_on_the_same_prompts(project, tmp_path, monkeypatch):

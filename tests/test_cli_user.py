@@ -2,6 +2,8 @@
 built on demand, figures for people, eval with the run's own recipe."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from runner import cli
@@ -62,6 +64,21 @@ def test_the_tiny_model_is_built_when_a_recipe_names_it(project, run_cli, monkey
     assert code == 0, err
     assert (project / "models" / "tiny-llama" / "config.json").is_file()
     assert "hf download" not in err
+
+
+@pytest.mark.model
+def test_recipe_tiny_model_shows_its_own_lines_and_logs_the_libraries(tmp_path):
+    import subprocess
+    import sys
+
+    env = os.environ | {"RECIPE_CACHE_DIR": str(tmp_path / "cache")}
+    out = tmp_path / "tm"
+    built = subprocess.run([sys.executable, "-m", "runner", "tiny-model", "--out", str(out)], capture_output=True,
+                           text=True, timeout=300, env=env, cwd=tmp_path)
+    assert built.returncode == 0, built.stderr[-2000:]
+    assert built.stdout.strip() == "tm" and (out / "config.json").is_file()
+    assert built.stderr.splitlines() == ["building tiny model in tm (a few seconds)"]  # torch's warnings: the log
+    assert (tmp_path / "cache" / "logs" / "tiny-model.log").is_file()
 
 
 @pytest.mark.model

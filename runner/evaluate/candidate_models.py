@@ -50,7 +50,7 @@ def _merged(candidate: Candidate, run, manifest, recipe, dtype: str, where: str)
     if not manifest.adapter:
         raise UserError(Problem(where, "", "this run is a full fine-tune: there is no adapter to merge, its model/ is "
                                 "already what `finetuned` scores; drop merged from eval.candidates"))
-    folder = run.file(manifest.merged_dir or MERGED)
+    folder = run.merged_path
     if not (folder / "config.json").is_file():
         raise UserError(Problem(where, "", f"no merged model in {paths.display(folder)}; eval scores artifacts, it "
                                 f"never builds one: run `recipe merge {manifest.recipe}@{manifest.run_id}` first"))

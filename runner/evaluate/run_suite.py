@@ -81,11 +81,16 @@ def _load(resolved: candidate_models.Resolved, device: str, recipe):
                                 "save_pretrained, a .gguf file, pkg:// or a hub id in the cache")) from None
 
 
-def _measure(run, recipe, suite: Suite, manifest, timings: dict) -> EvalSummary:
-    say(f"eval: suite {suite.name} {suite.version}")
+def _resolve(run, recipe, suite: Suite, manifest) -> tuple[list[candidate_models.Resolved], str]:
+    """Every candidate found (its model, its run) before anything runs or any earlier result is cleared."""
     listed, reference = candidates.for_eval(recipe, suite)
-    device, dtype = harness.device_and_dtype(recipe)
-    resolved = [candidate_models.resolve(c, run, manifest, recipe, dtype) for c in listed]  # all found before any runs
+    _, dtype = harness.device_and_dtype(recipe)
+    return [candidate_models.resolve(c, run, manifest, recipe, dtype) for c in listed], reference
+
+
+def _measure(run, recipe, suite: Suite, resolved: list[candidate_models.Resolved], reference: str,
+             timings: dict) -> EvalSummary:
+    device, _ = harness.device_and_dtype(recipe)
     heldout = None
     if suite.metrics or suite.judge:
         say(f"eval: writing lm-eval tasks for the held-out split to {paths.display(tasks.tasks_dir(run))}")
@@ -117,9 +122,11 @@ def evaluate(run, recipe, suite: Suite | None = None) -> EvalSummary:
     manifest = run.trained()
     started = time.monotonic()
     timings = dict(manifest.timings)
+    say(f"eval: suite {suite.name} {suite.version}")
     try:
+        resolved, reference = _resolve(run, recipe, suite, manifest)  # a bad candidate leaves the last eval as it was
         _clear(run)
-        summary = _measure(run, recipe, suite, manifest, timings)
+        summary = _measure(run, recipe, suite, resolved, reference, timings)
         summary.write(run.summary_path)
     except UserError:
         raise  # a candidate or judge prompt the user must fix: the run stays as it was (trained)

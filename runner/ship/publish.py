@@ -26,7 +26,7 @@ from runner.core import paths
 from runner.core.atomic import write_text_atomic
 from runner.core.errors import Problem, UserError
 from runner.recipe.schema import Recipe
-from runner.runs.rundir import MERGED, RunDir
+from runner.runs.rundir import RunDir
 from runner.ship import card
 
 SKIP_DIRS = ("checkpoint-*", "runs", ".*")
@@ -118,15 +118,14 @@ def publishes_merged(run: RunDir, recipe: Recipe, asked: bool | None = None) -> 
 
 def needs_merge(run: RunDir, merged: bool) -> bool:
     """Whether the merged model is to be published and merged/ does not hold it yet (the verb merges first)."""
-    manifest = run.trained()
-    return merged and not (run.file(manifest.merged_dir or MERGED) / "config.json").is_file()
+    return merged and not (run.merged_path / "config.json").is_file()
 
 
 def plan(run: RunDir, recipe: Recipe, repo_id: str, merged: bool, private: bool = False) -> Plan:
     """What publishing would upload: the folder, the card, every file with its size. Writes nothing."""
     manifest = run.trained()
     where = paths.display(run.path)
-    folder = run.file(manifest.merged_dir or MERGED) if merged else run.file(manifest.model_dir)
+    folder = run.merged_path if merged else run.file(manifest.model_dir)
     if merged and not (folder / "config.json").is_file():
         raise UserError(Problem(where, "merged", f"no merged model in {paths.display(folder)}; run `recipe merge "
                                 f"{manifest.recipe} --run {manifest.run_id}` first, or publish the adapter with "
