@@ -20,7 +20,7 @@ export DO_NOT_TRACK := 1
 # WANDB_MODE=online make ... logs live (needs WANDB_API_KEY and network), WANDB_MODE=disabled turns it off.
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast validate lock golden render show tiny-model prepare plan fit train merge eval generate report compare gate serve chat publish demo demo-dpo bench bench-check gpu-check gpu-check-wheels gpu-check-dry fuzz test-distributed test-slurm test-browser docs docs-serve docs-check
+.PHONY: help setup test test-fast validate lock golden render show tiny-model prepare plan fit train merge eval generate report compare gate serve chat export llama-cpp publish demo demo-dpo bench bench-check gpu-check gpu-check-wheels gpu-check-dry fuzz test-distributed test-slurm test-browser docs docs-serve docs-check
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -41,6 +41,7 @@ test: setup ## ruff, lint-imports (the layers), the docs build, then the whole s
 	$(MAKE) --no-print-directory docs-check
 	bash tests/slurm/cluster.sh install
 	bash tests/browser/install.sh
+	$(MAKE) --no-print-directory llama-cpp
 	$(PY) -m pytest -q $(XDIST) -m "not bench" --durations=15
 
 test-fast: setup ## the edit loop (under a minute): ruff, lint-imports, then every test that runs no model and no trainer
@@ -99,11 +100,17 @@ serve: setup ## serve recipe=NAME's latest run (or run=ID) behind an OpenAI-comp
 chat: setup ## a local web page: base and fine-tuned answers of recipe=NAME (run=ID) side by side (port=7860)
 	$(RECIPE) chat $(RUN) $(args) $(if $(port),--port $(port))
 
+export: setup ## export recipe=NAME's run (run=ID) as GGUF with llama.cpp (args="--quant f16 q8_0 q4_k_m", "--format merged")
+	$(RECIPE) export $(RUN) $(args)
+
+llama-cpp: setup ## install llama.cpp (llama-cpp-python built from source, about 4 min once) and its GGUF converter
+	$(PY) -m runner.models.llamacpp
+
 publish: setup ## upload recipe=NAME's run (run=ID) with its model card to the hub (args="--dry-run" lists the files)
 	$(RECIPE) publish $(RUN) $(args)
 
-demo: ## the CPU demo: SmolLM2-135M learns text-to-SQL (set-up if needed, train, evaluate, report)
-	$(MAKE) --no-print-directory recipe=smollm2-135m-sql-chatml train eval
+demo: ## the CPU demo: SmolLM2-135M learns text-to-SQL (set-up if needed, train, evaluate, gate, report)
+	$(MAKE) --no-print-directory recipe=smollm2-135m-sql-chatml train eval gate
 	@echo "report: runs/smollm2-135m-sql-chatml/latest/report.md"
 
 demo-dpo: setup ## after `make demo`: DPO from the SQL demo's SFT model on pairs made from its training questions; report base vs SFT vs DPO

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from runner.decide import gate, runs_select
 from runner.evaluate.run_suite import evaluate
 from runner.recipe import loading, suites
 from runner.report.markdown import write_report
@@ -39,7 +40,11 @@ def test_shortened_demo_end_to_end(session_dirs):
                              .readline())["prompt"]
     assert shot_prompt.count("<|im_start|>system") == 1 and shot_prompt.count("<|im_start|>user") == 4
     assert shot_prompt.count("<|im_start|>assistant") == 4 and shot_prompt.endswith("<|im_start|>assistant\n")
+    result = gate.judge(runs_select.resolve(f"smollm2-135m-sql-chatml@{run.run_id}"), None)  # the sql suite's gate
+    assert [(r.metric, r.rule, r.bound, r.n) for r in result.rows] == [("sql_execution", "min", 0.5, 4)]
+    gate.record(runs_select.resolve(f"smollm2-135m-sql-chatml@{run.run_id}"), result)
     report = write_report(run).read_text()
+    assert "## Gate: " in report and "| sql\\_execution | min 0.5 |" in report.split("## Gate: ", 1)[1]
     assert "sql\\_execution" in report or "sql_execution" in report
     assert "### Candidates" in report and "base+fewshot:3 (base model, 3 examples from the train split" in report
     assert "Δ vs finetuned (95% CI)" in report and run.file("plots", "candidates.png").is_file()

@@ -53,7 +53,7 @@ GROUPS = (
     ("plan and train", ("tiny-model", "fit", "plan", "train", "merge")),
     ("evaluate", ("eval", "generate", "report")),
     ("decide", ("compare", "gate")),
-    ("ship and serve", ("publish", "serve", "chat")),
+    ("ship and serve", ("export", "publish", "serve", "chat")),
 )
 
 

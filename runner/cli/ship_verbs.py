@@ -1,4 +1,5 @@
-"""Verbs that ship a run's model: publish (the adapter or merged model with its model card, to the hub)."""
+"""Verbs that ship a run's model: export (merged, GGUF with llama.cpp), publish (the adapter or merged model with its
+model card, to the hub)."""
 from __future__ import annotations
 
 from runner.cli import followups, targets
@@ -38,7 +39,36 @@ def cmd_publish(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from runner.runs.export_info import artifact_name
+    from runner.ship import export
+
+    run, _ = targets.finished_run(args, "export")
+    log = run.log_path("export")
+    if export.needs_merge(run):
+        console.say("export: merging the adapter into its base first (GGUF and merged are made from merged/)")
+        with console.third_party_to(run.log_path("merge"), args.verbose):
+            followups.merge_with_card(run)
+    if args.format == "merged":
+        info, names = export.export_merged(run), ["merged"]
+    else:
+        quants = list(dict.fromkeys(args.quant or ["q8_0"]))
+        with console.third_party_to(log, args.verbose):
+            info = export.export_gguf(run, quants, log)
+        names = [artifact_name("gguf", q) for q in quants]
+    print(f"exported {len(names)} artifact{'s' * (len(names) > 1)} of {paths.display(run.path)}:\n"
+          f"{export.describe(info, names)}\n  record: {paths.display(run.export_info_path)}")
+    return 0
+
+
 def register(verb, with_recipe) -> None:
+    from runner.runs.export_info import FORMATS, GGUF_QUANTS
+
+    sub = targets.with_run(verb("export", cmd_export, "export a run's model as it will be deployed: merged, or GGUF "
+                                "files through llama.cpp's converter and quantizer (-> run/export/, export.json)"))
+    sub.add_argument("--format", choices=FORMATS, default="gguf", help="merged (run/merged/) or gguf (default)")
+    sub.add_argument("--quant", nargs="+", choices=GGUF_QUANTS, default=None, metavar="QUANT",
+                     help=f"GGUF weight types, one file each: {', '.join(GGUF_QUANTS)} (default q8_0)")
     sub = targets.with_run(verb("publish", cmd_publish, "upload a run's LoRA adapter (or merged model) with its model "
                                 "card to the Hugging Face hub; the token comes from HF_TOKEN"))
     sub.add_argument("--repo-id", default=None, metavar="NAMESPACE/NAME",

@@ -28,18 +28,24 @@ class RunData:
     manifest: Manifest
     summary: EvalSummary
     samples: dict[str, list[SampleRow]] = field(default_factory=dict)  # task -> rows of the fine-tuned model
+    side: str = SIDE  # the candidate whose answers these are (a gate may name another: export:gguf-q8_0)
 
     @property
     def metrics(self) -> dict[str, CandidateMetric]:
-        """The run's own metrics: its fine-tuned model's (value), as summary.json's finetuned candidate holds them."""
-        own = self.summary.candidates.get(SIDE)
+        """The run's own metrics: its fine-tuned model's (value), as summary.json's finetuned candidate holds them
+        (or the named side's)."""
+        own = self.summary.candidates.get(self.side)
         return own.metrics if own is not None else {}
 
 
-def load_run(run: RunDir) -> RunData:
-    data = RunData(run, run.manifest(), EvalSummary.read(run.summary_path))
-    for task, path in run.samples_files(SIDE).items():
-        data.samples[task] = read_rows(path, SampleRow, strict=False)[0]
+def load_run(run: RunDir, side: str = SIDE) -> RunData:
+    """A run's summary and the per-item rows of one of its candidates (by label; default its fine-tuned model)."""
+    summary = EvalSummary.read(run.summary_path)
+    data = RunData(run, run.manifest(), summary, side=side)
+    slug = summary.candidates[side].slug if side in summary.candidates else SIDE
+    if side in summary.candidates or side == SIDE:
+        for task, path in run.samples_files(slug).items():
+            data.samples[task] = read_rows(path, SampleRow, strict=False)[0]
     return data
 
 

@@ -21,6 +21,21 @@ class Resolved:
     system: str | None
     source: str  # what it is, for the summary (a model path, a run directory)
     same_prompts: bool  # answers this run's own rendered prompts (no separate task folder)
+    engine: str = "transformers"  # what computes its answers: transformers | llama.cpp
+    size_bytes: int | None = None  # its weights on disk (an adapter: with its base's)
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")
+
+
+def weights_size(*places: str | Path) -> int | None:
+    """Bytes of the weight files in these folders (or of these files); None when there are none."""
+    total = 0
+    for place in map(Path, places):
+        files = [place] if place.is_file() else place.glob("*") if place.is_dir() else []
+        total += sum(f.stat().st_size for f in files if f.is_file() and f.name.endswith(WEIGHT_SUFFIXES)
+                     and f.name != "training_args.bin")
+    return total or None
 
 
 def resolve(candidate: Candidate, run, manifest, recipe, dtype: str) -> Resolved:
@@ -32,12 +47,16 @@ def resolve(candidate: Candidate, run, manifest, recipe, dtype: str) -> Resolved
     if candidate.kind in DEFAULT:
         args = harness.model_args(run, manifest, candidate.kind, recipe, dtype)
         source = manifest.base_model_dir if candidate.kind == BASE else str(run.file(manifest.model_dir))
-        return Resolved(candidate, args, manifest.base_model_dir, template, system, source, True)
+        size = weights_size(*{args["pretrained"], args.get("peft", args["pretrained"])})
+        return Resolved(candidate, args, manifest.base_model_dir, template, system, source, True, size_bytes=size)
     if candidate.kind == MERGED:
         return _merged(candidate, run, manifest, recipe, dtype, where)
+    if candidate.kind == "export":
+        return _export(candidate, run, manifest, recipe, where)
     if candidate.kind == "fewshot":
         args = harness.model_args(run, manifest, BASE, recipe, dtype)
-        return Resolved(candidate, args, manifest.base_model_dir, template, system, manifest.base_model_dir, False)
+        return Resolved(candidate, args, manifest.base_model_dir, template, system, manifest.base_model_dir, False,
+                        size_bytes=weights_size(manifest.base_model_dir))
     if candidate.kind == "run":
         return _other_run(candidate, recipe, dtype, where)
     return _model(candidate, recipe, dtype, where)
@@ -55,7 +74,26 @@ def _merged(candidate: Candidate, run, manifest, recipe, dtype: str, where: str)
         raise UserError(Problem(where, "", f"no merged model in {paths.display(folder)}; eval scores artifacts, it "
                                 f"never builds one: run `recipe merge {manifest.recipe}@{manifest.run_id}` first"))
     args = {"pretrained": str(folder), "dtype": dtype, "trust_remote_code": recipe.model.trust_remote_code}
-    return Resolved(candidate, args, str(folder), recipe.data.template, recipe.data.system, str(folder), True)
+    return Resolved(candidate, args, str(folder), recipe.data.template, recipe.data.system, str(folder), True,
+                    size_bytes=weights_size(folder))
+
+
+def _export(candidate: Candidate, run, manifest, recipe, where: str) -> Resolved:
+    """An exported artifact (export/export.json), on this run's own prompts; never exported here."""
+    from runner.core import paths
+    from runner.runs.export_info import ExportInfo
+
+    name = candidate.artifact
+    artifact = ExportInfo.read(run.export_info_path).artifacts.get(name) if run.export_info_path.is_file() else None
+    file = run.file(artifact.path) if artifact else None
+    if file is None or not file.is_file():
+        quant = name.split("-", 1)[1]
+        line = f"recipe export {manifest.recipe}@{manifest.run_id} --format gguf --quant {quant}"
+        raise UserError(Problem(where, "", f"no {name} export in {paths.display(run.export_dir())}; eval scores "
+                                f"artifacts, it never builds one: run `{line}` first"))
+    args = {"gguf": str(file), "engine": "llama.cpp", "context_length": recipe.model.context_length}
+    return Resolved(candidate, args, manifest.base_model_dir, recipe.data.template, recipe.data.system, str(file),
+                    True, engine="llama.cpp", size_bytes=file.stat().st_size)
 
 
 def _other_run(candidate: Candidate, recipe, dtype: str, where: str) -> Resolved:
@@ -70,9 +108,11 @@ def _other_run(candidate: Candidate, recipe, dtype: str, where: str) -> Resolved
         raise UserError(Problem(where, "", f"{err.problems[0].message} ({err.problems[0].file}); train it or "
                                 "name a finished run as run:RECIPE@RUN_ID")) from None
     args = harness.model_args(other, manifest, FINETUNED, other_recipe, dtype)
+    size = weights_size(*{args["pretrained"], args.get("peft", args["pretrained"])})
     data = other_recipe.data
     # its own task folder: its template, stop strings and tokenizer (perplexity token counts) may differ
-    return Resolved(candidate, args, manifest.base_model_dir, data.template, data.system, str(other.path), False)
+    return Resolved(candidate, args, manifest.base_model_dir, data.template, data.system, str(other.path), False,
+                    size_bytes=size)
 
 
 def _model(candidate: Candidate, recipe, dtype: str, where: str) -> Resolved:
@@ -94,4 +134,5 @@ def _model(candidate: Candidate, recipe, dtype: str, where: str) -> Resolved:
                                 "give a model directory with its tokenizer files")) from None
     args = {"pretrained": str(model_dir), "dtype": dtype, "trust_remote_code": False}
     template = "tokenizer" if candidate.template == "tokenizer" else recipe.data.template
-    return Resolved(candidate, args, str(model_dir), template, recipe.data.system, str(model_dir), False)
+    return Resolved(candidate, args, str(model_dir), template, recipe.data.system, str(model_dir), False,
+                    size_bytes=weights_size(model_dir))

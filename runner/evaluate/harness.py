@@ -10,6 +10,7 @@ import gc
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 from runner.core.atomic import write_json_atomic
@@ -93,12 +94,54 @@ def load_model(args: dict, device: str, recipe):
         return get_model("hf").create_from_arg_obj(args, {"batch_size": how.batch_size, "device": device})
 
 
-def run_model(args: dict, device: str, calls: list[tuple[str, list[str], bool]], manager, recipe, lm=None) -> dict:
+def load_gguf(args: dict, recipe):
+    """A GGUF file in llama.cpp (runner.evaluate.llamacpp_lm), with the threads every other candidate gets."""
+    from runner.evaluate.llamacpp_lm import LlamaCppLM
+
+    how = numerics.decide(recipe, recipe.eval.batch_size)
+    return LlamaCppLM(Path(args["gguf"]), how.threads, args.get("context_length"), recipe.eval.max_new_tokens)
+
+
+class AnswerClock:
+    """Answer tokens per second of one candidate: lm-eval's generate_until calls timed, their answers' tokens
+    counted with the candidate's own tokenizer."""
+
+    def __init__(self):
+        self.seconds = 0.0
+        self.tokens = 0
+
+    def watch(self, lm) -> None:
+        inner = lm.generate_until
+
+        def timed(requests, *rest, **kwargs):
+            started = time.perf_counter()
+            answers = inner(requests, *rest, **kwargs)
+            self.seconds += time.perf_counter() - started
+            self.tokens += sum(_count_tokens(lm, a) for a in answers)
+            return answers
+
+        lm.generate_until = timed  # lm-eval looks the request type up on the instance
+
+    @property
+    def per_second(self) -> float | None:
+        return round(self.tokens / self.seconds, 1) if self.seconds > 0 and self.tokens else None
+
+
+def _count_tokens(lm, text: str) -> int:
+    if hasattr(lm, "count_tokens"):
+        return lm.count_tokens(text)
+    return len(lm.tokenizer.encode(text, add_special_tokens=False))
+
+
+def run_model(args: dict, device: str, calls: list[tuple[str, list[str], bool]], manager, recipe, lm=None,
+              clock: AnswerClock | None = None) -> dict:
     """Load one model once (or take the loaded `lm`) and run each (label, tasks, add_bos) call through
-    lm_eval.simple_evaluate."""
+    lm_eval.simple_evaluate; `clock` times its answers."""
     import lm_eval
 
     lm = lm if lm is not None else load_model(args, device, recipe)
+    if clock is not None:
+        clock.watch(lm)
     out = {}
     how = numerics.decide(recipe, recipe.eval.batch_size)  # threads, autocast off: as generate and serve compute
     try:

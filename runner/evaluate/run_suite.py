@@ -51,7 +51,8 @@ def _candidate_tasks(run, recipe, suite: Suite, resolved: candidate_models.Resol
                              stop=stop, tokenizer_dir=resolved.tokenizer_dir)
 
 
-def _run_candidate(run, recipe, suite, resolved, heldout, standard, device, manager) -> dict:
+def _run_candidate(run, recipe, suite, resolved, heldout, standard, device, manager,
+                   clock: harness.AnswerClock) -> dict:
     c = resolved.candidate
     held = _candidate_tasks(run, recipe, suite, resolved, heldout)
     if held is not heldout:  # its own task folder: the same task names, so a manager of its own
@@ -63,7 +64,8 @@ def _run_candidate(run, recipe, suite, resolved, heldout, standard, device, mana
         return {}
     items = f", {held.n_items} held-out items" if held else ""
     say(f"eval: {c.label}: {', '.join(n for _, names, _ in calls for n in names)} ({device}{items})")
-    results = harness.run_model(resolved.args, device, calls, manager, recipe, lm=_load(resolved, device, recipe))
+    results = harness.run_model(resolved.args, device, calls, manager, recipe, lm=_load(resolved, device, recipe),
+                                clock=clock)
     return harness.write_outputs(run, c.slug, results, suite)
 
 
@@ -72,6 +74,8 @@ def _load(resolved: candidate_models.Resolved, device: str, recipe):
     c = resolved.candidate
     if c.kind in candidates.DEFAULT:
         return None  # this run's models: a failure there is the run's (status failed), loaded by run_model
+    if resolved.engine == "llama.cpp":
+        return _load_gguf(resolved, recipe)
     try:
         return harness.load_model(resolved.args, device, recipe)
     except Exception as err:  # noqa: BLE001 - transformers, safetensors and peft raise many types for a bad model
@@ -79,6 +83,20 @@ def _load(resolved: candidate_models.Resolved, device: str, recipe):
         raise UserError(Problem(f"eval.candidates: {c.label}", "", f"{resolved.source} could not be loaded "
                                 f"({type(err).__name__}: {detail}); give a model directory written by "
                                 "save_pretrained, a .gguf file, pkg:// or a hub id in the cache")) from None
+
+
+def _load_gguf(resolved: candidate_models.Resolved, recipe):
+    from runner.models import llamacpp
+
+    where = f"eval.candidates: {resolved.candidate.label}"
+    if llamacpp.installed_version() is None:
+        raise UserError(Problem(where, "", "scoring a GGUF file needs llama.cpp, which is not installed; run `make "
+                                f"llama-cpp` (builds llama-cpp-python {llamacpp.VERSION}: {llamacpp.BUILD_NOTE})"))
+    try:
+        return harness.load_gguf(resolved.args, recipe)
+    except (ValueError, RuntimeError) as err:  # llama-cpp-python's message for a file llama.cpp cannot load
+        raise UserError(Problem(where, "", f"llama.cpp could not load {resolved.source} ({err}); export it again "
+                                "with `recipe export`")) from None
 
 
 def _resolve(run, recipe, suite: Suite, manifest) -> tuple[list[candidate_models.Resolved], str]:
@@ -98,9 +116,11 @@ def _measure(run, recipe, suite: Suite, resolved: list[candidate_models.Resolved
     manager = harness.task_manager(heldout.dir if heldout else None, suite)
     standard, skipped = harness.standard_tasks(suite, manager)
     rows: dict[str, dict[str, list[dict]]] = {}
+    clocks = {r.candidate.label: harness.AnswerClock() for r in resolved}
     for r in resolved:
         phase = time.monotonic()
-        rows[r.candidate.label] = _run_candidate(run, recipe, suite, r, heldout, standard, device, manager)
+        rows[r.candidate.label] = _run_candidate(run, recipe, suite, r, heldout, standard, device, manager,
+                                                 clocks[r.candidate.label])
         timings[f"eval_{r.candidate.slug}_s"] = round(time.monotonic() - phase, 2)
     judges = None
     if suite.judge is not None:
@@ -109,7 +129,9 @@ def _measure(run, recipe, suite: Suite, resolved: list[candidate_models.Resolved
         timings["judge_s"] = round(time.monotonic() - phase, 2)
     per_candidate = candidate_metrics(rows, reference)
     summary_of = {r.candidate.label: {"kind": r.candidate.kind, "slug": r.candidate.slug, "source": r.source,
-                                      "template": r.template, "shots": r.candidate.shots,
+                                      "template": r.template, "shots": r.candidate.shots, "engine": r.engine,
+                                      "size_bytes": r.size_bytes,
+                                      "answer_tokens_per_s": clocks[r.candidate.label].per_second,
                                       "metrics": per_candidate[r.candidate.label]} for r in resolved}
     return EvalSummary(skipped=skipped, judges=judges,
                        n_items=heldout.n_items if heldout else 0, suite=suite.name, suite_version=suite.version,

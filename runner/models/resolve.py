@@ -136,6 +136,21 @@ def gguf_file_type(base: str) -> str | None:
         return None
 
 
+def gguf_string(base: str, key: str) -> str | None:
+    """A string field of the .gguf file a model.base names (tokenizer.ggml.pre...); None when it has none or the base
+    is no .gguf file."""
+    import gguf
+
+    if not (base.startswith(PKG) or base.endswith(".gguf")):
+        return None
+    try:
+        path = package_file(base) if base.startswith(PKG) else paths.resolve_local(base)
+        field = gguf.GGUFReader(path).get_field(key)
+        return field.contents() if field is not None and isinstance(field.contents(), str) else None
+    except (UserError, OSError, ValueError, KeyError):
+        return None
+
+
 def gguf_target(gguf: Path) -> Path:
     """Where convert_gguf writes (or wrote) the Hugging Face copy of a .gguf file: cache_dir()/models/gguf-<sha16>/."""
     return paths.cache_dir() / "models" / f"gguf-{_sha256(gguf)[:16]}"

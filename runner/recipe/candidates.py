@@ -5,6 +5,8 @@ A candidate is written in a recipe's `eval.candidates` or a suite's `candidates`
   finetuned             this run's model (always evaluated: it is the run)
   merged                this run's adapter merged into its base (run/merged/, written by `recipe merge`): what
                         `recipe publish` uploads for a base no hub model holds, scored on the same prompts
+  export:NAME           an artifact of `recipe export` (export:gguf-q8_0, export:gguf-q4_k_m, export:gguf-f16), scored
+                        by the engine that runs it in production (llama.cpp for GGUF) on the fine-tuned model's prompts
   base+fewshot:K        the base model with K examples from the train split as prior turns (runner.evaluate.fewshot)
   run:RECIPE[@RUN_ID]   another recipe's trained model (its latest run, or RUN_ID), on THIS run's items
   anything else         a model: hub id | local dir | .gguf | pkg://, in the recipe's template
@@ -23,6 +25,7 @@ from runner.core.errors import Problem, UserError
 BASE, FINETUNED, MERGED = "base", "finetuned", "merged"
 DEFAULT = (BASE, FINETUNED)
 _FEWSHOT = re.compile(r"^base\+fewshot:(\d+)$")
+_EXPORT = re.compile(r"^export:(gguf-(?:f16|q8_0|q4_k_m))$")
 _RUN = re.compile(r"^run:([a-z0-9][a-z0-9._-]*)(?:@([A-Za-z0-9._-]+))?$")
 MAX_SHOTS = 32
 
@@ -30,12 +33,13 @@ MAX_SHOTS = 32
 @dataclass(frozen=True)
 class Candidate:
     label: str  # as written (the table's column); `slug` names its files
-    kind: str  # base | finetuned | merged | fewshot | run | model
+    kind: str  # base | finetuned | merged | export | fewshot | run | model
     shots: int = 0
     recipe: str | None = None  # run: the other recipe
     run_id: str | None = None  # run: a run id (None: its latest)
     model: str | None = None  # model: the reference
     template: str = "recipe"  # model: recipe | tokenizer
+    artifact: str | None = None  # export: the artifact's name in export/export.json (gguf-q8_0)
 
     @property
     def slug(self) -> str:
@@ -70,6 +74,12 @@ def parse(entry) -> Candidate:
         if not match or not 0 < int(match[1]) <= MAX_SHOTS:
             raise ValueError(f"{text!r}: write base+fewshot:K with 1 <= K <= {MAX_SHOTS}, e.g. base+fewshot:3")
         return Candidate(text, "fewshot", shots=int(match[1]))
+    if text.startswith("export:"):
+        match = _EXPORT.match(text)
+        if not match:
+            raise ValueError(f"{text!r}: write export:gguf-QUANT with QUANT f16, q8_0 or q4_k_m (what `recipe export "
+                             "--format gguf --quant QUANT` writes), or merged for the merged model")
+        return Candidate(text, "export", artifact=match[1])
     if text.startswith("run:"):
         match = _RUN.match(text)
         if not match:

@@ -80,12 +80,18 @@ class GateSpec(Section):
     min: float | None = Field(None, description="floor: fails unless the interval's lower bound is >= min")
     max: float | None = Field(None, description="ceiling: fails unless the interval's upper bound is <= max")
     max_drop: float | None = Field(None, ge=0, description="allowed worsening against a baseline run (`recipe gate "
-                                   "--baseline RUN`): fails when the paired interval reaches past it")
+                                   "--baseline RUN`), or with `candidate` against the run's own fine-tuned model: "
+                                   "fails when the paired interval reaches past it")
+    candidate: str | None = Field(None, description="the eval candidate the gate checks instead of the fine-tuned "
+                                  "model, e.g. export:gguf-q4_k_m with max_drop 0.02: what we ship is within 2 "
+                                  "points of what we trained (it must be among the run's eval candidates)")
 
     @model_validator(mode="after")
     def _some_bound(self):
         if self.min is None and self.max is None and self.max_drop is None:
             raise ValueError("a gate needs min, max or max_drop, e.g. {min: 0.75} or {max_drop: 0.02}")
+        if self.candidate is not None:
+            candidates.parse(self.candidate)  # ValueError with the fix
         return self
 
 

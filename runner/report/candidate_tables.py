@@ -17,9 +17,15 @@ def is_default(summary: EvalSummary) -> bool:
 def _describe(label: str, c: CandidateSummary) -> str:
     what = {"base": "base model, zero-shot", "finetuned": "this run's model",
             "merged": "this run's adapter merged into its base (merged/)",
+            "export": f"this run's export {c.source.rsplit('/', 1)[-1] if c.source else ''}",
             "fewshot": f"base model, {fmt(c.shots)} examples from the train split",
             "run": f"another run: {c.source}", "model": f"model {c.source}"}.get(c.kind, str(c.kind))
-    return f"{cell(label, 0)} ({cell(what, 0)}; template {cell(c.template, 0)})"
+    engine = f"; run by {cell(c.engine, 0)}" if c.engine and c.engine != "transformers" else ""
+    return f"{cell(label, 0)} ({cell(what, 0)}; template {cell(c.template, 0)}{engine})"
+
+
+def _size(c: CandidateSummary) -> str:
+    return "—" if c.size_bytes is None else f"{c.size_bytes / 1e6:,.1f} MB"
 
 
 def candidates_section(summary: EvalSummary, lower: frozenset[str]) -> str:
@@ -32,6 +38,9 @@ def candidates_section(summary: EvalSummary, lower: frozenset[str]) -> str:
     for name in names:
         suffix = " (lower is better)" if name in lower else ""
         headers += [cell(name, 0) + suffix, f"Δ vs {cell(reference, 0)} (95% CI)"]
+    measured = any(c.size_bytes is not None or c.answer_tokens_per_s is not None for c in found.values())
+    if measured:
+        headers += ["size on disk", "answer tokens/s"]
     rows = []
     for label, c in found.items():
         row = [_describe(label, c) + (" — **reference**" if label == reference else "")]
@@ -40,9 +49,13 @@ def candidates_section(summary: EvalSummary, lower: frozenset[str]) -> str:
             delta = "—" if m is None or label == reference or not is_number(m.delta) else \
                 f"{m.delta:+.4f} {interval(m.ci95)}"
             row += [fmt(None if m is None else m.value, ".4f"), delta]
+        if measured:
+            row += [_size(c), fmt(c.answer_tokens_per_s, ",.1f")]
         rows.append(row)
+    speed = (" Size on disk is the weights a candidate needs (an adapter with its base); answer tokens/s is measured "
+             "on the machine that evaluated, over the generated answers." if measured else "")
     return (f"Every candidate answered the same {fmt(summary.n_items)} items with the same decoding settings. "
-            f"Δ is candidate − {cell(reference, 0)} on the same items; the 95% CI is a paired bootstrap.\n\n" +
+            f"Δ is candidate − {cell(reference, 0)} on the same items; the 95% CI is a paired bootstrap.{speed}\n\n" +
             table(headers, rows, numeric_from=1))
 
 

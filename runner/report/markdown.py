@@ -328,7 +328,9 @@ def _gate(inputs: Inputs) -> str:
     gate = inputs.gate
     if not gate:
         return ""
-    rows = [[cell(r.metric, 0), f"{r.rule} {r.bound:g}", fmt(r.value, ".4f"), interval(r.ci95),
+    rows = [[cell(r.metric, 0) + (f" of {cell(r.candidate, 0)}" if r.candidate else ""),
+             f"{r.rule} {r.bound:g}" + (" vs finetuned" if r.candidate and r.rule == "max_drop" else ""),
+             fmt(r.value, ".4f"), interval(r.ci95),
              fmt(r.n), fmt(r.seed_sd, ".4f"), f"**{r.verdict}**: {cell(r.why, 0)}"]
             for r in gate.rows]
     baseline = f" against baseline {', '.join(code(b) for b in gate.baseline)}" if gate.baseline else ""

@@ -31,11 +31,14 @@ class CandidateMetric(Interval):
 
 
 class CandidateSummary(Record):
-    kind: str  # base | finetuned | merged | fewshot | run | model (runner.recipe.candidates)
+    kind: str  # base | finetuned | merged | export | fewshot | run | model (runner.recipe.candidates)
     slug: str  # its files: eval/samples-<slug>-<task>.jsonl, eval/results-<slug>.json
     source: str | None = None  # the model directory or run it answered with (None: not recorded, version 1)
     template: str | None = None
     shots: int = 0
+    engine: str | None = None  # transformers | llama.cpp (None: not recorded)
+    size_bytes: int | None = None  # its weights on disk (an adapter with its base)
+    answer_tokens_per_s: float | None = None  # generated answer tokens per second on the machine that evaluated
     metrics: dict[str, CandidateMetric] = {}
 
 

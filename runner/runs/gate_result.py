@@ -14,6 +14,7 @@ class GateRow(Interval):
     and p_sign beside it)."""
 
     metric: str
+    candidate: str | None = None  # the eval candidate checked (None: the fine-tuned model; max_drop then against it)
     rule: Literal["min", "max", "max_drop"]
     bound: float
     higher_is_better: bool

