@@ -146,6 +146,42 @@ class ChatCompletionsHandler(http.server.BaseHTTPRequestHandler):
         pass
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_up(process, url: str, limit_s: float = 180, path: str = "/health") -> None:
+    """Until the server `process` started answers GET url+path with 200; its stderr in the error when it exits."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"the server exited {process.returncode}: {process.stderr.read()}")
+        try:
+            if httpx.get(f"{url}{path}", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.5)
+    raise AssertionError(f"the server did not answer within {limit_s} s")
+
+
+def stop_process(process) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except Exception:  # noqa: BLE001 - subprocess.TimeoutExpired: kill it
+        process.kill()
+        process.wait()
+
+
 @contextmanager
 def offline_workspace(root: Path, suites: dict[str, str]):
     """A throw-away project in `root` (recipes, templates, suites copied; data and the tiny model linked), offline,

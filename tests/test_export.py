@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -23,7 +26,7 @@ from runner.report.markdown import write_report
 from runner.runs.export_info import ExportInfo
 from runner.runs.gate_result import GateResult
 from runner.ship import export
-from tests.helpers import make_eval_run, offline_workspace
+from tests.helpers import ROOT, free_port, make_eval_run, offline_workspace, stop_process, wait_until_up
 
 pytestmark = pytest.mark.model
 QUANTS = ["f16", "q8_0", "q4_k_m"]
@@ -132,8 +135,8 @@ def test_gguf_candidates_are_scored_by_llama_cpp_on_the_same_prompts(evaluated):
     ppl = {label: c.metrics["perplexity"].value for label, c in summary.candidates.items()}
     assert abs(ppl["export:gguf-f16"] / ppl["merged"] - 1) < 0.05  # the same model: f16 vs transformers' numerics
     report = write_report(run).read_text()
-    assert "| size on disk | answer tokens/s |" in report and "tiny-cpu-q8\\_0.gguf; template alpaca; run by llama.cpp" \
-        in report
+    assert "| size on disk | answer tokens/s |" in report
+    assert "tiny-cpu-q8\\_0.gguf; template alpaca; run by llama.cpp" in report
 
 
 def test_a_gate_on_an_artifact_passes_and_fails_on_its_paired_interval(evaluated, project, run_cli):
@@ -188,3 +191,45 @@ def test_pre_tokenizer_fallback_reads_the_base_gguf_or_a_gpt2_byte_level_tokeniz
     assert export.pre_tokenizer_fallback("models/x", tmp_path)[0] == "gpt-2"
     (tmp_path / "tokenizer.json").write_text(json.dumps({"pre_tokenizer": {"type": "Metaspace"}}))
     assert export.pre_tokenizer_fallback("models/x", tmp_path) == (None, "")
+
+
+def test_the_served_gguf_answers_the_openai_client_as_its_eval_candidate_did(evaluated):
+    import openai
+
+    run, recipe, _ = evaluated
+    items = [json.loads(line) for line in run.file("eval", "tasks", "heldout.jsonl").read_text().splitlines()]
+    eval_rows = jsonl.read(run.file("eval", f"samples-export-gguf-q8_0-{GENERATE_TASK}.jsonl")).rows
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen([sys.executable, "-m", "runner", "serve", f"tiny-cpu@{run.run_id}", "--artifact",
+                                "export:gguf-q8_0", "--port", str(port)], env=os.environ | {"PYTHONPATH": str(ROOT)},
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        wait_until_up(process, url, path="/v1/models")
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
+        assert [m.id for m in client.models.list()] == ["tiny-cpu"]
+        asked = 0
+        for row in eval_rows:
+            fields = json.loads(items[row["doc_id"]]["row"])
+            if fields["input"]:
+                continue  # a chat turn carries the instruction alone
+            chat = [{"role": "user", "content": fields["instruction"]}]
+            answer = client.chat.completions.create(model="tiny-cpu", messages=chat, temperature=0,
+                                                    max_tokens=recipe.eval.max_new_tokens)
+            assert answer.choices[0].message.content.strip() == row["prediction"].strip()
+            asked += 1
+        assert asked >= 2
+        first = next(r["prediction"] for r in eval_rows if len(r["prediction"].split()) > 1)
+        stop = first.split()[1]
+        cut = client.chat.completions.create(model="tiny-cpu", messages=chat, temperature=0, max_tokens=16,
+                                             stop=[stop])
+        assert stop not in cut.choices[0].message.content
+    finally:
+        stop_process(process)
+    assert process.returncode is not None
+
+
+def test_serving_an_artifact_that_was_not_exported_is_exit_2(evaluated, run_cli):
+    run, _, _ = evaluated
+    code, _, err = run_cli("serve", f"tiny-cpu@{run.run_id}", "--artifact", "export:gguf-q4_k_s", "--port", "0")
+    assert code == 2 and "export:gguf-QUANT" in err and "Traceback" not in err

@@ -8,7 +8,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jinja2
@@ -20,6 +19,7 @@ from runner.evaluate.generate import render_prompt
 from runner.metrics.registry import clean_generation
 from runner.recipe import chat_template, loading, templates
 from runner.train import vllm
+from tests.helpers import free_port, stop_process, wait_until_up
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKENS = templates.TokenizerTokens(bos_token="<s>", eos_token="</s>")
@@ -147,12 +147,6 @@ def test_serving_a_run_without_a_model_is_exit_2(project, run_cli):
     assert "no trained model" in err and "recipe train tiny-cpu" in err and "Traceback" not in err
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.model
 def test_a_merged_run_is_served_from_its_merged_model(own_trained_run):
     from runner.models.merge import merge
@@ -184,22 +178,6 @@ def test_a_model_that_cannot_load_is_exit_2(own_trained_run, run_cli):
     assert "cannot load the model" in err and "serve" in err and "Traceback" not in err
 
 
-def _wait_until_up(process: subprocess.Popen, url: str, limit_s: float = 180) -> None:
-    import httpx
-
-    deadline = time.monotonic() + limit_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"recipe serve exited {process.returncode}: {process.stderr.read()}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"recipe serve did not answer within {limit_s} s")
-
-
 @pytest.mark.model
 def test_the_server_answers_the_openai_client_as_generate_does(own_trained_run):
     import openai
@@ -209,13 +187,13 @@ def test_the_server_answers_the_openai_client_as_generate_does(own_trained_run):
     question, limit = "Name a colour.", 16
     expected = generate(own_trained_run, [question], max_new_tokens=limit)[0]["finetuned"]
     assert expected  # a non-empty answer, so the comparison below says something
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen([sys.executable, "-m", "runner", "serve", "tiny-cpu", "--port", str(port)], cwd=ROOT,
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_until_up(process, url)
+        wait_until_up(process, url)
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
         assert [m.id for m in client.models.list()] == ["tiny-cpu"]
         chat = [{"role": "user", "content": question}]
@@ -246,12 +224,7 @@ def test_the_server_answers_the_openai_client_as_generate_does(own_trained_run):
         completion = client.completions.create(model="tiny-cpu", prompt=rendered, temperature=0, max_tokens=4)
         assert completion.usage.completion_tokens <= 4 and process.poll() is None  # still up after the 400
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
     served = own_trained_run.file("serve")  # the adapter on its base model, the recipe's template as chat template
     adapter = "adapter_model.safetensors"
     assert (served / adapter).resolve() == own_trained_run.file("model", adapter)

@@ -1,5 +1,6 @@
-"""llama.cpp, installed on first use: llama-cpp-python (built from its PyPI source distribution, which compiles
-llama.cpp) and that same distribution's `convert_hf_to_gguf.py` with the `gguf-py` it was written against.
+"""llama.cpp, installed on first use: llama-cpp-python with its OpenAI-compatible server (built from its PyPI source
+distribution, which compiles llama.cpp) and that same distribution's `convert_hf_to_gguf.py` with the `gguf-py` it
+was written against.
 
 PyPI has no llama-cpp-python wheel, so the first `recipe export --format gguf` (or `make llama-cpp`) builds it:
 about 1 min to download 77 MB and 3 min to compile on 2 cores, with a C++ compiler. pip keeps the download and the
@@ -29,6 +30,8 @@ VERSION = "0.3.36"
 # From the source distribution's vendor/llama.cpp/: the converter, its model classes and its gguf-py
 CONVERTER_FILES = ("convert_hf_to_gguf.py", "conversion", "gguf-py", "LICENSE")
 BUILD_NOTE = "about 1 min to download and 3 min to compile on 2 cores; once per virtual environment"
+SERVER_MODULES = ("fastapi", "uvicorn", "sse_starlette", "starlette_context", "pydantic_settings")  # its [server] extra
+CONSTRAINTS = paths.PACKAGE_DIR.parent / "constraints.txt"  # the checkout's pins (absent in an installed package)
 
 
 def converter_dir() -> Path:
@@ -44,8 +47,11 @@ def installed_version() -> str | None:
 
 
 def ready() -> bool:
-    """llama-cpp-python at VERSION and its converter are both here."""
-    return installed_version() == VERSION and (converter_dir() / CONVERTER_FILES[0]).is_file()
+    """llama-cpp-python at VERSION with its server's packages, and its converter, are all here."""
+    import importlib.util
+
+    return (installed_version() == VERSION and all(importlib.util.find_spec(m) for m in SERVER_MODULES)
+            and (converter_dir() / CONVERTER_FILES[0]).is_file())
 
 
 def _pip(args: list[str], log: Path, what: str) -> None:
@@ -99,13 +105,18 @@ def ensure(log: Path | None = None) -> Path:
     with file_lock(target.parent / f".llama.cpp-{VERSION}.lock"):
         if ready():  # another process installed it while this one waited
             return target
+        pins = ["-c", str(CONSTRAINTS)] if CONSTRAINTS.is_file() else []
         if installed_version() != VERSION:
             if not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")):
                 raise UserError(Problem(PACKAGE, "", "building llama.cpp needs a C++ compiler and none is on PATH; "
                                         "install one (Debian: `apt-get install build-essential`), then run the "
                                         "command again"))
             say(f"installing llama.cpp: building {PACKAGE} {VERSION} from source ({BUILD_NOTE}); log: {log}")
-            _pip(["install", "--disable-pip-version-check", f"{PACKAGE}=={VERSION}"], log, f"building {PACKAGE}")
+            _pip(["install", "--disable-pip-version-check", *pins, f"{PACKAGE}[server]=={VERSION}"], log,
+                 f"building {PACKAGE}")
+        else:  # installed without its server's packages (pip install llama-cpp-python)
+            _pip(["install", "--disable-pip-version-check", *pins, f"{PACKAGE}[server]=={VERSION}"], log,
+                 f"installing {PACKAGE}'s server packages")
         say(f"installing llama.cpp's GGUF converter into {target}")
         with tempfile.TemporaryDirectory() as tmp:
             _pip(["download", "--disable-pip-version-check", "--no-deps", "--no-binary", ":all:", "-d", tmp,
