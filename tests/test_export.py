@@ -193,40 +193,85 @@ def test_pre_tokenizer_fallback_reads_the_base_gguf_or_a_gpt2_byte_level_tokeniz
     assert export.pre_tokenizer_fallback("models/x", tmp_path) == (None, "")
 
 
-def test_the_served_gguf_answers_the_openai_client_as_its_eval_candidate_did(evaluated):
+def _serve(run, *extra: str):
+    """`recipe serve` of the run in a fresh process on a free port; (process, base URL of its API)."""
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "runner", "serve", f"tiny-cpu@{run.run_id}", *extra, "--port",
+                                str(port)], env=os.environ | {"PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_up(process, url, path="/v1/models")
+    except BaseException:
+        stop_process(process)
+        raise
+    return process, f"{url}/v1"
+
+
+@pytest.fixture(scope="module")
+def gguf_server(evaluated):
+    """llama.cpp's OpenAI-compatible server on the q8_0 export (`recipe serve --artifact`)."""
+    process, url = _serve(evaluated[0], "--artifact", "export:gguf-q8_0")
+    yield url
+    stop_process(process)
+
+
+def _no_input_rows(run, slug: str) -> list[tuple[str, dict]]:
+    """(instruction, eval sample row) of the items a chat turn asks exactly (no `input` field)."""
+    items = [json.loads(line) for line in run.file("eval", "tasks", "heldout.jsonl").read_text().splitlines()]
+    rows = jsonl.read(run.file("eval", f"samples-{slug}-{GENERATE_TASK}.jsonl")).rows
+    picked = [(json.loads(items[r["doc_id"]]["row"]), r) for r in rows]
+    return [(fields["instruction"], r) for fields, r in picked if not fields["input"]]
+
+
+def test_the_served_gguf_answers_the_openai_client_as_its_eval_candidate_did(evaluated, gguf_server):
     import openai
 
     run, recipe, _ = evaluated
-    items = [json.loads(line) for line in run.file("eval", "tasks", "heldout.jsonl").read_text().splitlines()]
-    eval_rows = jsonl.read(run.file("eval", f"samples-export-gguf-q8_0-{GENERATE_TASK}.jsonl")).rows
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    process = subprocess.Popen([sys.executable, "-m", "runner", "serve", f"tiny-cpu@{run.run_id}", "--artifact",
-                                "export:gguf-q8_0", "--port", str(port)], env=os.environ | {"PYTHONPATH": str(ROOT)},
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    client = openai.OpenAI(base_url=gguf_server, api_key="unused", max_retries=0, timeout=120)
+    assert [m.id for m in client.models.list()] == ["tiny-cpu"]
+    asked = _no_input_rows(run, "export-gguf-q8_0")
+    assert len(asked) >= 2
+    for instruction, row in asked:
+        chat = [{"role": "user", "content": instruction}]
+        answer = client.chat.completions.create(model="tiny-cpu", messages=chat, temperature=0,
+                                                max_tokens=recipe.eval.max_new_tokens)
+        assert answer.choices[0].message.content.strip() == row["prediction"].strip()
+    first = next(r["prediction"] for _, r in asked if len(r["prediction"].split()) > 1)
+    stop = first.split()[1]
+    cut = client.chat.completions.create(model="tiny-cpu", messages=chat, temperature=0, max_tokens=16, stop=[stop])
+    assert stop not in cut.choices[0].message.content
+
+
+def test_endpoints_are_candidates_scored_on_chat_messages_with_the_key_kept_out_of_every_file(
+        evaluated, gguf_server, own_run, monkeypatch):
+    run = own_run(evaluated[0])
+    recipe = run.recipe()
+    process, transformers_url = _serve(run)  # transformers serve of the adapter on its base
+    key = "sk-test-" + hashlib.sha256(str(run.path).encode()).hexdigest()[:24]
+    monkeypatch.setenv("RR_TEST_KEY", key)
+    entries = ["finetuned", "export:gguf-q8_0",
+               {"endpoint": gguf_server, "model": "tiny-cpu", "label": "served-gguf", "api_key_env": "RR_TEST_KEY"},
+               f"endpoint:tiny-cpu@{transformers_url}"]
     try:
-        wait_until_up(process, url, path="/v1/models")
-        client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0, timeout=120)
-        assert [m.id for m in client.models.list()] == ["tiny-cpu"]
-        asked = 0
-        for row in eval_rows:
-            fields = json.loads(items[row["doc_id"]]["row"])
-            if fields["input"]:
-                continue  # a chat turn carries the instruction alone
-            chat = [{"role": "user", "content": fields["instruction"]}]
-            answer = client.chat.completions.create(model="tiny-cpu", messages=chat, temperature=0,
-                                                    max_tokens=recipe.eval.max_new_tokens)
-            assert answer.choices[0].message.content.strip() == row["prediction"].strip()
-            asked += 1
-        assert asked >= 2
-        first = next(r["prediction"] for r in eval_rows if len(r["prediction"].split()) > 1)
-        stop = first.split()[1]
-        cut = client.chat.completions.create(model="tiny-cpu", messages=chat, temperature=0, max_tokens=16,
-                                             stop=[stop])
-        assert stop not in cut.choices[0].message.content
+        recipe = recipe.model_copy(update={"eval": recipe.eval.model_copy(update={"candidates": entries})})
+        summary = run_suite.evaluate(run, recipe, suites.load("ship"))
     finally:
         stop_process(process)
-    assert process.returncode is not None
+    for label in ("served-gguf", "endpoint:tiny-cpu"):
+        c = summary.candidates[label]
+        assert c.engine == "endpoint" and c.template == "server-side template" and c.size_bytes is None
+        assert "token_f1" in c.metrics and "perplexity" not in c.metrics  # an API gives no log-likelihoods
+        assert c.answer_tokens_per_s and c.answer_tokens_per_s > 0
+    # llama.cpp's server, asked in chat messages, answers as llama.cpp did on the recipe-rendered prompts
+    served = dict((i, r["prediction"].strip()) for i, r in _no_input_rows(run, "served-gguf"))
+    scored = dict((i, r["prediction"].strip()) for i, r in _no_input_rows(run, "export-gguf-q8_0"))
+    assert served and served == scored
+    report = write_report(run).read_text()
+    assert "served-gguf (endpoint" in report and "server-side template" in report
+    for path in run.path.rglob("*"):
+        if path.is_file():
+            assert key.encode() not in path.read_bytes(), path
 
 
 def test_serving_an_artifact_that_was_not_exported_is_exit_2(evaluated, run_cli):

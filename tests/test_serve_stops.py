@@ -8,7 +8,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from runner.serve.stops import StopCutter, cut, cut_response, cut_stream, stops_of
+from runner.serve.stops import StopCutter, cut, cut_response, cut_stream, normalize, stops_of
 
 
 def test_the_answer_is_the_text_before_the_earliest_stop_string():
@@ -21,6 +21,13 @@ def test_stop_is_a_string_or_a_list_of_them():
     assert stops_of({"stop": "\n"}) == ("\n",)
     assert stops_of({"stop": ["a", "", 3, "b"]}) == ("a", "b")
     assert stops_of({}) == stops_of({"stop": None}) == ()
+
+
+def test_an_empty_stop_is_dropped_before_transformers_sees_it():
+    # lm-eval's local-chat-completions sends "stop": [] (transformers' stop-string search raises on it)
+    assert normalize({"stop": [], "model": "m"}) == {"model": "m"}
+    assert normalize({"stop": ""}) == {} and normalize({}) == {}
+    assert normalize({"stop": ["a", "", "b"]}) == {"stop": ["a", "b"]} and normalize({"stop": "x"}) == {"stop": ["x"]}
 
 
 @given(st.text(alphabet="abn#\n", max_size=40), st.lists(st.integers(0, 40), max_size=6),

@@ -53,6 +53,8 @@ def resolve(candidate: Candidate, run, manifest, recipe, dtype: str) -> Resolved
         return _merged(candidate, run, manifest, recipe, dtype, where)
     if candidate.kind == "export":
         return _export(candidate, run, manifest, recipe, where)
+    if candidate.kind == "endpoint":
+        return _endpoint(candidate, manifest, where)
     if candidate.kind == "fewshot":
         args = harness.model_args(run, manifest, BASE, recipe, dtype)
         return Resolved(candidate, args, manifest.base_model_dir, template, system, manifest.base_model_dir, False,
@@ -94,6 +96,39 @@ def _export(candidate: Candidate, run, manifest, recipe, where: str) -> Resolved
     args = {"gguf": str(file), "engine": "llama.cpp", "context_length": recipe.model.context_length}
     return Resolved(candidate, args, manifest.base_model_dir, recipe.data.template, recipe.data.system, str(file),
                     True, engine="llama.cpp", size_bytes=file.stat().st_size)
+
+
+SERVER_SIDE = "server-side template"
+
+
+def _endpoint(candidate: Candidate, manifest, where: str) -> Resolved:
+    """A model behind an OpenAI-compatible API: reachable, serving that model, its key (if named) set."""
+    import os
+
+    import httpx
+
+    headers = {}
+    if candidate.api_key_env:
+        key = os.environ.get(candidate.api_key_env)
+        if not key:
+            raise UserError(Problem(where, "api_key_env", f"the environment variable {candidate.api_key_env} is not "
+                                    "set; export it with the API's key (the recipe names the variable, never the key)"))
+        headers["Authorization"] = f"Bearer {key}"
+    try:
+        listed = httpx.get(f"{candidate.url}/models", headers=headers, timeout=10)
+        listed.raise_for_status()
+        models = [m.get("id") for m in listed.json().get("data", [])]
+    except (httpx.HTTPError, ValueError, AttributeError) as err:
+        raise UserError(Problem(where, "", f"no OpenAI-compatible API answers at {candidate.url} ({type(err).__name__}"
+                                f": {str(err)[:200]}); start the server (e.g. `recipe serve NAME --port 8000`) or "
+                                "fix the URL")) from None
+    if models and candidate.model not in models:
+        raise UserError(Problem(where, "model", f"{candidate.url} serves {', '.join(map(str, models))}, not "
+                                f"{candidate.model!r}; name one of those"))
+    args = {"model": candidate.model, "base_url": f"{candidate.url}/chat/completions", "tokenizer_backend": None,
+            "tokenized_requests": False, "max_retries": 1, "timeout": 300}
+    return Resolved(candidate, args, manifest.base_model_dir, SERVER_SIDE, None, candidate.url, False,
+                    engine="endpoint")
 
 
 def _other_run(candidate: Candidate, recipe, dtype: str, where: str) -> Resolved:

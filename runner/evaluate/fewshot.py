@@ -10,6 +10,8 @@ that rendered the training data (runner.recipe.templates.render), so:
   the BOS token written once.
 - a candidate in another template (run: of a recipe with another template or system prompt, a model with its
   tokenizer's chat template): the item alone, rendered in that template.
+- an endpoint (a server that applies its own template): the item as chat messages, JSON, as the data stage reads
+  it for a conversation template (instruction and input joined as the user turn), after the recipe's system prompt.
 """
 from __future__ import annotations
 
@@ -98,3 +100,20 @@ def candidate_prompts(run, recipe, template_name: str, system: str | None, token
         original = row.get("row") if isinstance(row.get("row"), dict) else json.loads(row.get("row") or "{}")
         out.append(prompt(template, to_example(original, recipe, template, system), tokens, stop, drawn))
     return out, list(stop)
+
+
+def message_prompts(run, recipe) -> list[str]:
+    """The items as JSON chat messages (system, then the turns before the answer), in test-row order."""
+    from runner.evaluate import tasks
+
+    template = templates.load(templates.TOKENIZER_TEMPLATE)  # a conversation template: rows become messages
+    out = []
+    for row in tasks.read_test_split(run):
+        original = row.get("row") if isinstance(row.get("row"), dict) else json.loads(row.get("row") or "{}")
+        example = to_example(original, recipe, template, recipe.data.system)
+        turns = list(example["messages"])
+        while turns and turns[-1]["role"] == "assistant":
+            turns.pop()
+        system = [{"role": "system", "content": example["system"]}] if example.get("system") else []
+        out.append(json.dumps(system + turns, ensure_ascii=False))
+    return out

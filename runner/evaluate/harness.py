@@ -102,13 +102,21 @@ def load_gguf(args: dict, recipe):
     return LlamaCppLM(Path(args["gguf"]), how.threads, args.get("context_length"), recipe.eval.max_new_tokens)
 
 
+def load_endpoint(args: dict, api_key_env: str | None):
+    """lm-eval's local-chat-completions on the endpoint (runner.evaluate.endpoint_lm): one request at a time."""
+    from runner.evaluate.endpoint_lm import EndpointChat
+
+    return EndpointChat(api_key_env=api_key_env, **args)
+
+
 class AnswerClock:
     """Answer tokens per second of one candidate: lm-eval's generate_until calls timed, their answers' tokens
-    counted with the candidate's own tokenizer."""
+    counted with the candidate's own tokenizer (`count`, for a candidate whose model has none here)."""
 
-    def __init__(self):
+    def __init__(self, count=None):
         self.seconds = 0.0
         self.tokens = 0
+        self.count = count
 
     def watch(self, lm) -> None:
         inner = lm.generate_until
@@ -117,7 +125,7 @@ class AnswerClock:
             started = time.perf_counter()
             answers = inner(requests, *rest, **kwargs)
             self.seconds += time.perf_counter() - started
-            self.tokens += sum(_count_tokens(lm, a) for a in answers)
+            self.tokens += sum(self.count(a) if self.count else _count_tokens(lm, a) for a in answers)
             return answers
 
         lm.generate_until = timed  # lm-eval looks the request type up on the instance

@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import shutil
 import time
+from pathlib import Path
 
 from runner.core import paths
 from runner.core.console import say
 from runner.core.errors import Problem, UserError
 from runner.evaluate import candidate_models, fewshot, harness, tasks
 from runner.evaluate.judge_run import judge_run
-from runner.evaluate.scoring import candidate_metrics
+from runner.evaluate.scoring import PERPLEXITY_TASK, candidate_metrics
 from runner.recipe import candidates
 from runner.recipe.suites import Suite, for_recipe
 from runner.runs import tracking
@@ -43,10 +44,14 @@ def _candidate_tasks(run, recipe, suite: Suite, resolved: candidate_models.Resol
     if resolved.same_prompts or heldout is None:
         return heldout
     c = resolved.candidate
-    say(f"eval: {c.label}: rendering the {heldout.n_items} items in template {resolved.template}"
-        f"{f' with {c.shots} examples from the train split' if c.shots else ''}")
-    prompts, stop = fewshot.candidate_prompts(run, recipe, resolved.template, resolved.system, resolved.tokenizer_dir,
-                                              shots=c.shots, seed=SEED)
+    if c.kind == "endpoint":
+        say(f"eval: {c.label}: the {heldout.n_items} items as chat messages (the server applies its template)")
+        prompts, stop = fewshot.message_prompts(run, recipe), []  # the server ends answers where its template does
+    else:
+        say(f"eval: {c.label}: rendering the {heldout.n_items} items in template {resolved.template}"
+            f"{f' with {c.shots} examples from the train split' if c.shots else ''}")
+        prompts, stop = fewshot.candidate_prompts(run, recipe, resolved.template, resolved.system,
+                                                  resolved.tokenizer_dir, shots=c.shots, seed=SEED)
     return tasks.write_tasks(run, recipe, suite, folder=run.tasks_dir(c.slug), prompts=prompts,
                              stop=stop, tokenizer_dir=resolved.tokenizer_dir)
 
@@ -57,8 +62,11 @@ def _run_candidate(run, recipe, suite, resolved, heldout, standard, device, mana
     held = _candidate_tasks(run, recipe, suite, resolved, heldout)
     if held is not heldout:  # its own task folder: the same task names, so a manager of its own
         manager = harness.task_manager(held.dir, suite)
-    runs_standard = standard and c.kind != "fewshot"  # lm-eval's own tasks keep their own prompts: base again
-    calls = [x for x in (("heldout", held.names if held else [], False),
+    runs_standard = standard and c.kind not in ("fewshot", "endpoint")  # lm-eval's own prompts: base again
+    names = held.names if held else []
+    if c.kind == "endpoint":  # an API gives no log-likelihoods: generation metrics only
+        names = [n for n in names if n != PERPLEXITY_TASK]
+    calls = [x for x in (("heldout", names, False),
                          ("standard", standard if runs_standard else [], None)) if x[1]]
     if not calls:
         return {}
@@ -76,6 +84,8 @@ def _load(resolved: candidate_models.Resolved, device: str, recipe):
         return None  # this run's models: a failure there is the run's (status failed), loaded by run_model
     if resolved.engine == "llama.cpp":
         return _load_gguf(resolved, recipe)
+    if resolved.engine == "endpoint":
+        return harness.load_endpoint(resolved.args, c.api_key_env)
     try:
         return harness.load_model(resolved.args, device, recipe)
     except Exception as err:  # noqa: BLE001 - transformers, safetensors and peft raise many types for a bad model
@@ -99,6 +109,16 @@ def _load_gguf(resolved: candidate_models.Resolved, recipe):
                                 "with `recipe export`")) from None
 
 
+def _counter(resolved: candidate_models.Resolved):
+    """How an endpoint's answers are counted in tokens: with the run's tokenizer (the server's is not here)."""
+    if resolved.engine != "endpoint":
+        return None
+    from runner.models import resolve
+
+    tokenizer = resolve.load_tokenizer(Path(resolved.tokenizer_dir))
+    return lambda text: len(tokenizer.encode(text, add_special_tokens=False))
+
+
 def _resolve(run, recipe, suite: Suite, manifest) -> tuple[list[candidate_models.Resolved], str]:
     """Every candidate found (its model, its run) before anything runs or any earlier result is cleared."""
     listed, reference = candidates.for_eval(recipe, suite)
@@ -116,7 +136,7 @@ def _measure(run, recipe, suite: Suite, resolved: list[candidate_models.Resolved
     manager = harness.task_manager(heldout.dir if heldout else None, suite)
     standard, skipped = harness.standard_tasks(suite, manager)
     rows: dict[str, dict[str, list[dict]]] = {}
-    clocks = {r.candidate.label: harness.AnswerClock() for r in resolved}
+    clocks = {r.candidate.label: harness.AnswerClock(_counter(r)) for r in resolved}
     for r in resolved:
         phase = time.monotonic()
         rows[r.candidate.label] = _run_candidate(run, recipe, suite, r, heldout, standard, device, manager,

@@ -7,6 +7,10 @@ A candidate is written in a recipe's `eval.candidates` or a suite's `candidates`
                         `recipe publish` uploads for a base no hub model holds, scored on the same prompts
   export:NAME           an artifact of `recipe export` (export:gguf-q8_0, export:gguf-q4_k_m, export:gguf-f16), scored
                         by the engine that runs it in production (llama.cpp for GGUF) on the fine-tuned model's prompts
+  endpoint:MODEL@URL    a model behind any OpenAI-compatible API (URL: its base, e.g. http://127.0.0.1:8000/v1),
+                        sent the items as chat messages (the server applies its own template), scored on generation
+                        metrics only (an API offers no log-likelihoods); as a mapping {endpoint: URL, model: NAME,
+                        api_key_env: VAR, label: NAME} the key is read from the environment variable VAR
   base+fewshot:K        the base model with K examples from the train split as prior turns (runner.evaluate.fewshot)
   run:RECIPE[@RUN_ID]   another recipe's trained model (its latest run, or RUN_ID), on THIS run's items
   anything else         a model: hub id | local dir | .gguf | pkg://, in the recipe's template
@@ -25,6 +29,8 @@ from runner.core.errors import Problem, UserError
 BASE, FINETUNED, MERGED = "base", "finetuned", "merged"
 DEFAULT = (BASE, FINETUNED)
 _FEWSHOT = re.compile(r"^base\+fewshot:(\d+)$")
+_ENDPOINT = re.compile(r"^endpoint:([^@\s]+)@(https?://\S+)$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _EXPORT = re.compile(r"^export:(gguf-(?:f16|q8_0|q4_k_m))$")
 _RUN = re.compile(r"^run:([a-z0-9][a-z0-9._-]*)(?:@([A-Za-z0-9._-]+))?$")
 MAX_SHOTS = 32
@@ -33,13 +39,15 @@ MAX_SHOTS = 32
 @dataclass(frozen=True)
 class Candidate:
     label: str  # as written (the table's column); `slug` names its files
-    kind: str  # base | finetuned | merged | export | fewshot | run | model
+    kind: str  # base | finetuned | merged | export | endpoint | fewshot | run | model
     shots: int = 0
     recipe: str | None = None  # run: the other recipe
     run_id: str | None = None  # run: a run id (None: its latest)
     model: str | None = None  # model: the reference
     template: str = "recipe"  # model: recipe | tokenizer
     artifact: str | None = None  # export: the artifact's name in export/export.json (gguf-q8_0)
+    url: str | None = None  # endpoint: the API's base URL (…/v1)
+    api_key_env: str | None = None  # endpoint: the environment variable holding its key (never written anywhere)
 
     @property
     def slug(self) -> str:
@@ -51,8 +59,29 @@ def slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "-", label).strip("-.") or "candidate"
 
 
+def _endpoint(url: str, model: str, label: str | None, key_env: str | None) -> Candidate:
+    if not re.match(r"^https?://\S+$", url or ""):
+        raise ValueError(f"endpoint {url!r}: give the API's base URL, e.g. http://127.0.0.1:8000/v1")
+    if not isinstance(model, str) or not model.strip():
+        raise ValueError("an endpoint candidate needs the model name its server serves, e.g. "
+                         "{endpoint: http://127.0.0.1:8000/v1, model: tiny-cpu}")
+    if key_env is not None and not (isinstance(key_env, str) and _ENV_NAME.match(key_env)):
+        raise ValueError(f"api_key_env {key_env!r}: name an environment variable (e.g. OPENAI_API_KEY); the key "
+                         "itself never goes into a recipe")
+    label = label or f"endpoint:{model}"
+    if not isinstance(label, str) or label in (*DEFAULT, MERGED):
+        raise ValueError(f"candidate label {label!r} is reserved or not a string; name it otherwise")
+    return Candidate(label, "endpoint", model=model.strip(), url=url.rstrip("/"), api_key_env=key_env)
+
+
 def parse(entry) -> Candidate:
     """One candidate from its recipe/suite form; ValueError with the fix when it is malformed."""
+    if isinstance(entry, dict) and "endpoint" in entry:
+        unknown = set(entry) - {"endpoint", "model", "label", "api_key_env"}
+        if unknown:
+            raise ValueError(f"an endpoint candidate takes endpoint, model, label and api_key_env; not "
+                             f"{', '.join(sorted(unknown))}")
+        return _endpoint(entry["endpoint"], entry.get("model"), entry.get("label"), entry.get("api_key_env"))
     if isinstance(entry, dict):
         unknown = set(entry) - {"model", "label", "template"}
         if unknown or not isinstance(entry.get("model"), str) or not entry["model"].strip():
@@ -74,6 +103,12 @@ def parse(entry) -> Candidate:
         if not match or not 0 < int(match[1]) <= MAX_SHOTS:
             raise ValueError(f"{text!r}: write base+fewshot:K with 1 <= K <= {MAX_SHOTS}, e.g. base+fewshot:3")
         return Candidate(text, "fewshot", shots=int(match[1]))
+    if text.startswith("endpoint:"):
+        match = _ENDPOINT.match(text)
+        if not match:
+            raise ValueError(f"{text!r}: write endpoint:MODEL@URL, e.g. endpoint:tiny-cpu@http://127.0.0.1:8000/v1, "
+                             "or a mapping {endpoint: URL, model: NAME, api_key_env: VAR}")
+        return _endpoint(match[2], match[1], None, None)
     if text.startswith("export:"):
         match = _EXPORT.match(text)
         if not match:

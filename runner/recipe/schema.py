@@ -314,9 +314,10 @@ class EvalSpec(Section):
     max_new_tokens: int = Field(128, gt=0, description="longest generated answer, in tokens")
     batch_size: int = Field(8, gt=0, description="prompts generated together during evaluation")
     candidates: list[str | dict[str, str]] | None = Field(
-        None, description="what answers the items: base, finetuned, merged (run/merged/), base+fewshot:K, "
-        "run:RECIPE[@ID], a model, or {model, label, template: recipe|tokenizer} (default: the suite's, else base "
-        "and finetuned)")
+        None, description="what answers the items: base, finetuned, merged (run/merged/), export:gguf-QUANT (a "
+        "`recipe export` file, run by llama.cpp), base+fewshot:K, run:RECIPE[@ID], a model, {model, label, template: "
+        "recipe|tokenizer}, or an OpenAI-compatible server: endpoint:MODEL@URL or {endpoint: URL, model, label, "
+        "api_key_env} (default: the suite's, else base and finetuned)")
     reference: str | None = Field(None, description="the candidate every other is compared with (default finetuned)")
 
     @model_validator(mode="after")

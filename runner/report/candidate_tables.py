@@ -18,6 +18,7 @@ def _describe(label: str, c: CandidateSummary) -> str:
     what = {"base": "base model, zero-shot", "finetuned": "this run's model",
             "merged": "this run's adapter merged into its base (merged/)",
             "export": f"this run's export {c.source.rsplit('/', 1)[-1] if c.source else ''}",
+            "endpoint": f"endpoint {c.source}",
             "fewshot": f"base model, {fmt(c.shots)} examples from the train split",
             "run": f"another run: {c.source}", "model": f"model {c.source}"}.get(c.kind, str(c.kind))
     engine = f"; run by {cell(c.engine, 0)}" if c.engine and c.engine != "transformers" else ""

@@ -115,7 +115,9 @@ def _classes():
         async def handle_request(self, body: dict, request_id: str):
             import jinja2
 
-            self._validate_request(body)
+            from runner.serve import stops
+
+            self._validate_request(stops.normalize(body))
             _, model, processor = self._resolve_model(body)
             messages = body.get("messages")
             if not isinstance(messages, list) or not messages:
@@ -132,7 +134,9 @@ def _classes():
 
     class CompletionsHandler(CompletionHandler):
         async def handle_request(self, body: dict, request_id: str):
-            self._validate_request(body)
+            from runner.serve import stops
+
+            self._validate_request(stops.normalize(body))
             _, model, processor = self._resolve_model(body)
             prompt = body.get("prompt", "")
             if not isinstance(prompt, str):

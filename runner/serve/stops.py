@@ -21,6 +21,17 @@ def stops_of(body: dict) -> tuple[str, ...]:
     return tuple(s for s in stop if isinstance(s, str) and s)
 
 
+def normalize(body: dict) -> dict:
+    """The request with `stop` as its list of non-empty strings, or without it when there is none (OpenAI takes
+    `stop: []` and `stop: ""`; transformers' stop-string search fails on an empty list)."""
+    wanted = stops_of(body)
+    if wanted:
+        body["stop"] = list(wanted)
+    else:
+        body.pop("stop", None)
+    return body
+
+
 def cut(text: str, stops: Sequence[str]) -> tuple[str, bool]:
     """(the text before the earliest stop string, whether one was found)."""
     ends = [i for i in (text.find(s) for s in stops) if i >= 0]
