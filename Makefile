@@ -20,7 +20,7 @@ export DO_NOT_TRACK := 1
 # WANDB_MODE=online make ... logs live (needs WANDB_API_KEY and network), WANDB_MODE=disabled turns it off.
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast validate lock golden render show tiny-model prepare plan fit train merge eval generate report compare gate serve chat export llama-cpp publish demo demo-dpo bench bench-check gpu-check gpu-check-wheels gpu-check-dry fuzz test-distributed test-slurm test-browser docs docs-serve docs-check
+.PHONY: help setup test test-fast validate lock golden render show tiny-model prepare plan fit train merge eval generate report compare gate serve chat export llama-cpp publish demo demo-ship demo-dpo bench bench-check gpu-check gpu-check-wheels gpu-check-dry fuzz test-distributed test-slurm test-browser docs docs-serve docs-check
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -112,6 +112,9 @@ publish: setup ## upload recipe=NAME's run (run=ID) with its model card to the h
 demo: ## the CPU demo: SmolLM2-135M learns text-to-SQL (set-up if needed, train, evaluate, gate, report)
 	$(MAKE) --no-print-directory recipe=smollm2-135m-sql-chatml train eval gate
 	@echo "report: runs/smollm2-135m-sql-chatml/latest/report.md"
+
+demo-ship: setup llama-cpp ## after `make demo`: export GGUF f16/q8_0/q4_k_m, score them, the merged model and the served q4_k_m on the 90 questions, gate what ships
+	$(PY) tools/demo_ship.py
 
 demo-dpo: setup ## after `make demo`: DPO from the SQL demo's SFT model on pairs made from its training questions; report base vs SFT vs DPO
 	$(PY) tools/sql_pairs.py --policy

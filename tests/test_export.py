@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -17,6 +18,7 @@ import pytest
 
 from runner import cli
 from runner.core import jsonl
+from runner.core.errors import UserError
 from runner.evaluate import run_suite
 from runner.evaluate.generate import render_prompt
 from runner.evaluate.scoring import GENERATE_TASK
@@ -25,7 +27,7 @@ from runner.recipe import chat_template, suites
 from runner.report.markdown import write_report
 from runner.runs.export_info import ExportInfo
 from runner.runs.gate_result import GateResult
-from runner.ship import export
+from runner.ship import card, export
 from tests.helpers import ROOT, free_port, make_eval_run, offline_workspace, stop_process, wait_until_up
 
 pytestmark = pytest.mark.model
@@ -136,6 +138,12 @@ def test_gguf_candidates_are_scored_by_llama_cpp_on_the_same_prompts(evaluated):
     assert abs(ppl["export:gguf-f16"] / ppl["merged"] - 1) < 0.05  # the same model: f16 vs transformers' numerics
     report = write_report(run).read_text()
     assert "| size on disk | answer tokens/s |" in report
+    card.refresh(run)  # as `recipe eval` does: the card lists the exports with their scores
+    readme = run.file("model", "README.md").read_text()
+    exports = readme.split("## Exported artifacts", 1)[1].split("\n## ", 1)[0]
+    q8_ppl = summary.candidates["export:gguf-q8_0"].metrics["perplexity"]
+    assert f"| `gguf-q8_0` | {info.artifacts['gguf-q8_0'].size_bytes / 1e6:,.1f} |" in exports
+    assert f"{q8_ppl.value:.4f} | {q8_ppl.delta:+.4f}" in exports and "| `gguf-q4_k_m` |" in exports
     assert "tiny-cpu-q8\\_0.gguf; template alpaca; run by llama.cpp" in report
 
 
@@ -278,3 +286,25 @@ def test_serving_an_artifact_that_was_not_exported_is_exit_2(evaluated, run_cli)
     run, _, _ = evaluated
     code, _, err = run_cli("serve", f"tiny-cpu@{run.run_id}", "--artifact", "export:gguf-q4_k_s", "--port", "0")
     assert code == 2 and "export:gguf-QUANT" in err and "Traceback" not in err
+
+
+def test_an_architecture_llama_cpp_cannot_convert_is_exit_2_naming_merged(exported, tmp_path):
+    run, _ = exported
+    folder = tmp_path / "model"
+    shutil.copytree(run.merged_path, folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps(config | {"architectures": ["RecipeRunnerTestForCausalLM"]}))
+    with pytest.raises(UserError) as err:
+        export._convert(run, folder, tmp_path / "out.gguf", export.prompting(run), tmp_path / "export.log")
+    assert "cannot convert this architecture" in str(err.value) and "--format merged" in str(err.value)
+    assert not (tmp_path / "out.gguf").exists()
+
+
+def test_without_a_compiler_the_first_export_is_exit_2_saying_what_to_install(monkeypatch, tmp_path):
+    # llama.cpp is installed on this machine; a machine without it and without a compiler is faked here
+    monkeypatch.setattr(llamacpp, "installed_version", lambda: None)
+    monkeypatch.setattr(llamacpp.shutil, "which", lambda name: None)
+    monkeypatch.setattr(llamacpp, "converter_dir", lambda: tmp_path / "llama.cpp")
+    with pytest.raises(UserError) as err:
+        llamacpp.ensure(tmp_path / "install.log")
+    assert "C++ compiler" in str(err.value) and "build-essential" in str(err.value)

@@ -6,6 +6,7 @@ runner.evaluate never import runner.ship), so `recipe train` and `recipe eval` c
   warm_up()          imports what after_train uses, for `recipe train` to do while the trainer starts up
   after_eval(run)    the model cards (model/, merged/) again, with eval/summary.json's results as their model-index
   merge_with_card    run/merged/ with its card (`recipe merge`, and after_train)
+  after_export(run)  the model cards again, listing export/export.json's artifacts (`recipe export`)
 
 A caller of runner.train.launch.train or runner.evaluate.run_suite.evaluate that wants what the verbs give (the
 tests' shared trained run does) calls these after it.
@@ -52,6 +53,13 @@ def merge_with_card(run: RunDir):
     from runner.ship import card
 
     return merge(run, also=lambda folder: card.try_write(run, merged=True, folder=folder))
+
+
+def after_export(run: RunDir) -> None:
+    """The model cards list the exported artifacts (export/export.json)."""
+    from runner.ship import card
+
+    card.refresh(run)
 
 
 def after_eval(run: RunDir) -> None:

@@ -56,6 +56,8 @@ def cmd_export(args) -> int:
         with console.third_party_to(log, args.verbose):
             info = export.export_gguf(run, quants, log)
         names = [artifact_name("gguf", q) for q in quants]
+    with console.third_party_to(log, args.verbose):
+        followups.after_export(run)
     print(f"exported {len(names)} artifact{'s' * (len(names) > 1)} of {paths.display(run.path)}:\n"
           f"{export.describe(info, names)}\n  record: {paths.display(run.export_info_path)}")
     return 0

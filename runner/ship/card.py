@@ -144,7 +144,7 @@ def build(s: Subject, written: dict[str, str] | None = None):
 
     if written is None:
         written = {name: f"{name}.png" for name in PLOT_TITLES if (s.folder / PLOTS / f"{name}.png").is_file()}
-    body = [_intro(s), _results(s, written), _usage(s), _training(s, written), _data(s), _recipe(s)]
+    body = [_intro(s), _results(s, written), _exports(s), _usage(s), _training(s, written), _data(s), _recipe(s)]
     return ModelCard.from_template(card_data(s), template_str=TEMPLATE, body="\n\n".join(p for p in body if p))
 
 
@@ -245,6 +245,36 @@ def _results(s: Subject, written: dict[str, str]) -> str:
     if "eval" in written:
         parts.append(f"![{PLOT_TITLES['eval']}]({PLOTS}/{written['eval']})")
     return "\n\n".join(parts)
+
+
+def _exports(s: Subject) -> str:
+    """Every artifact `recipe export` wrote (export/export.json), its size and hash, and its score where eval
+    scored it as a candidate (export:NAME), against the fine-tuned model on the same items."""
+    from runner.runs.export_info import ExportInfo
+
+    if not s.run.export_info_path.is_file():
+        return ""
+    info = ExportInfo.read(s.run.export_info_path)
+    if not info.artifacts:
+        return ""
+    scored = s.summary.candidates if s.summary else {}
+    names = list(dict.fromkeys(n for c in scored.values() for n in c.metrics))[:2]
+    rows = []
+    for name, a in info.artifacts.items():
+        c = scored.get(name if name == "merged" else f"export:{name}")
+        figures = []
+        for metric in names:
+            m = c.metrics.get(metric) if c else None
+            figures += [fmt(None if m is None else m.value, ".4f"),
+                        "—" if m is None or m.delta is None else f"{m.delta:+.4f} {interval(m.ci95)}"]
+        rows.append([code(name), fmt(a.size_bytes / 1e6, ",.1f"), code(a.sha256[:16]) if a.sha256 else "—",
+                     cell(a.tool, 0), *figures])
+    headers = ["artifact", "size (MB)", "sha256", "made with"]
+    for metric in names:
+        headers += [cell(metric, 0), "Δ vs fine-tuned (95% CI)"]
+    return ("## Exported artifacts\n\nWhat `recipe export` wrote (`export/export.json` in the run), scored where "
+            "eval scored it as a candidate, on the same items as the fine-tuned model (paired 95% interval):\n\n" +
+            table(headers, rows, 1))
 
 
 def _example_prompt(s: Subject) -> str | None:
