@@ -45,6 +45,18 @@ def test_candidate_forms_parse_to_their_kinds_and_file_names():
     assert parsed[5].template == "tokenizer"
 
 
+def test_artifact_and_endpoint_candidates_parse_with_what_they_need():
+    parsed = candidates.check(["finetuned", "merged", "export:gguf-q4_k_m", "endpoint:tiny@http://127.0.0.1:8000/v1/",
+                               {"endpoint": "https://api.example.com/v1", "model": "gpt", "label": "hosted",
+                                "api_key_env": "HOSTED_KEY"}], None)
+    assert [(c.kind, c.slug) for c in parsed[1:]] == [
+        ("merged", "merged"), ("export", "export-gguf-q4_k_m"), ("endpoint", "endpoint-tiny"), ("endpoint", "hosted")]
+    assert parsed[2].artifact == "gguf-q4_k_m"
+    assert (parsed[3].model, parsed[3].url, parsed[3].api_key_env) == ("tiny", "http://127.0.0.1:8000/v1", None)
+    assert (parsed[4].model, parsed[4].url, parsed[4].api_key_env) == ("gpt", "https://api.example.com/v1",
+                                                                       "HOSTED_KEY")
+
+
 @pytest.mark.parametrize("entries, reference, message", [
     (["base"], None, "must include finetuned"),
     (["finetuned", "base+fewshot:0"], None, "1 <= K <= 32"),
@@ -54,6 +66,13 @@ def test_candidate_forms_parse_to_their_kinds_and_file_names():
     (["finetuned", {"model": "m", "label": "base"}], None, "reserved"),
     (["finetuned", {"model": "m", "template": "alpaca"}], None, "use recipe or tokenizer"),
     (["finetuned", "base"], "gpt", "reference 'gpt' is not a candidate"),
+    (["finetuned", "export:gguf-q3_k"], None, "export:gguf-QUANT with QUANT f16, q8_0 or q4_k_m"),
+    (["finetuned", "endpoint:http://127.0.0.1:8000/v1"], None, "write endpoint:MODEL@URL"),
+    (["finetuned", {"endpoint": "127.0.0.1:8000", "model": "m"}], None, "give the API's base URL"),
+    (["finetuned", {"endpoint": "http://h/v1"}], None, "needs the model name"),
+    (["finetuned", {"endpoint": "http://h/v1", "model": "m", "api_key_env": "sk-abc 1"}], None,
+     "name an environment variable"),
+    (["finetuned", {"endpoint": "http://h/v1", "model": "m", "key": "sk-abc"}], None, "not key"),
 ])
 def test_bad_candidate_lists_say_how_to_fix_them(entries, reference, message):
     with pytest.raises(ValueError, match=re.escape(message)):

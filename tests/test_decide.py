@@ -270,6 +270,10 @@ def test_gate_on_a_metric_the_suite_does_not_compute_is_exit_2(project, run_cli)
                                                         "gates: {rouge_l: {}}\n")
     with pytest.raises(UserError, match="gates.rouge_l: a gate needs min, max or max_drop"):
         suites.load("empty")
+    (project / "eval_suites" / "odd.yaml").write_text("suite: 1\nversion: 1.0.0\nmetrics: [rouge_l]\n"
+                                                      "gates: {rouge_l: {max_drop: 0.02, candidate: 'export:q4'}}\n")
+    with pytest.raises(UserError, match="export:gguf-QUANT"):  # a candidate the gate names must be one
+        suites.load("odd")
     code, _, err_text = run_cli("validate")  # every suite too
     assert code == 2 and "does not compute" in err_text
 

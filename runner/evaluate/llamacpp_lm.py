@@ -20,8 +20,10 @@ class LlamaCppLM(LM):
         from llama_cpp import Llama
 
         self.path = Path(gguf)
-        self.model = Llama(model_path=str(self.path), n_ctx=context_length or 0, n_threads=threads,
-                           n_threads_batch=threads, logits_all=True, seed=0, verbose=False)
+        self.settings = {"model_path": str(self.path), "n_ctx": context_length or 0, "n_threads": threads,
+                         "n_threads_batch": threads, "seed": 0, "verbose": False}
+        self.model = Llama(**self.settings)  # answers: logits of the last position only
+        self._scorer = None  # log-likelihoods: every position's logits (logits_all), loaded when first asked
         self.max_gen_toks = default_max_gen_toks
         self.add_bos_token = False  # harness sets it per call, as on lm-eval's hf model
         self.generated_tokens = 0
@@ -56,9 +58,13 @@ class LlamaCppLM(LM):
         whole = self.tokens(context + continuation)
         n_context = len(self.tokens(context)) if context else 0
         n_context = max(1, min(n_context, len(whole) - 1))
-        self.model.reset()
-        self.model.eval(whole)
-        logits = np.asarray(self.model.scores[: len(whole)], dtype=np.float64)
+        if self._scorer is None:
+            from llama_cpp import Llama
+
+            self._scorer = Llama(**self.settings, logits_all=True)
+        self._scorer.reset()
+        self._scorer.eval(whole)
+        logits = np.asarray(self._scorer.scores[: len(whole)], dtype=np.float64)
         logprob, greedy = 0.0, True
         for position in range(n_context, len(whole)):
             row = logits[position - 1]

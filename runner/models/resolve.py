@@ -136,15 +136,26 @@ def gguf_file_type(base: str) -> str | None:
         return None
 
 
+def gguf_path(base: str) -> Path | None:
+    """The .gguf file a model.base names (pkg:// or a local path); None when it names none or it is not there."""
+    if not (base.startswith(PKG) or base.endswith(".gguf")):
+        return None
+    try:
+        path = Path(package_file(base) if base.startswith(PKG) else paths.resolve_local(base))
+    except (UserError, OSError, ValueError):
+        return None
+    return path if path.is_file() else None
+
+
 def gguf_string(base: str, key: str) -> str | None:
     """A string field of the .gguf file a model.base names (tokenizer.ggml.pre...); None when it has none or the base
     is no .gguf file."""
     import gguf
 
-    if not (base.startswith(PKG) or base.endswith(".gguf")):
+    path = gguf_path(base)
+    if path is None:
         return None
     try:
-        path = package_file(base) if base.startswith(PKG) else paths.resolve_local(base)
         field = gguf.GGUFReader(path).get_field(key)
         return field.contents() if field is not None and isinstance(field.contents(), str) else None
     except (UserError, OSError, ValueError, KeyError):

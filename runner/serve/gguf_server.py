@@ -5,9 +5,9 @@ The file carries the recipe's chat template (written by `recipe export`), so cha
 trained, by the server's Jinja2 chat formatter; what the formatter cannot know is the recipe's stop strings (it stops
 at the end-of-sequence token only), so the chat handler here is that formatter with the file's
 `recipe_runner.stop`. Answers end before a stop string, as OpenAI's API returns them; llama.cpp's server does that
-itself. A request that does not set llama.cpp's own sampling knobs gets OpenAI's neutral values (no repeat penalty,
-no top-k or min-p cut, top_p 1) instead of llama.cpp's (1.1, 40, 0.05, 0.95), so temperature 0 is the greedy
-decoding eval measured.
+itself. Each request is computed from an empty cache (see _fresh), and one that does not set llama.cpp's own
+sampling knobs gets OpenAI's neutral values (no repeat penalty, no top-k or min-p cut, top_p 1) instead of
+llama.cpp's (1.1, 40, 0.05, 0.95): temperature 0 is then the greedy decoding eval measured, request by request.
 """
 from __future__ import annotations
 
@@ -110,8 +110,23 @@ def app_for(served: ServedGguf, threads: int):
     formatter = _formatter_class()(served.chat_template, eos_token=eos, bos_token=bos, stop=served.stop,
                                    stop_token_ids=[llama.token_eos()])
     llama.chat_handler = formatter.to_chat_handler()
+    llama.create_completion = _fresh(llama)
     app.add_middleware(OpenAIDefaults)
     return app
+
+
+def _fresh(llama):
+    """create_completion from an empty cache: llama.cpp otherwise reuses the prefix the previous request left in
+    its KV cache, which computes the prompt in other chunks and, on near-tied tokens, gives another greedy answer
+    than the same request alone (measured on the SQL demo's q4_k_m file: 2 of 90). A request's answer then depends
+    on itself only, as it did in eval."""
+    inner = llama.create_completion
+
+    def create_completion(*args, **kwargs):
+        llama.reset()
+        return inner(*args, **kwargs)
+
+    return create_completion
 
 
 def prepare(run, artifact: str) -> ServedGguf:

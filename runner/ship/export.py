@@ -89,6 +89,22 @@ def pre_tokenizer_fallback(base: str, folder: Path) -> tuple[str | None, str]:
     return None, ""
 
 
+def tokenizer_source(base: str, folder: Path) -> Path | None:
+    """The base model's GGUF file when the model was trained on one and keeps its vocabulary: its tokenizer fields
+    go into the export in place of the converted ones (runner.ship.gguf_convert)."""
+    import gguf
+
+    path = resolve.gguf_path(base)
+    if path is None:
+        return None
+    try:
+        tokens = gguf.GGUFReader(path).get_field("tokenizer.ggml.tokens")
+        vocab = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("vocab_size")
+    except (OSError, ValueError):
+        return None
+    return path if tokens is not None and len(tokens.data) == vocab else None
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
@@ -111,10 +127,13 @@ def _log_tail(log: Path) -> str:
 
 
 def _convert(run: rundir.RunDir, folder: Path, out: Path, how: Prompting, log: Path) -> tuple[str, str | None]:
-    """llama.cpp's converter, folder -> out (f16); the pre-tokenizer written and, when not the converter's own, why."""
+    """llama.cpp's converter, folder -> out (f16); the pre-tokenizer written into it and, when it is not the
+    converter's own recognition, why."""
     manifest, recipe = run.trained(), run.recipe()
     fallback, why = pre_tokenizer_fallback(manifest.base_model, folder)
+    carried = tokenizer_source(manifest.base_model, folder)
     settings = {"llama_cpp": str(llamacpp.converter_dir()), "pre_tokenizer": fallback, "pre_tokenizer_why": why,
+                "tokenizer_from": str(carried) if carried else None,
                 "args": [str(folder), "--outfile", str(out), "--outtype", "f16"],
                 "metadata": {"tokenizer.chat_template": how.chat_template, "recipe_runner.stop": how.stop,
                              "general.name": f"{recipe.name} {recipe.version} (run {manifest.run_id})"}}
@@ -133,8 +152,19 @@ def _convert(run: rundir.RunDir, folder: Path, out: Path, how: Prompting, log: P
         hint = ("llama.cpp cannot convert this architecture; export --format merged instead"
                 if "not supported" in tail else f"the whole log is {paths.display(log)}")
         raise UserError(Problem(where, "", f"llama.cpp's converter failed ({tail}); {hint}"))
+    written = _gguf_pre(out)
+    if carried:
+        return written, ("the tokenizer fields are the base model's own, carried over from its GGUF file "
+                         f"{manifest.base_model}")
     text = log.read_text(encoding="utf-8", errors="replace")
-    return (fallback, why) if fallback and "pre-tokenizer not recognised by llama.cpp" in text else (None, None)
+    return written, (why if fallback and "pre-tokenizer not recognised by llama.cpp" in text else None)
+
+
+def _gguf_pre(file: Path) -> str | None:
+    import gguf
+
+    field = gguf.GGUFReader(file).get_field("tokenizer.ggml.pre")
+    return field.contents() if field is not None else None
 
 
 def _quantize(source: Path, out: Path, quant: str, log: Path) -> None:

@@ -2,9 +2,11 @@
 what a recipe's export adds, and quantize with llama.cpp's quantizer.
 
   python -m runner.ship.gguf_convert convert SETTINGS.json   converter, with settings["metadata"] written into the
-                                                             file (chat template, stop strings, name) and
+                                                             file (chat template, stop strings, name),
                                                              settings["pre_tokenizer"] used where the converter does
-                                                             not recognise the tokenizer's pre-tokenizer
+                                                             not recognise the tokenizer's pre-tokenizer, and the
+                                                             tokenizer fields of settings["tokenizer_from"] (a GGUF
+                                                             file) in place of the converted ones
   python -m runner.ship.gguf_convert quantize IN OUT TYPE    llama_cpp.llama_model_quantize (TYPE: Q8_0, Q4_K_M...)
 
 The converter knows a BPE tokenizer's pre-tokenizer by a hash of how it splits a test text; a tokenizer it has not
@@ -45,8 +47,11 @@ def _convert(settings: dict) -> int:
     base.TextModel.get_vocab_base_pre = get_vocab_base_pre
     original_header = gguf.GGUFWriter.write_header_to_file
     metadata = settings.get("metadata", {})
+    tokenizer_from = settings.get("tokenizer_from")
 
     def write_header_to_file(self, *args, **kwargs):  # the header counts the keys: add ours before it is written
+        if tokenizer_from:
+            _carry_tokenizer(self, gguf, tokenizer_from)
         for key, value in metadata.items():
             if isinstance(value, list):
                 self.add_array(key, value)
@@ -62,6 +67,22 @@ def _convert(settings: dict) -> int:
         print(f"recipe-runner: {err}", file=sys.stderr)
         return EXIT_UNRECOGNISED if UNRECOGNISED in str(err) else 1
     return 0
+
+
+def _carry_tokenizer(writer, gguf, source: str) -> None:
+    """Replace the converted tokenizer.* fields with those of the GGUF file the model's base came from: the
+    tokenizer llama.cpp itself wrote and reads (a tokenizer.json that transformers rebuilt from a GGUF file can
+    differ in how it spells byte tokens, which llama.cpp then cannot tokenize with)."""
+    for key in [k for k in writer.kv_data[0] if k.startswith("tokenizer.")]:
+        writer.remove_key(key)
+    reader = gguf.GGUFReader(source)
+    for field in reader.fields.values():
+        if not field.name.startswith("tokenizer."):
+            continue
+        kind = field.types[0]
+        sub = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(field.name, field.contents(), kind, sub_type=sub)
+    logging.getLogger("recipe-runner").warning("tokenizer metadata carried over from %s", source)
 
 
 def _quantize(source: str, target: str, kind: str) -> int:
