@@ -27,11 +27,14 @@ def _error(name: str) -> str:
 
 
 def test_shipped_suites_are_valid(project):
-    assert suites.available() == ["chat-heldout", "general", "heldout-qa", "sql"]
+    assert suites.available() == ["chat-heldout", "general", "heldout-qa", "sql", "sql-ship"]
     assert suites.validate_all() == []
     general = suites.load("general")
     assert general.lm_eval_tasks == ["hellaswag", "arc_easy", "truthfulqa_mc2", "mmlu"]
     assert suites.load("sql").sql.database == "data/sql-demo/{db}.sql"
+    ship = suites.load("sql-ship")  # make demo-ship: the q4_k_m file against the fine-tuned model
+    assert ship.sql.database == suites.load("sql").sql.database and ship.metrics == suites.load("sql").metrics
+    assert ship.gates["sql_execution"].candidate == "export:gguf-q4_k_m"
     chat = suites.load("chat-heldout")
     assert chat.judge.kind == "local" and chat.needs_generation
 
