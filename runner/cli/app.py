@@ -17,12 +17,14 @@ from runner.cli import (
     recipe_verbs,
     serve_verbs,
     ship_verbs,
+    sweep_verbs,
     targets,
     train_verbs,
 )
 from runner.core.errors import STORAGE_ERRNOS, RunFailed, UserError, storage_error
 
-VERB_MODULES = (recipe_verbs, train_verbs, eval_verbs, chat_verbs, ship_verbs, serve_verbs, fit_verbs, decide_verbs)
+VERB_MODULES = (recipe_verbs, train_verbs, eval_verbs, chat_verbs, ship_verbs, serve_verbs, fit_verbs, decide_verbs,
+                sweep_verbs)
 
 EPILOG = """examples:
   recipe init my-repo                   # a starter workspace: recipes/my-model.yaml, data, README, .gitignore
@@ -52,7 +54,7 @@ GROUPS = (
     ("data", ("prepare",)),
     ("plan and train", ("tiny-model", "fit", "plan", "train", "merge")),
     ("evaluate", ("eval", "generate", "report")),
-    ("decide", ("compare", "gate")),
+    ("decide", ("compare", "gate", "sweep")),
     ("ship and serve", ("export", "publish", "serve", "chat")),
 )
 

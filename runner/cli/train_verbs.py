@@ -54,26 +54,15 @@ def cmd_plan(args) -> int:
     return 0
 
 
-def _seeds(text: str) -> list[int]:
-    """--seeds 1,2,3 -> [1, 2, 3]: distinct integers."""
-    try:
-        seeds = [int(part) for part in text.split(",") if part.strip()]
-    except ValueError:
-        seeds = []
-    if not seeds or len(set(seeds)) != len(seeds):
-        raise UserError(Problem("--seeds", "", f"{text!r}: give distinct integer seeds separated by commas, e.g. "
-                                "--seeds 1,2,3"))
-    return seeds
-
-
 def cmd_train_seeds(args) -> int:
     """One run per seed (train.seed overridden), all tagged with one group id for compare and gate."""
     import time
 
     from runner.cli.followups import after_train, warm_up
+    from runner.recipe.sweep_grid import parse_seeds
     from runner.train.launch import train
 
-    seeds = _seeds(args.seeds)
+    seeds = parse_seeds(args.seeds)
     if args.resume is not None or args.target == "slurm":
         raise UserError(Problem("--seeds", "", "trains new runs one after another; it cannot be combined with "
                                 "--resume or --target slurm (submit one job per seed instead)"))

@@ -16,7 +16,7 @@ from runner.runs.records import MetricsRow, read_rows
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
 
 
-def figure(curves: list[tuple[str, list[list[MetricsRow]]]]) -> Figure | None:
+def figure(curves: list[tuple[str, list[list[MetricsRow]]]], title: str = "Loss: every compared run") -> Figure | None:
     """curves: (side label, metrics.jsonl records of each of its runs); None when no run logged a loss."""
     fig = Figure(figsize=(8, 4.5), dpi=DPI, layout="constrained")
     FigureCanvasAgg(fig)
@@ -38,18 +38,18 @@ def figure(curves: list[tuple[str, list[list[MetricsRow]]]]) -> Figure | None:
                 drawn = True
     if not drawn:
         return None
-    ax.set(xlabel="step", ylabel="loss", title="Loss: every compared run")
+    ax.set(xlabel="step", ylabel="loss", title=title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return fig
 
 
-def write(path: Path, sides: list[tuple[str, list]]) -> str | None:
+def write(path: Path, sides: list[tuple[str, list]], title: str = "Loss: every compared run") -> str | None:
     """Write the figure for sides [(label, [RunData])]; returns the file name, or None (and no file) without losses."""
     curves = [(label, [read_rows(d.run.metrics_path, MetricsRow, strict=False)[0]
                        if d.run.metrics_path.is_file() else [] for d in runs]) for label, runs in sides]
     with style.context("default"):
-        fig = figure(curves)
+        fig = figure(curves, title)
         if fig is None:
             Path(path).unlink(missing_ok=True)
             return None
