@@ -38,7 +38,7 @@ def test_recipe_trains_tiny_cpu_through_sbatch(slurm_cluster, session_dirs, tiny
     job = manifest["slurm_job_id"]
     assert manifest["status"] == "trained" and manifest["target"] == "slurm"
     assert manifest["train"]["steps"] == 30 and manifest["train"]["ranks"]["rank-0"]["steps"] == 30
-    log = (run / "logs" / f"slurm-{job}.out").read_text()
+    log = (run / "logs" / f"slurm-{job}.out").read_text(errors="replace")
     assert "Training completed" in log
     assert (run / "model" / "adapter_model.safetensors").is_file()
     assert "#SBATCH --nodes=1" in (run / "launch.sh").read_text()
@@ -81,7 +81,9 @@ def test_a_requeued_job_resumes_from_its_last_checkpoint(slurm_cluster, session_
 
     shown = subprocess.run(["scontrol", "show", "job", job], env=env, capture_output=True, text=True, timeout=60)
     assert "Restarts=1" in shown.stdout and "JobState=COMPLETED" in shown.stdout
-    log = (run / "logs" / f"slurm-{job}.out").read_text()  # --open-mode=append: both attempts
+    # --open-mode=append: both attempts; the requeue kills the first mid-write, which can cut a UTF-8 character of
+    # the progress bar in two (the runner reads this log with errors="replace" too)
+    log = (run / "logs" / f"slurm-{job}.out").read_text(errors="replace")
     resumed = re.findall(r"resume from checkpoint at model/checkpoint-(\d+)", log)
     assert len(resumed) == 1, log[-3000:]
     checkpoint = int(resumed[0])
