@@ -135,6 +135,22 @@ def test_same_input_is_a_cache_hit_with_identical_hashes(recipe_for, capsys):
     assert "cache hit" in capsys.readouterr().err
 
 
+def test_a_workspace_sharing_the_cache_gets_its_own_labels(recipe_for, project, monkeypatch):
+    # the same file read through another workspace is named otherwise (labels are relative to the workspace):
+    # its data.json and test rows must name it as that workspace does, not as whichever prepared first
+    first = prepare.prepare(recipe_for(DOLLY), quiet=True)
+    other = project.parent / f"{project.name}-other"
+    shutil.copytree(project / "recipes", other / "recipes")
+    shutil.copytree(project / "templates", other / "templates")
+    (other / "data").mkdir()
+    shutil.copytree(project / "data" / "samples", other / "data" / "samples")
+    monkeypatch.setenv("RECIPE_RUNNER_HOME", str(other))
+    monkeypatch.chdir(other)
+    again = prepare.prepare(loading.load("r0"), quiet=True)  # the first recipe, copied with the workspace
+    assert list(again.info.fingerprints) == ["data/samples/dolly15k-sample.jsonl"]  # this workspace's own name
+    assert list(first.info.fingerprints) != list(again.info.fingerprints) and again.key != first.key
+
+
 @pytest.mark.parametrize("change", [
     ("template", "qa"),
     ("fields", "{instruction: instruction, input: category, output: response}"),

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import free_port
+
 CLUSTER = Path(__file__).parent / "slurm" / "cluster.sh"
 pytestmark = [pytest.mark.model, pytest.mark.slurm]
 
@@ -22,10 +24,14 @@ pytestmark = [pytest.mark.model, pytest.mark.slurm]
 @pytest.fixture(scope="module")
 def slurm_cluster(tmp_path_factory):
     state = tmp_path_factory.mktemp("slurm")
-    started = subprocess.run(["bash", str(CLUSTER), "start", str(state)], capture_output=True, text=True, timeout=120)
+    ctld = free_port()
+    ports = {"SLURMCTLD_PORT": str(ctld), "SLURMD_PORT": str(next(p for p in iter(free_port, None) if p != ctld))}
+    # free ports, not 6817/6818: a cluster another checkout's test run left stopping must not fail this one
+    started = subprocess.run(["bash", str(CLUSTER), "start", str(state)], capture_output=True, text=True, timeout=120,
+                             env=os.environ | ports)
     assert started.returncode == 0, started.stdout + started.stderr
     yield {"SLURM_CONF": str(state / "slurm.conf")}
-    subprocess.run(["bash", str(CLUSTER), "stop", str(state)], capture_output=True, timeout=120)
+    subprocess.run(["bash", str(CLUSTER), "stop", str(state)], capture_output=True, timeout=120, env=os.environ | ports)
 
 
 def test_recipe_trains_tiny_cpu_through_sbatch(slurm_cluster, session_dirs, tiny_model_dir):

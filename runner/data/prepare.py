@@ -61,7 +61,9 @@ def cache_key(recipe: Recipe, read: list[sources.SourceRows], model_dir: Path) -
     """Hash of every input that shapes the prepared data: the one key that prepare publishes under and that
     `recipe fit` (estimate/data_size.py) looks the prepared data up by."""
     data, template = recipe.data, templates.load(recipe.data.template)
-    shaping = {"format": FORMAT_VERSION, "sources": [r.fingerprint for r in read],
+    # the labels too: they name each source in data.json and in the test rows, and are relative to the workspace,
+    # so two workspaces sharing RECIPE_CACHE_DIR must not share one entry
+    shaping = {"format": FORMAT_VERSION, "sources": [r.fingerprint for r in read], "labels": [r.label for r in read],
                "template": template.source or template.name,
                "datasets": [d.model_dump(mode="json", exclude={"source"}) for d in data.datasets],
                "system": data.system, "max_seq_len": data.max_seq_len, "overlength": data.overlength,
