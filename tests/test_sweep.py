@@ -32,17 +32,12 @@ def _run_dirs() -> set[str]:
     return {p.name for p in folder.iterdir() if not p.is_symlink()} if folder.is_dir() else set()
 
 
-@pytest.fixture(scope="module")
-def swept(project):
-    """The 2 learning rates × 2 seeds sweep, decided on perplexity (1e-9 barely moves the random tiny model)."""
-    code = cli.main(["sweep", "tiny-cpu", *GRID, "--metric", "perplexity"])
-    folder = next((rundir.paths.runs_dir() / "_sweep").iterdir())
-    return code, SweepFile.read(folder / SWEEP_FILE), folder
-
-
 @pytest.mark.model
-def test_a_grid_times_seeds_is_trained_evaluated_and_decided_with_the_noise_in_view(swept):
-    code, sweep, folder = swept
+def test_a_sweep_trains_decides_reuses_its_runs_and_reports_a_failing_variant(project, capsys):
+    """One test for the whole story, so the 2 × 2 grid is trained once whatever the scheduler does with fixtures."""
+    # 2 learning rates × 2 seeds, decided on perplexity (1e-9 barely moves the random tiny model)
+    code, out, sweep = _sweep(capsys, *GRID, "--metric", "perplexity")
+    folder = rundir.paths.workspace() / out.rsplit("sweep: ", 1)[1].split(SWEEP_MD)[0]
     assert code == 0
     assert [v.name for v in sweep.variants] == ["train.learning_rate=1e-9", "train.learning_rate=1e-3"]
     for variant in sweep.variants:
@@ -60,37 +55,29 @@ def test_a_grid_times_seeds_is_trained_evaluated_and_decided_with_the_noise_in_v
     md = (folder / SWEEP_MD).read_text()
     assert "| `train.learning_rate=1e-9` | 2 |" in md and "worse, interval excludes 0" in md
     assert "two-level paired bootstrap" in md and (folder / SWEEP_PLOT).stat().st_size > 1000
-    assert sweep.cost_s > 0
+    assert sweep.cost_s > 0 and SweepFile.read(folder / SWEEP_FILE) == sweep
 
-
-@pytest.mark.model
-def test_a_second_invocation_trains_nothing_new(swept, capsys):
+    # a second invocation trains nothing new and decides the same
     before = _run_dirs()
-    code, out, again = _sweep(capsys, *GRID, "--metric", "perplexity")
+    code, _, again = _sweep(capsys, *GRID, "--metric", "perplexity")
     assert code == 0 and _run_dirs() == before
     assert all(r.status == "reused" for v in again.variants for r in v.runs)
-    assert [r.run_id for v in again.variants for r in v.runs] == [r.run_id for v in swept[1].variants for r in v.runs]
-    assert again.decision == swept[1].decision
+    assert [r.run_id for v in again.variants for r in v.runs] == [r.run_id for v in sweep.variants for r in v.runs]
+    assert again.decision == sweep.decision
 
-
-@pytest.mark.model
-def test_seeds_of_one_recipe_are_indistinguishable(swept, capsys):
-    before = _run_dirs()
-    code, _, seeds = _sweep(capsys, "train.learning_rate=1e-3", "--grid", "train.seed=1,2")  # the runs above
+    # seeds of one setting, as a grid: the runs above again, indistinguishable
+    code, _, seeds = _sweep(capsys, "train.learning_rate=1e-3", "--grid", "train.seed=1,2")
     assert code == 0 and _run_dirs() == before and seeds.metric == "exact_match"  # the suite's first metric
-    verdicts = {r.variant: r.verdict for r in seeds.decision.rows}
-    assert sorted(verdicts.values()) == ["best", "indistinguishable from best"]
+    assert sorted(r.verdict for r in seeds.decision.rows) == ["best", "indistinguishable from best"]
 
-
-@pytest.mark.model
-def test_a_failing_variant_is_reported_and_the_others_go_on(swept, capsys):
-    code, out, sweep = _sweep(capsys, "train.learning_rate=1e-3", "--seeds", "1", "--grid",
-                              "model.base=models/tiny-llama,models/missing")
+    # a variant that fails is reported and the others go on
+    code, out, failing = _sweep(capsys, "train.learning_rate=1e-3", "--seeds", "1", "--grid",
+                                "model.base=models/tiny-llama,models/missing")
     assert code == 1 and "the other variants go on" in out
-    good, bad = sweep.variants
+    good, bad = failing.variants
     assert good.runs[0].status == "reused" and bad.runs[0].status == "failed"
     assert "models/missing" in bad.runs[0].error
-    assert [r.verdict for r in sweep.decision.rows] == ["best", "not evaluated"]
+    assert [r.verdict for r in failing.decision.rows] == ["best", "not evaluated"]
 
 
 @pytest.mark.model
