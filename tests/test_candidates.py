@@ -345,11 +345,31 @@ def test_a_missing_judge_prompt_file_is_exit_2(project, tmp_path, server):
 OLD_SUMMARIES = Path(__file__).parent / "golden" / "summaries"  # written by the old code (see its README.md)
 
 
+def test_version_3_summaries_and_version_1_gates_read_as_before_the_artifact_fields(tmp_path):
+    from runner.runs.gate_result import GateResult, GateRow
+
+    v3 = EvalSummary.read(OLD_SUMMARIES / "summary-v2.json").to_json()
+    v3["version"] = 3
+    for c in v3["candidates"].values():
+        for key in ("engine", "size_bytes", "answer_tokens_per_s"):
+            c.pop(key)
+    (tmp_path / "summary.json").write_text(json.dumps(v3))
+    read = EvalSummary.read(tmp_path / "summary.json")
+    assert read.version == 4 and all(c.engine is None and c.size_bytes is None for c in read.candidates.values())
+    row = GateRow(metric="rouge_l", rule="min", bound=0.1, higher_is_better=True, verdict="pass", why="w",
+                  value=0.2).model_dump(mode="json")
+    row.pop("candidate")
+    (tmp_path / "gate.json").write_text(json.dumps({"version": 1, "suite": "s", "suite_version": "1.0.0",
+                                                    "runs": ["r"], "passed": True, "rows": [row]}))
+    gate = GateResult.read(tmp_path / "gate.json")
+    assert gate.version == 2 and gate.rows[0].candidate is None and gate.rows[0].value == 0.2
+
+
 @pytest.mark.parametrize("version", [1, 2])
-def test_old_summaries_migrate_to_version_3_with_the_same_figures(tmp_path, version):
+def test_old_summaries_migrate_to_the_current_version_with_the_same_figures(tmp_path, version):
     path = OLD_SUMMARIES / f"summary-v{version}.json"
     old, summary = json.loads(path.read_text()), EvalSummary.read(path)
-    assert summary.version == 3 and "metrics" not in summary.to_json() and "judge" not in summary.to_json()
+    assert summary.version == 4 and "metrics" not in summary.to_json() and "judge" not in summary.to_json()
     assert (summary.suite, summary.suite_version, summary.n_items, summary.skipped, summary.reference) == \
         (old["suite"], old["suite_version"], old["n_items"], old["skipped"], "finetuned")
     view = summary.versus_base()  # version 1's base-vs-fine-tuned figures, read from the candidates

@@ -128,7 +128,7 @@ def test_report_shows_every_candidate_with_intervals(evaluated):
     assert "Bradley–Terry ranking" in report and "unparseable" in report
     assert "| doc | prompt | reference | base | base+fewshot:2 |" in report  # every candidate's answers side by side
     assert "### fewshot-2-recipe" not in report  # samples-base-*.jsonl must not read base-fewshot-2's files as base's
-    assert json.loads(run.file("eval", "summary.json").read_text())["version"] == 3
+    assert json.loads(run.file("eval", "summary.json").read_text())["version"] == 4
 
 
 def test_candidates_that_cannot_be_had_are_exit_2_before_the_run_fails(evaluated, own_run, tmp_path):

@@ -308,3 +308,22 @@ def test_without_a_compiler_the_first_export_is_exit_2_saying_what_to_install(mo
     with pytest.raises(UserError) as err:
         llamacpp.ensure(tmp_path / "install.log")
     assert "C++ compiler" in str(err.value) and "build-essential" in str(err.value)
+
+
+def test_each_served_request_is_computed_from_an_empty_cache(exported):
+    # llama.cpp reuses the prefix the previous request left in its cache, computing the prompt in other chunks (it
+    # flipped 2 of 90 near-tied demo answers); recipe serve computes every request whole, as eval does
+    import llama_cpp.server.app as server_app
+
+    from runner.serve import gguf_server
+
+    run, recipe = exported
+    gguf_server.app_for(gguf_server.prepare(run, "export:gguf-q8_0"), threads=1)
+    llama = server_app._llama_proxy("tiny-cpu")
+    computed, inner = [], llama.eval
+    llama.eval = lambda tokens: (computed.append(len(tokens)), inner(tokens))[1]
+    prompt = llama.tokenize(b"Below is an instruction.\n\n### Response:\n", add_bos=False, special=True)
+    for _ in range(2):
+        computed.clear()
+        llama.create_completion(prompt, max_tokens=2, temperature=0.0)
+        assert computed[0] == len(prompt)  # the whole prompt, not the one token after a reused prefix

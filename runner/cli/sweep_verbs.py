@@ -19,19 +19,15 @@ def _existing(name: str, fingerprint: str):
     """The run of `name` trained from this resolved recipe, the most finished first (evaluated, trained, other)."""
     from runner.runs import rundir
 
-    folder = rundir.recipe_runs(name)
     found = []
-    for path in sorted(folder.iterdir()) if folder.is_dir() else []:
-        if path.is_symlink() or not (path / rundir.MANIFEST).is_file():
-            continue
-        run = rundir.RunDir(path)
+    for run in rundir.runs_in(rundir.recipe_runs(name)):
         try:
             manifest = run.manifest()
         except UserError:
             continue
         if manifest.fingerprint == fingerprint:
             rank = {"evaluated": 0, "trained": 1}.get(manifest.status.value, 2)
-            found.append((rank, -path.stat().st_mtime, run))
+            found.append((rank, -run.path.stat().st_mtime, run))
     return min(found, key=lambda f: f[:2])[2] if found else None
 
 

@@ -27,11 +27,6 @@ class Side:
     group: str | None = None
 
 
-def _runs_of(recipe_dir: Path) -> list[RunDir]:
-    return [RunDir(p) for p in sorted(recipe_dir.iterdir())
-            if p.is_dir() and not p.is_symlink() and (p / rundir.MANIFEST).is_file()]
-
-
 def _group(runs: list[RunDir], group: str) -> list[RunDir]:
     return [run for run in runs if run.manifest().group == group]
 
@@ -40,12 +35,12 @@ def _whole_group(run: RunDir, label: str) -> Side:
     group = run.manifest().group
     if group is None:
         return Side(label, (run,))
-    return Side(label, tuple(_group(_runs_of(run.path.parent), group)), group)
+    return Side(label, tuple(_group(rundir.runs_in(run.path.parent), group)), group)
 
 
 def _in_recipe(recipe: str, ident: str, label: str) -> Side:
     parent = rundir.recipe_runs(recipe)
-    runs = _runs_of(parent) if parent.is_dir() else []
+    runs = rundir.runs_in(parent) if parent.is_dir() else []
     if (parent / ident).is_dir():
         return Side(label, (RunDir((parent / ident).resolve()),))
     members = _group(runs, ident)
@@ -72,7 +67,7 @@ def resolve(token: str) -> Side:
     if lookup.holders(token):
         return Side(token, (lookup.by_id(token),))
     for recipe_dir in recipes:
-        members = _group(_runs_of(recipe_dir), token)
+        members = _group(rundir.runs_in(recipe_dir), token)
         if members:
             return Side(token, tuple(members), token)
     try:

@@ -82,17 +82,9 @@ def _merged(candidate: Candidate, run, manifest, recipe, dtype: str, where: str)
 
 def _export(candidate: Candidate, run, manifest, recipe, where: str) -> Resolved:
     """An exported artifact (export/export.json), on this run's own prompts; never exported here."""
-    from runner.core import paths
-    from runner.runs.export_info import ExportInfo
+    from runner.runs.export_info import exported_gguf
 
-    name = candidate.artifact
-    artifact = ExportInfo.read(run.export_info_path).artifacts.get(name) if run.export_info_path.is_file() else None
-    file = run.file(artifact.path) if artifact else None
-    if file is None or not file.is_file():
-        quant = name.split("-", 1)[1]
-        line = f"recipe export {manifest.recipe}@{manifest.run_id} --format gguf --quant {quant}"
-        raise UserError(Problem(where, "", f"no {name} export in {paths.display(run.export_dir())}; eval scores "
-                                f"artifacts, it never builds one: run `{line}` first"))
+    file, _ = exported_gguf(run, candidate.artifact, where)
     args = {"gguf": str(file), "engine": "llama.cpp", "context_length": recipe.model.context_length}
     return Resolved(candidate, args, manifest.base_model_dir, recipe.data.template, recipe.data.system, str(file),
                     True, engine="llama.cpp", size_bytes=file.stat().st_size)

@@ -1,9 +1,10 @@
-"""eval/summary.json (EvalSummary, version 3): written by `recipe eval` (runner.evaluate.run_suite, its figures
+"""eval/summary.json (EvalSummary, version 4): written by `recipe eval` (runner.evaluate.run_suite, its figures
 computed by runner.evaluate.scoring), read by the report, the model card, tracking, `recipe compare` and `recipe gate`.
 
 candidates  every candidate's metrics; against the reference candidate (default: finetuned) on the same items, the
             paired delta = candidate - reference, its 95% bootstrap interval and the sign-test p (runs.intervals)
 judges      the suite's judge over the candidates: pairwise tallies, ranking, single-answer grades
+Version 4 added each candidate's engine, size on disk and answer tokens/s (absent, None, in older files).
 The base-vs-fine-tuned view that version 1 stored (`metrics`, `judge`) is read from these: versus_base() and
 judge_versus_base(). Versions 1 and 2 are migrated on reading (their `metrics` become the base and finetuned
 candidates where version 2 had none; their `judge` a pair of `judges` where it had none).
@@ -98,8 +99,8 @@ class JudgeVersusBase(Record):
 
 
 class EvalSummary(Contract):
-    VERSION: ClassVar[int] = 3
-    version: Literal[3] = 3
+    VERSION: ClassVar[int] = 4
+    version: Literal[4] = 4
     suite: str
     suite_version: str
     n_items: int
@@ -211,4 +212,5 @@ def _from_v2(data: dict) -> dict:
 
 EvalSummary.MIGRATIONS = {0: lambda data: data | {"suite_version": str(data.get("suite_version"))},
                           1: lambda data: data,  # version 2 only added sections (candidates, judges, reference)
-                          2: _from_v2}
+                          2: _from_v2,
+                          3: lambda data: data}  # version 4 only added optional candidate fields

@@ -7,9 +7,12 @@ written into it.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar, Literal
 
+from runner.core import paths
 from runner.core.contracts import Contract, Record
+from runner.core.errors import Problem, UserError
 
 EXPORT_FILE = "export.json"
 GGUF_QUANTS = ("f16", "q8_0", "q4_k_m")
@@ -43,3 +46,16 @@ class ExportInfo(Contract):
     recipe: str
     run_id: str
     artifacts: dict[str, Artifact] = {}
+
+
+def exported_gguf(run, name: str, where: str) -> tuple[Path, Artifact]:
+    """The GGUF file of artifact `name` (gguf-q8_0...) that export/export.json records for `run`, and its record;
+    exit 2 naming the `recipe export` line when it is not there (eval and serve never export)."""
+    info = ExportInfo.read(run.export_info_path) if run.export_info_path.is_file() else None
+    found = info.artifacts.get(name) if info else None
+    if found is None or not run.file(found.path).is_file():
+        manifest = run.manifest()
+        line = f"recipe export {manifest.recipe}@{manifest.run_id} --format gguf --quant {name.split('-', 1)[1]}"
+        raise UserError(Problem(where, "", f"no {name} export in {paths.display(run.export_dir())}; it is never "
+                                f"exported here: run `{line}` first"))
+    return run.file(found.path), found

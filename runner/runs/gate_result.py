@@ -24,8 +24,8 @@ class GateRow(Interval):
 
 
 class GateResult(Contract):
-    VERSION: ClassVar[int] = 1
-    version: Literal[1] = 1
+    VERSION: ClassVar[int] = 2  # 2: rows name the candidate they check
+    version: Literal[2] = 2
     suite: str
     suite_version: str
     runs: list[str]
@@ -33,3 +33,6 @@ class GateResult(Contract):
     passed: bool
     rows: list[GateRow]
     notes: list[str] = []
+
+
+GateResult.MIGRATIONS = {1: lambda data: data}  # version 2 only added GateRow.candidate (None: the fine-tuned model)

@@ -260,6 +260,14 @@ def recipe_runs(recipe: str) -> Path:
     return paths.runs_dir() / recipe
 
 
+def runs_in(recipe_dir: Path) -> list[RunDir]:
+    """Every run folder of a recipe's folder (runs/<recipe>/), in name order (oldest first); `latest` left out."""
+    if not recipe_dir.is_dir():
+        return []
+    return [RunDir(p) for p in sorted(recipe_dir.iterdir())
+            if p.is_dir() and not p.is_symlink() and (p / MANIFEST).is_file()]
+
+
 def create(recipe: str, fingerprint: str) -> RunDir:
     """A new, empty run directory named <UTC time>-<fingerprint prefix>; unique even when runs start together."""
     parent = recipe_runs(recipe)

@@ -133,7 +133,7 @@ def prepare(run, artifact: str) -> ServedGguf:
     """The exported GGUF file `artifact` (export:gguf-QUANT) names and what it carries; exit 2 naming the export to
     run when it is not there, or llama.cpp when it is not installed."""
     from runner.recipe import candidates
-    from runner.runs.export_info import ExportInfo
+    from runner.runs.export_info import exported_gguf
 
     try:
         parsed = candidates.parse(artifact)
@@ -142,17 +142,11 @@ def prepare(run, artifact: str) -> ServedGguf:
     if parsed.kind != "export":
         raise UserError(Problem("--artifact", "", f"{artifact!r}: name an exported GGUF file, export:gguf-QUANT; "
                                 "without --artifact the run's adapter or merged model is served with transformers"))
-    manifest, recipe = run.trained(), run.recipe()
-    info = ExportInfo.read(run.export_info_path) if run.export_info_path.is_file() else None
-    found = info.artifacts.get(parsed.artifact) if info else None
-    if found is None or not run.file(found.path).is_file():
-        quant = parsed.artifact.split("-", 1)[1]
-        raise UserError(Problem("--artifact", "", f"no {parsed.artifact} export in {paths.display(run.export_dir())}; "
-                                f"run `recipe export {manifest.recipe}@{manifest.run_id} --format gguf --quant "
-                                f"{quant}` first"))
+    recipe = run.recipe()
+    file, found = exported_gguf(run, parsed.artifact, "--artifact")
     if llamacpp.installed_version() is None:
         raise UserError(Problem("--artifact", "", "serving a GGUF file needs llama.cpp, which is not installed; run "
                                 f"`make llama-cpp` ({llamacpp.BUILD_NOTE})"))
-    return ServedGguf(file=run.file(found.path), name=recipe.name, artifact=parsed.artifact,
+    return ServedGguf(file=file, name=recipe.name, artifact=parsed.artifact,
                       chat_template=found.chat_template or "", stop=tuple(found.stop),
                       context_length=recipe.model.context_length)

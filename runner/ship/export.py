@@ -113,7 +113,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _run(args: list[str], log: Path, what: str) -> int:
+def _run(args: list[str], log: Path) -> int:
     with log.open("a", encoding="utf-8") as out:
         out.write(f"\n$ {' '.join(args)}\n")
         out.flush()
@@ -139,7 +139,7 @@ def _convert(run: rundir.RunDir, folder: Path, out: Path, how: Prompting, log: P
                              "general.name": f"{recipe.name} {recipe.version} (run {manifest.run_id})"}}
     settings_file = out.parent / "convert.json"
     settings_file.write_text(json.dumps(settings), encoding="utf-8")
-    code = _run(["convert", str(settings_file)], log, "convert")
+    code = _run(["convert", str(settings_file)], log)
     settings_file.unlink()
     where = f"recipe export {recipe.name}@{manifest.run_id}"
     if code == gguf_convert.EXIT_UNRECOGNISED:
@@ -168,7 +168,7 @@ def _gguf_pre(file: Path) -> str | None:
 
 
 def _quantize(source: Path, out: Path, quant: str, log: Path) -> None:
-    code = _run(["quantize", str(source), str(out), QUANT_TYPES[quant]], log, "quantize")
+    code = _run(["quantize", str(source), str(out), QUANT_TYPES[quant]], log)
     if code != 0 or not out.is_file():
         raise UserError(Problem(paths.display(out), "", f"llama.cpp's quantizer failed to write {quant} ("
                                 f"{_log_tail(log)}); the whole log is {paths.display(log)}"))
@@ -271,15 +271,6 @@ def _artifact(run, final: Path, quant: str, folder: Path, tool: str, how: Prompt
     return Artifact(format="gguf", quant=quant, path=_relative(run, final), size_bytes=0, source=_relative(run, folder),
                     tool=tool, pre_tokenizer=pre, pre_tokenizer_note=why, chat_template=how.chat_template,
                     stop=how.stop, modelfile=_relative(run, final.parent / MODELFILE), created=_now())
-
-
-def artifact_file(run: rundir.RunDir, name: str) -> Path | None:
-    """The file (gguf) or folder (merged) of an exported artifact recorded in export.json; None when it is not."""
-    if not run.export_info_path.is_file():
-        return None
-    artifact = ExportInfo.read(run.export_info_path).artifacts.get(name)
-    path = run.file(artifact.path) if artifact else None
-    return path if path is not None and path.exists() else None
 
 
 def describe(info: ExportInfo, names: list[str]) -> str:
