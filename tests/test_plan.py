@@ -141,6 +141,19 @@ def test_multi_node_scripts_take_rank_and_address_from_the_environment():
     assert "--node_rank=${SLURM_NODEID}" in slurm and "export NCCL_DEBUG=WARN" in slurm
 
 
+def test_slurm_jobs_sharing_a_node_rendezvous_on_ports_of_their_own():
+    slurm = _files("gemma7b-2x8-slurm")["launch.sh"]
+    line = next(x for x in slurm.splitlines() if x.startswith("MASTER_PORT="))
+
+    def port(job_id: str, **env: str) -> int:
+        shell = subprocess.run(["bash", "-c", f'{line}; echo "$MASTER_PORT"'], capture_output=True, text=True,
+                               check=True, env={"PATH": os.environ["PATH"], "SLURM_JOB_ID": job_id, **env})
+        return int(shell.stdout)
+
+    assert port("1") != port("2") and all(port(j) < 32768 for j in ("1", "9999", "123456"))
+    assert port("1", MASTER_PORT="31000") == 31000  # a site's own choice wins
+
+
 def test_plan_verb_writes_a_run_directory_and_prints_the_command(project, run_cli):
     code, out, err = run_cli("plan", "gemma7b-dolly-chatml", "--target", "slurm")
     assert code == 0, err

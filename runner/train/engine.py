@@ -12,6 +12,8 @@ from runner.runs import rundir
 
 TARGETS: tuple[str, ...] = ("local", "accelerate", "torchrun", "slurm")
 MAIN_PORT = 29500
+# SLURM jobs take MAIN_PORT's neighbourhood by job id, below Linux's ephemeral ports (32768 and up)
+SLURM_PORT_BASE, SLURM_PORT_SPAN = 20000, 10000
 PLUGIN = "runner.train.plugin.RecipeRunnerPlugin"
 ATTENTION = {"flash": "flash_attention_2", "sdpa": "sdpa", "eager": "eager"}
 
@@ -282,7 +284,8 @@ def _slurm_script(recipe: Recipe, header: list[str]) -> str:
         "mkdir -p logs",
         *_environment(recipe),
         'MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"',
-        f'MASTER_PORT="${{MASTER_PORT:-{MAIN_PORT}}}"',
+        # a port of the job's own: jobs (a sweep's array tasks) that share a node must not meet on one port
+        f'MASTER_PORT="${{MASTER_PORT:-$(({SLURM_PORT_BASE} + SLURM_JOB_ID % {SLURM_PORT_SPAN}))}}"',
         'RDZV_ID="$SLURM_JOB_ID"',
         "export MASTER_ADDR MASTER_PORT RDZV_ID",
         "srun --kill-on-bad-exit=1 bash -c "

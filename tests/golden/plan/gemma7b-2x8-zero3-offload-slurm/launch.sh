@@ -18,7 +18,7 @@ for checkpoint in model/checkpoint-*/; do [ -e "${checkpoint}trainer_state.json"
 export NCCL_DEBUG=WARN
 export TORCH_NCCL_ASYNC_ERROR_HANDLING=1  # fail fast instead of hanging on a dead rank
 MASTER_ADDR="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)"
-MASTER_PORT="${MASTER_PORT:-29500}"
+MASTER_PORT="${MASTER_PORT:-$((20000 + SLURM_JOB_ID % 10000))}"
 RDZV_ID="$SLURM_JOB_ID"
 export MASTER_ADDR MASTER_PORT RDZV_ID
 srun --kill-on-bad-exit=1 bash -c 'torchrun --nproc_per_node=8 --nnodes=2 --node_rank=${SLURM_NODEID} --rdzv_backend=c10d --rdzv_endpoint=${MASTER_ADDR}:${MASTER_PORT} --rdzv_id=${RDZV_ID} -m axolotl.cli.train axolotl.yaml'
