@@ -20,7 +20,7 @@ export DO_NOT_TRACK := 1
 # WANDB_MODE=online make ... logs live (needs WANDB_API_KEY and network), WANDB_MODE=disabled turns it off.
 
 .DEFAULT_GOAL := help
-.PHONY: help setup test test-fast validate lock golden render show tiny-model prepare plan fit train merge eval generate report compare gate serve chat export llama-cpp publish demo demo-ship demo-dpo bench bench-check gpu-check gpu-check-wheels gpu-check-dry fuzz test-distributed test-slurm test-browser docs docs-serve docs-check
+.PHONY: help setup test test-fast validate lock golden render show tiny-model prepare plan fit train merge eval generate report compare sweep gate serve chat export llama-cpp publish demo demo-ship demo-dpo bench bench-check gpu-check gpu-check-wheels gpu-check-dry fuzz test-distributed test-slurm test-browser docs docs-serve docs-check
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-18s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -90,6 +90,9 @@ generate: setup ## answer prompt="..." with the base and fine-tuned models of re
 
 compare: setup ## runs side by side: runs="A B" (run ids, recipes = their latest runs) -> compare.md, compare.json
 	$(RECIPE) compare $(runs) $(args)
+
+sweep: setup ## a sweep: recipe=NAME with args="--grid KEY=A,B --seeds 1,2 ...", or a sweep file (recipe=sql-lr) -> runs/_sweep/.../sweep.md (target=slurm: a job array)
+	$(RECIPE) sweep $(recipe) $(args) $(if $(target),--target $(target))
 
 gate: setup ## recipe=NAME's latest run (or run=ID) against its eval suite's gates (baseline=RUN): exit 0 pass, 1 fail
 	$(RECIPE) gate $(RUN) $(args) $(if $(baseline),--baseline $(baseline))

@@ -133,6 +133,8 @@ def test_make_targets_pass_run_args_and_target(tmp_path):
     assert command("recipe=tiny-cpu", "prompt=Name a colour.", "generate").endswith('--prompt "Name a colour."')
     assert command("recipe=tiny-cpu", "args=hardware.gpus=2", "fit").split() == ["fit", "tiny-cpu", "hardware.gpus=2"]
     assert command("runs=a b", "compare").split() == ["compare", "a", "b"]
+    assert command("recipe=sql-lr", "args=--seeds 1,2", "target=slurm", "sweep").split() == [
+        "sweep", "sql-lr", "--seeds", "1,2", "--target", "slurm"]
     listed = subprocess.run(["make", "help"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    for target in ("generate", "serve", "chat", "publish", "compare", "gate", "fit"):
+    for target in ("generate", "serve", "chat", "publish", "compare", "sweep", "gate", "fit"):
         assert f"make {target} " in listed, target

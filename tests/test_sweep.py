@@ -2,14 +2,18 @@
 second invocation and by later sweeps over the same runs, and decided with a two-level paired bootstrap."""
 from __future__ import annotations
 
+import argparse
+import difflib
+
 import numpy as np
 import pytest
 
 from runner import cli
 from runner.decide import sweep as decision
+from runner.recipe import loading, snapshots
 from runner.runs import rundir
 from runner.runs.sweep_file import SWEEP_FILE, SWEEP_MD, SWEEP_PLOT, SweepFile
-from tests.helpers import offline_workspace
+from tests.helpers import ROOT, offline_workspace
 
 GRID = ["--grid", "train.learning_rate=1e-9,1e-3", "--seeds", "1,2"]
 
@@ -20,8 +24,8 @@ def project(tmp_path_factory):
         yield root
 
 
-def _sweep(capsys, *args: str) -> tuple[int, str, SweepFile]:
-    code = cli.main(["sweep", "tiny-cpu", *args])
+def _sweep(capsys, *args: str, what: str = "tiny-cpu") -> tuple[int, str, SweepFile]:
+    code = cli.main(["sweep", what, *args])
     out, err = capsys.readouterr()
     folder = out.rsplit("sweep: ", 1)[1].split(SWEEP_MD)[0]
     return code, out + err, SweepFile.read(rundir.paths.workspace() / folder / SWEEP_FILE)
@@ -35,8 +39,8 @@ def _run_dirs() -> set[str]:
 @pytest.mark.model
 def test_a_sweep_trains_decides_reuses_its_runs_and_reports_a_failing_variant(project, capsys):
     """One test for the whole story, so the 2 × 2 grid is trained once whatever the scheduler does with fixtures."""
-    # 2 learning rates × 2 seeds, decided on perplexity (1e-9 barely moves the random tiny model)
-    code, out, sweep = _sweep(capsys, *GRID, "--metric", "perplexity")
+    # 2 learning rates × 2 seeds, 2 at a time, decided on perplexity (1e-9 barely moves the random tiny model)
+    code, out, sweep = _sweep(capsys, *GRID, "--metric", "perplexity", "--parallel", "2")
     folder = rundir.paths.workspace() / out.rsplit("sweep: ", 1)[1].split(SWEEP_MD)[0]
     assert code == 0
     assert [v.name for v in sweep.variants] == ["train.learning_rate=1e-9", "train.learning_rate=1e-3"]
@@ -56,6 +60,10 @@ def test_a_sweep_trains_decides_reuses_its_runs_and_reports_a_failing_variant(pr
     assert "| `train.learning_rate=1e-9` | 2 |" in md and "worse, interval excludes 0" in md
     assert "two-level paired bootstrap" in md and (folder / SWEEP_PLOT).stat().st_size > 1000
     assert sweep.cost_s > 0 and SweepFile.read(folder / SWEEP_FILE) == sweep
+    assert sweep.estimate.runs == 4 and sweep.estimate.hours > 0 and sweep.estimate.device == "cpu"
+    assert "`recipe fit` estimates" in md
+    assert len(sweep.tasks) == 4 and sorted(p.name for p in (folder / "logs").iterdir()) == [
+        f"task-local_{i}.out" for i in range(4)]  # each run was a process of its own, its output kept
 
     # a second invocation trains nothing new and decides the same
     before = _run_dirs()
@@ -64,6 +72,14 @@ def test_a_sweep_trains_decides_reuses_its_runs_and_reports_a_failing_variant(pr
     assert all(r.status == "reused" for v in again.variants for r in v.runs)
     assert [r.run_id for v in again.variants for r in v.runs] == [r.run_id for v in sweep.variants for r in v.runs]
     assert again.decision == sweep.decision
+
+    # the same sweep written down as a sweep file: the same folder, the same runs
+    (project / "sweeps").mkdir()
+    (project / "sweeps" / "lr.yaml").write_text("sweep: 1\nrecipe: tiny-cpu\ngrid:\n  train.learning_rate: "
+                                                "[1e-9, 1e-3]\nseeds: [1, 2]\nmetric: perplexity\n")
+    code, out, from_file = _sweep(capsys, what="lr")
+    assert code == 0 and _run_dirs() == before and from_file.key == sweep.key
+    assert from_file.decision == sweep.decision
 
     # seeds of one setting, as a grid: the runs above again, indistinguishable
     code, _, seeds = _sweep(capsys, "train.learning_rate=1e-3", "--grid", "train.seed=1,2")
@@ -79,6 +95,36 @@ def test_a_sweep_trains_decides_reuses_its_runs_and_reports_a_failing_variant(pr
     assert "models/missing" in bad.runs[0].error
     assert [r.verdict for r in failing.decision.rows] == ["best", "not evaluated"]
 
+    # --pick writes the best variant back into the recipe file, as a diff a reviewer reads line by line
+    recipe_file = project / "recipes" / "tiny-cpu.yaml"
+    original = recipe_file.read_text()
+    code, out, _ = _sweep(capsys, *GRID, "--metric", "perplexity", "--pick", "train.learning_rate=5e-1")
+    assert code == 2 and "names no evaluated variant" in out and recipe_file.read_text() == original
+    code, out, picked = _sweep(capsys, *GRID, "--metric", "perplexity", "--pick", "best")
+    assert code == 0 and _run_dirs() == before and "picked train.learning_rate=1e-3 into recipes/tiny-cpu.yaml" in out
+    removed, added = _diff(original, recipe_file.read_text())
+    assert removed == ["version: 1.0.0", "  learning_rate: 2.0e-3"]
+    assert added[0] == "version: 1.1.0" and added[-1] == "  learning_rate: 1e-3"
+    evidence = added[1:-1]
+    assert evidence[0].startswith("  # picked by `recipe sweep` on ") and "perplexity" in evidence[0]
+    assert "train.learning_rate=1e-9: +" in evidence[1] and "worse, interval excludes 0" in evidence[1]
+    assert evidence[-1].startswith("  #   evidence: runs/_sweep/tiny-cpu-") and evidence[-1].endswith("/sweep.md")
+    now = loading.load("tiny-cpu")
+    assert now.recipe.train.learning_rate == 1e-3 and now.recipe.version == "1.1.0"
+    assert (project / "recipes" / "resolved" / "tiny-cpu.yaml").read_text() == snapshots.snapshot(now)
+    assert picked.decision == sweep.decision  # the same runs decided the same
+    # picking again (the other variant, by name) replaces the value and its comment, and bumps the version again
+    code, out, _ = _sweep(capsys, *GRID, "--metric", "perplexity", "--pick", "train.learning_rate=1e-9")
+    removed, added = _diff(original, recipe_file.read_text())
+    assert code == 0 and removed == ["version: 1.0.0", "  learning_rate: 2.0e-3"]
+    assert added[0] == "version: 1.2.0" and added[-1] == "  learning_rate: 1e-9" and len(added) == len(evidence) + 2
+    recipe_file.write_text(original)
+
+
+def _diff(before: str, after: str) -> tuple[list[str], list[str]]:
+    lines = list(difflib.unified_diff(before.splitlines(), after.splitlines(), lineterm="", n=0))[2:]
+    return ([x[1:] for x in lines if x.startswith("-")], [x[1:] for x in lines if x.startswith("+")])
+
 
 @pytest.mark.model
 def test_bad_sweeps_are_exit_2_before_anything_trains(project, run_cli):
@@ -89,9 +135,24 @@ def test_bad_sweeps_are_exit_2_before_anything_trains(project, run_cli):
                           (["--grid", "train.seed=1,2", "--seeds", "3"], "use one or the other"),
                           (["--grid", "train.learning_rate=1e-3,1e-3"], "repeats a value"),
                           (["--grid", "train.learning_rate=1e-3", "--seeds", "1,1"], "distinct integer seeds"),
-                          (["--grid", "train.learning_rate=1e-3", "--metric", "bleurt"], "does not compute")):
+                          (["--grid", "train.learning_rate=1e-3", "--metric", "bleurt"], "does not compute"),
+                          (["--grid", "train.learning_rate=log:1e-5..1e-3"], "add --search optuna"),
+                          (["--grid", "train.learning_rate=log:1e-5..1e-3", "--search", "optuna"], "--trials N"),
+                          (["--grid", "train.learning_rate=log:1e-3..1e-5", "--search", "optuna", "--trials", "2"],
+                           "LOW must be below HIGH"),
+                          (["--grid", "train.micro_batch_size=int:0..4", "--search", "optuna", "--trials", "2"],
+                           "train.micro_batch_size"),
+                          (["--grid", "train.learning_rate=1e-3", "--parallel", "0"], "at least 1"),
+                          (["--grid", "train.learning_rate=1e-3", "--parallel", "100000"], "GiB each by `recipe fit`")):
         code, _, err = run_cli("sweep", "tiny-cpu", *args)
         assert code == 2 and message in err and "Traceback" not in err, (args, err)
+    assert _run_dirs() == before
+    sweeps = project / "sweeps"
+    sweeps.mkdir(exist_ok=True)
+    (sweeps / "broken.yaml").write_text("sweep: 1\nrecipe: tiny-cpu\ngrid:\n  train.learning_rate: [1e-3]\n"
+                                        "seed: [1, 2]\n")
+    code, _, err = run_cli("sweep", "broken")
+    assert code == 2 and "sweeps/broken.yaml:5: seed" in err and "Traceback" not in err, err
     assert _run_dirs() == before
 
 
@@ -107,3 +168,17 @@ def test_the_two_level_bootstrap_widens_with_seed_noise_and_is_paired_over_items
     assert ci["noisy"][0] < -0.2 and ci["noisy"][1] > 0.1  # the seed spread widens it to include 0
     ppl = decision.Scores(np.array([[-2.0, -4.0]]), tokens=np.array([1.0, 2.0]))
     assert ppl.value() == pytest.approx(np.exp(6.0 / 3.0))  # corpus perplexity: summed log-likelihood over tokens
+
+
+def test_every_shipped_sweep_file_validates_and_plans():
+    from runner.cli import sweep_verbs
+    from runner.recipe import sweep_spec
+
+    shipped = sorted((ROOT / "sweeps").glob("*.yaml"))
+    assert shipped
+    for path in shipped:
+        args = argparse.Namespace(recipe=str(path), overrides=[], grid=None, seeds=None, metric=None, trials=None,
+                                  parallel=None, search=None, target=None)
+        sweep_spec.apply(args, sweep_spec.load(path))
+        setup = sweep_verbs._setup(args)  # every variant × seed loads and validates, offline
+        assert setup.plans and sweep_spec.find(str(path.relative_to(ROOT))) is not None

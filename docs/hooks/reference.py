@@ -3,6 +3,7 @@
 `on_files` adds pages that exist only in the build (mkdocs File.generated):
   reference/recipe-schema.md   runner.recipe.schema.Recipe: every key, its type, default and description
   reference/eval-suite.md      runner.recipe.suites.Suite, the eval-suite language
+  reference/sweep-file.md      runner.recipe.sweep_spec.SweepSpec, the sweep-file language, and the shipped sweeps
   reference/cli.md             runner.cli.build_parser(): every verb, option and example
   reference/run-directory.md   runner/runs/rundir.py's layout and every Contract / Record subclass in runner/
                                (found by reading the source, so a new contract shows up without editing this)
@@ -96,6 +97,26 @@ def suite_schema() -> str:
             "## Metrics a suite may list\n\nFrom the metric registry (`runner/metrics/registry.py`; adding one is "
             "one `register(Metric(...))`, see [Add a metric](../how-to/add-a-metric.md)).\n\n"
             "| metric | kind | better | needs a database | scored by |\n|---|---|---|---|---|\n" + metrics + "\n")
+
+
+@page("reference/sweep-file.md")
+def sweep_file() -> str:
+    from runner.recipe import sweep_spec
+
+    shipped = "\n".join(f"- `sweeps/{p.name}`: {md.cell(sweep_spec.load(p).description)}"
+                         for p in sorted((ROOT / "sweeps").glob("*.yaml")))
+    return (GENERATED_NOTE.format(source="runner.recipe.sweep_spec.SweepSpec")
+            + "# Sweep-file schema\n\n"
+            f"A sweep file (`sweeps/<name>.yaml`, language version {sweep_spec.SWEEP_VERSION}) writes a sweep down "
+            "to be reviewed like a recipe and run again the same way: `recipe sweep <name>` (or `recipe sweep "
+            "sweeps/<name>.yaml`). Options given on the command line win over the file's; `--grid` adds axes. The "
+            "same sweep typed out on the command line uses the same sweep folder, so its runs are shared. Unknown "
+            "keys are errors naming the file and line (exit 2).\n\n"
+            "```yaml\n" + (ROOT / "sweeps" / "sql-lr.yaml").read_text(encoding="utf-8") + "```\n\n"
+            f"Shipped sweeps:\n\n{shipped}\n\n## Keys\n\n{md.table(sweep_spec.SweepSpec)}\n\n"
+            "What `recipe sweep` does with a sweep is in "
+            "[Evaluate and decide](../tutorials/evaluate-and-decide.md#sweeps-several-settings-decided-with-the-"
+            "noise-in-view).\n")
 
 
 # ---------------------------------------------------------------- the CLI

@@ -1,65 +1,17 @@
-"""`recipe sweep`: a grid of overrides × seeds trained and evaluated as ordinary runs, then one decision.
-
-Each variant × seed is an ordinary run of the recipe with its overrides (manifest, metrics, eval). A run that
-already exists for the same resolved recipe (its fingerprint) is reused: evaluated, it is taken as it is; trained,
-it is evaluated; interrupted or failed, it resumes from its newest checkpoint. A variant that fails is reported and
-the others go on; Ctrl-C stops cleanly, with sweep.json saying how far the sweep got. The decision is
-runner.decide.sweep's; the files are runs/_sweep/<recipe>-<key>/sweep.json, sweep.md and sweep-loss.png.
+"""`recipe sweep`: a grid of overrides × seeds (or an Optuna search over ranges) trained and evaluated as ordinary
+runs, here or as a SLURM job array, then one decision with training noise in view, and --pick to write the chosen
+variant back into the recipe. How the runs get made is sweep_execute's; the decision is runner.decide.sweep's; the
+files are runs/_sweep/<recipe>-<key>/sweep.json, sweep.md and sweep-loss.png (and optuna.journal for a search).
 """
 from __future__ import annotations
 
 import time
 
+from runner.cli import sweep_execute as execute
+from runner.cli.sweep_execute import Setup
 from runner.core import console, paths
-from runner.core.errors import Problem, RunFailed, UserError
+from runner.core.errors import Problem, UserError
 from runner.recipe import loading
-
-
-def _existing(name: str, fingerprint: str):
-    """The run of `name` trained from this resolved recipe, the most finished first (evaluated, trained, other)."""
-    from runner.runs import rundir
-
-    found = []
-    for run in rundir.runs_in(rundir.recipe_runs(name)):
-        try:
-            manifest = run.manifest()
-        except UserError:
-            continue
-        if manifest.fingerprint == fingerprint:
-            rank = {"evaluated": 0, "trained": 1}.get(manifest.status.value, 2)
-            found.append((rank, -run.path.stat().st_mtime, run))
-    return min(found, key=lambda f: f[:2])[2] if found else None
-
-
-def _evaluate(run, recipe, verbose: bool) -> None:
-    from runner.cli.followups import after_eval
-    from runner.evaluate import run_suite
-
-    with console.third_party_to(run.log_path("eval"), verbose):
-        run_suite.evaluate(run, recipe)
-        after_eval(run)
-
-
-def _one(name: str, loaded, entry, verbose: bool):
-    """Train (or reuse, or resume) and evaluate one variant × seed; entry (a SeedRun) records what happened."""
-    from runner.cli.followups import after_train
-    from runner.train.launch import train
-
-    run = _existing(name, loaded.fingerprint)
-    status = run.manifest().status.value if run else None
-    if status == "evaluated":
-        entry.status, entry.run_id = "reused", run.run_id
-        console.say(f"  reusing {run.run_id} (evaluated)")
-        return run
-    if status != "trained":
-        resume = run.run_id if run is not None else False
-        console.say(f"  {'resuming ' + run.run_id if run else 'training'}")
-        run = after_train(train(loaded, "local", resume, verbose=verbose))
-    entry.run_id = run.run_id
-    console.say(f"  evaluating {run.run_id}")
-    _evaluate(run, loaded.recipe, verbose)
-    entry.status = "evaluated"
-    return run
 
 
 def _metric(suite, asked: str | None) -> str:
@@ -73,6 +25,43 @@ def _metric(suite, asked: str | None) -> str:
         return asked
     raise UserError(Problem("--metric", "", f"suite {suite.name} does not compute {asked!r}; it computes "
                             f"{', '.join(suite.metrics)}"))
+
+
+
+
+def _setup(args) -> Setup:
+    """Every variant × seed (a grid) or every key of the space (a search) loaded and validated before anything
+    trains."""
+    from runner.recipe import suites, sweep_grid
+
+    name = loading.recipe_name(args.recipe)
+    axes = sweep_grid.parse_axes(args.grid or [])
+    if not axes:
+        raise UserError(Problem("--grid", "", "a sweep needs at least one axis, e.g. --grid "
+                                "train.learning_rate=1e-4,1e-3"))
+    seeds = sweep_grid.parse_seeds(args.seeds)
+    if seeds and ("train.seed" in axes or any(o.startswith("train.seed=") for o in args.overrides)):
+        raise UserError(Problem("--seeds", "", "train.seed is also set by --grid or an override; use one or the "
+                                "other"))
+    base = loading.load(args.recipe, args.overrides)
+    metric = _metric(suites.for_recipe(base.recipe), args.metric)
+    setup = Setup(recipe=args.recipe, name=name, fixed=list(args.overrides), axes=axes, seeds=seeds, metric=metric,
+                  plans=[])
+    if args.search == "optuna":
+        if not args.trials or args.trials < 1:
+            raise UserError(Problem("--trials", str(args.trials), "a search needs --trials N (the study's total), "
+                                    "N at least 1"))
+        setup.space, setup.trials = sweep_grid.parse_space(axes), args.trials
+        for key, space in setup.space.items():  # each key and both ends of its range must make a valid recipe
+            for value in space.choices or (space.low, space.high):
+                loading.load(args.recipe, [*args.overrides, f"{key}={space.format(value)}"])
+        return setup
+    if sweep_grid.has_ranges(axes):
+        raise UserError(Problem("--grid", "", "a range (LOW..HIGH) is sampled by a search: add --search optuna "
+                                "--trials N, or list the values"))
+    setup.plans = [(v, seed, loading.load(args.recipe, [*args.overrides, *v.overrides, *setup.seed_overrides(seed)]))
+                   for v in sweep_grid.variants(axes) for seed in (seeds or [None])]
+    return setup
 
 
 def _decide(sweep, folder) -> str:
@@ -101,59 +90,146 @@ def _decide(sweep, folder) -> str:
     return markdown
 
 
-def cmd_sweep(args) -> int:
-    from runner.recipe import suites, sweep_grid
-    from runner.runs.sweep_file import SWEEP_FILE, SWEEP_MD, SeedRun, SweepFile, VariantEntry, sweep_dir
+BEST = "best"
 
-    name = loading.recipe_name(args.recipe)
-    axes = sweep_grid.parse_axes(args.grid or [])
-    if not axes:
-        raise UserError(Problem("--grid", "", "a sweep needs at least one axis, e.g. --grid "
-                                "train.learning_rate=1e-4,1e-3"))
-    seeds = sweep_grid.parse_seeds(args.seeds)
-    if seeds and ("train.seed" in axes or any(o.startswith("train.seed=") for o in args.overrides)):
-        raise UserError(Problem("--seeds", "", "train.seed is also set by --grid or an override; use one or the "
-                                "other"))
-    base = loading.load(args.recipe, args.overrides)
-    metric = _metric(suites.for_recipe(base.recipe), args.metric)
-    variants = sweep_grid.variants(axes)
-    plans = [(v, seed, loading.load(args.recipe, [*args.overrides, *v.overrides,
-                                                  *([f"train.seed={seed}"] if seed is not None else [])]))
-             for v in variants for seed in (seeds or [None])]  # every variant validates before anything trains
-    key = sweep_grid.sweep_key(name, list(args.overrides), axes, seeds)
-    folder = sweep_dir(name, key)
+
+def _pick(args, sweep, folder) -> None:
+    """Write the chosen variant's overrides into the recipe file (comments and `extends` kept, minor version bumped,
+    the evidence quoted above each value), check that the file now resolves to that variant, and lock it."""
+    import datetime
+
+    from runner.core.atomic import write_text_atomic
+    from runner.decide import sweep as decision
+    from runner.recipe import edit, snapshots
+    from runner.runs.sweep_file import SWEEP_MD
+
+    rows = {r.variant: r for r in sweep.decision.rows} if sweep.decision else {}
+    chosen = sweep.decision.best if args.pick == BEST and sweep.decision else args.pick
+    evaluated = [name for name, row in rows.items() if row.mean is not None]
+    if chosen not in evaluated:
+        raise UserError(Problem("--pick", args.pick, "names no evaluated variant of this sweep; pick one of: "
+                                + (", ".join(repr(v) for v in evaluated) or "(none evaluated)")))
+    variant = next(v for v in sweep.variants if v.name == chosen)
+    settings = [o for o in variant.overrides if not o.startswith("train.seed=")]
+    if not settings:
+        raise UserError(Problem("--pick", chosen, "differs from the others only in its seed, which is no setting to "
+                                "keep; sweep a setting with --grid"))
+    path = loading.find(args.recipe)
+    where = paths.display(path)
+    before_text = path.read_text(encoding="utf-8")
+    before = loading.load(path)
+    comment = decision.evidence(sweep, chosen, paths.display(folder / SWEEP_MD),
+                                datetime.date.today().isoformat())
+    text = before_text
+    for override in settings:
+        keys, _ = loading.parse_override(override)
+        text = edit.set_value(text, keys, override.partition("=")[2].strip(), where, comment)
+    version = edit.bump_minor(before.recipe.version)
+    text = edit.set_value(text, ["version"], version, where)
+    write_text_atomic(path, text)
+    try:
+        after = loading.load(path)
+        expected = loading.with_overrides(before.recipe, [*settings, f"version={version}"], where)
+        if after.recipe != expected:
+            raise UserError(Problem(where, "", "does not resolve to the picked variant after the edit; the file is "
+                                    "left as it was, set " + " ".join(settings) + " by hand"))
+    except UserError:
+        write_text_atomic(path, before_text)
+        raise
+    locked = ""
+    if path in loading.recipe_files(library=False).values():
+        lock = paths.resolved_dir() / f"{after.recipe.name}.yaml"
+        write_text_atomic(lock, snapshots.snapshot(after))
+        locked = f", locked in {paths.display(lock)}"
+    fixed = (f"; the sweep's fixed overrides ({' '.join(sweep.fixed)}) are not written" if sweep.fixed else "")
+    console.say(f"picked {chosen} into {where} (version {before.recipe.version} -> {version}{locked}){fixed}; "
+                "review it as a diff, e.g. `git diff recipes/`")
+
+
+def cmd_sweep(args) -> int:
+    from runner.recipe import sweep_grid, sweep_spec
+    from runner.runs.sweep_file import SWEEP_FILE, SWEEP_MD, SweepFile, VariantEntry, sweep_dir
+
+    spec = sweep_spec.find(args.recipe)
+    if spec is not None:
+        sweep_spec.apply(args, sweep_spec.load(spec))
+    args.search, args.target = args.search or "grid", args.target or "local"
+    setup = _setup(args)
+    key = sweep_grid.sweep_key(setup.name, setup.fixed, setup.axes, setup.seeds,
+                               ("optuna", setup.trials) if setup.space is not None else None)
+    folder = sweep_dir(setup.name, key)
+    if args.task is not None:
+        return execute.task(setup, args.task, folder, key, args.verbose)
+    if args.status:
+        return execute.status(setup, folder)
+    if args.target == "slurm" and loading.load(args.recipe, args.overrides).recipe.hardware.nodes > 1:
+        raise UserError(Problem("--target", "slurm", "a sweep's array task runs on one node, and this recipe asks "
+                                "for several (hardware.nodes); sweep it one node wide, or train its variants with "
+                                "`recipe train --target slurm` one by one"))
+    if args.parallel is not None and args.parallel < 1:
+        raise UserError(Problem("--parallel", str(args.parallel), "must be at least 1"))
     folder.mkdir(parents=True, exist_ok=True)
-    sweep = SweepFile(recipe=name, key=key, fixed=list(args.overrides), axes=axes, seeds=seeds, metric=metric,
+    previous = SweepFile.read(folder / SWEEP_FILE) if (folder / SWEEP_FILE).is_file() else None
+    variants = sweep_grid.variants(setup.axes) if setup.space is None else []
+    sweep = SweepFile(recipe=setup.name, key=key, fixed=setup.fixed, axes=setup.axes, seeds=setup.seeds,
+                      metric=setup.metric, search=args.search, trials=setup.trials, target=args.target,
+                      parallel=args.parallel or 1,
                       variants=[VariantEntry(name=v.name, overrides=list(v.overrides)) for v in variants])
     entries = {v.name: entry for v, entry in zip(variants, sweep.variants, strict=True)}
-    console.say(f"sweep {paths.display(folder)}: {len(variants)} variants × {len(seeds or [None])} seeds = "
-                f"{len(plans)} runs, metric {metric}")
-    failed = 0
+    runs = (f"{setup.trials} trials" if setup.space is not None else
+            f"{len(variants)} variants × {len(setup.seeds or [None])} seeds = {len(setup.plans)} runs")
+    console.say(f"sweep {paths.display(folder)}: {runs}, metric {setup.metric}"
+                + (" (on SLURM)" if args.target == "slurm" else ""))
     started = time.monotonic()
-    for index, (variant, seed, loaded) in enumerate(plans, 1):
-        entry = SeedRun(seed=seed)
-        entries[variant.name].runs.append(entry)
-        console.say(f"[{index}/{len(plans)}] {variant.name}" + (f" seed {seed}" if seed is not None else ""))
-        try:
-            _one(name, loaded, entry, args.verbose)
-        except (UserError, RunFailed) as err:
-            failed += 1
-            entry.status, entry.error = "failed", str(err).splitlines()[0][:300]
-            console.say(f"  failed: {entry.error}; the other variants go on")
-        finally:
-            sweep.write(folder / SWEEP_FILE)  # after every run: an interrupted sweep shows how far it got
+    if args.target == "slurm":
+        failed = execute.on_slurm(setup, args.parallel, entries, sweep, folder, previous)
+    elif args.parallel and args.parallel > 1:
+        execute.fits_in_parallel(setup, args.parallel)
+        failed = execute.in_parallel(setup, args.parallel, entries, sweep, folder)
+    elif setup.space is not None:
+        failed = execute.search_worker(setup, folder, key, "local", args.verbose)
+    else:
+        failed = execute.locally(setup, entries, sweep, folder, args.verbose)
+    if setup.space is not None:
+        failed = execute.from_study(setup, sweep, folder, key)
+    sweep.estimate = execute.estimate(setup, sweep)
     markdown = _decide(sweep, folder)
     print(markdown, end="")
-    print(f"sweep: {paths.display(folder / SWEEP_MD)} ({len(plans) - failed} of {len(plans)} runs evaluated, "
+    if args.pick:
+        _pick(args, sweep, folder)
+    evaluated = sum(r.status in ("reused", "evaluated") for v in sweep.variants for r in v.runs)
+    print(f"sweep: {paths.display(folder / SWEEP_MD)} ({evaluated} of {evaluated + failed} runs evaluated, "
           f"{time.monotonic() - started:.0f} s)")
     return 1 if failed else 0
 
 
 def register(verb, with_recipe) -> None:
     sweep = with_recipe(verb("sweep", cmd_sweep, "train and evaluate a grid of overrides × seeds as ordinary runs "
-                             "(reusing finished ones), then decide with training noise in view: sweep.md"))
+                             "(reusing finished ones), here or as a SLURM array, or an Optuna search; then decide "
+                             "with training noise in view: sweep.md. RECIPE may also be a sweep file, "
+                             "sweeps/<name>.yaml"))
     sweep.add_argument("--grid", action="append", metavar="KEY=V1,V2", help="one axis of the grid (repeatable)")
     sweep.add_argument("--seeds", default=None, metavar="1,2,3", help="train every variant once per seed "
                        "(default: the recipe's train.seed)")
     sweep.add_argument("--metric", default=None, help="the metric that decides (default: the suite's first)")
-
+    sweep.add_argument("--pick", default=None, metavar="VARIANT",
+                       help="write a variant into the recipe file: `best`, or one by name, e.g. "
+                       "'train.learning_rate=1e-4' (comments and extends kept, minor version bumped, the evidence in a "
+                       "comment)")
+    sweep.add_argument("--search", choices=("grid", "optuna"), default=None,
+                       help="grid (the default): every combination of the --grid values; optuna: --trials N "
+                       "samples from ranges such as train.learning_rate=log:1e-5..1e-3 or "
+                       "method.lora.r=int:4..32 (a study in the sweep folder that every worker shares)")
+    sweep.add_argument("--trials", type=int, default=None, metavar="N", help="--search optuna: the study's total")
+    sweep.add_argument("--target", choices=("local", "slurm"), default=None,
+                       help="local (the default): the runs one after another on this machine; slurm: one job "
+                       "array, a task per run (requeue-safe: a requeued task resumes its run from its "
+                       "checkpoint), waited for")
+    sweep.add_argument("--parallel", type=int, default=None, metavar="N",
+                       help="at most N runs at once: here, N processes sharing the cores (checked against `recipe "
+                       "fit`'s memory estimate); on SLURM, the array's task limit (a grid's default: all). A search "
+                       "runs N workers sharing the study (default 1)")
+    sweep.add_argument("--status", action="store_true", help="show where each run of the sweep stands (run folders, "
+                       "and the SLURM array's tasks from scontrol) without starting anything")
+    sweep.add_argument("--task", type=int, default=None, metavar="I", help="run the I-th task of the sweep's SLURM "
+                       "array (what each array task runs)")

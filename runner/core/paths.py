@@ -104,6 +104,10 @@ def eval_suites_dir() -> Path:
     return workspace() / "eval_suites"
 
 
+def sweeps_dir() -> Path:
+    return workspace() / "sweeps"
+
+
 def resolved_dir() -> Path:
     return recipes_dir() / "resolved"
 

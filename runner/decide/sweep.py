@@ -141,4 +141,32 @@ def markdown(sweep: SweepFile, plot: str | None) -> str:
     if sweep.cost_s is not None:
         lines += ["", f"Cost: {sweep.cost_s / 3600:.3f} device-hours of training and evaluation on this machine "
                   "(the runs' own timings)."]
+    e = sweep.estimate
+    if e is not None and e.hours is not None:
+        money = f", ${e.cost_usd:,.2f}" if e.cost_usd is not None else ""
+        gpu = f" ({e.gpu_hours:.3f} GPU-hours{money})" if e.gpu_hours else ""
+        lines.append(f"`recipe fit` estimates {e.hours:.3f} h of training for these {e.runs} runs on the recipe's "
+                     f"profile ({e.device}){gpu}.")
+    elif e is not None:
+        lines.append(f"`recipe fit` gives no estimate: {e.note}.")
     return "\n".join(lines) + "\n"
+
+
+def evidence(sweep: SweepFile, chosen: str, where: str, today: str) -> list[str]:
+    """The comment `--pick` writes above each value it changes: what was chosen, on what figures, where to look."""
+    from runner.recipe.edit import CONTINUED, PICKED
+
+    rows = {r.variant: r for r in sweep.decision.rows}
+    row = rows[chosen]
+    spread = "" if row.seed_sd is None else f" ± {row.seed_sd:.4f} seed sd"
+    lines = [f"{PICKED} on {today}: {chosen}, {sweep.metric} {row.mean:.4f}{spread} over {row.seeds} seed(s), "
+             f"{row.verdict}"]
+    for other in sweep.decision.rows:
+        if other.variant == chosen:
+            continue
+        if other.ci95 is None or other.delta is None:
+            lines.append(f"{CONTINUED}{other.variant}: {other.verdict}")
+        else:
+            lines.append(f"{CONTINUED}{other.variant}: {other.delta:+.4f} [{other.ci95[0]:+.4f}, {other.ci95[1]:+.4f}] "
+                         f"against the best, {other.verdict}")
+    return [*lines, f"{CONTINUED}evidence: {where}"]

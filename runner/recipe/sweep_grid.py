@@ -60,7 +60,63 @@ def variants(axes: dict[str, list[str]]) -> list[Variant]:
     return out
 
 
-def sweep_key(recipe: str, fixed: list[str], axes: dict[str, list[str]], seeds: list[int] | None) -> str:
-    """The sweep's identity: the same recipe, fixed overrides, axes and seeds give the same folder again."""
-    text = json.dumps({"recipe": recipe, "fixed": fixed, "axes": axes, "seeds": seeds}, sort_keys=True)
+def sweep_key(recipe: str, fixed: list[str], axes: dict[str, list[str]], seeds: list[int] | None,
+              search: tuple[str, int] | None = None) -> str:
+    """The sweep's identity: the same recipe, fixed overrides, axes, seeds (and search with its trials) give the
+    same folder again."""
+    identity = {"recipe": recipe, "fixed": fixed, "axes": axes, "seeds": seeds} | ({"search": search} if search else {})
+    text = json.dumps(identity, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+# ---------------------------------------------------------------- search spaces (--search optuna)
+
+
+@dataclass(frozen=True)
+class Space:
+    """One key's range for a search: a list of choices, or a float or integer interval (log-scaled or not)."""
+
+    kind: str  # choice | float | int
+    choices: tuple[str, ...] = ()
+    low: float = 0.0
+    high: float = 0.0
+    log: bool = False
+
+    def format(self, value) -> str:
+        """A sampled value as the override writes it (floats to 3 significant digits, as a person would)."""
+        return f"{value:.3g}" if self.kind == "float" else str(value)
+
+
+def _number(text: str, integer: bool, where: str) -> float:
+    try:
+        return int(text) if integer else float(text)
+    except ValueError:
+        kind = "an integer" if integer else "a number"
+        raise UserError(Problem("--grid", where, f"{text!r} is not {kind}")) from None
+
+
+def parse_space(axes: dict[str, list[str]]) -> dict[str, Space]:
+    """--grid axes read as a search space: `key=log:1e-5..1e-3` (log-uniform), `key=1e-5..1e-3` (uniform),
+    `key=int:4..32` or `key=int,log:4..64` (integers), or `key=a,b,c` (choices)."""
+    spaces = {}
+    for key, values in axes.items():
+        text = ",".join(values)
+        if ".." not in text:
+            spaces[key] = Space("choice", tuple(values))
+            continue
+        kind, _, interval = text.rpartition(":")
+        flags = {f.strip() for f in kind.split(",") if f.strip()}
+        if flags - {"log", "int"} or len(values) > 1 and not kind:
+            raise UserError(Problem("--grid", key, f"{text!r}: write a range as [int,][log:]LOW..HIGH, e.g. "
+                                    "log:1e-5..1e-3 or int:4..32"))
+        low, _, high = interval.partition("..")
+        integer = "int" in flags
+        lo, hi = _number(low.strip(), integer, key), _number(high.strip(), integer, key)
+        if not lo < hi or ("log" in flags and lo <= 0):
+            raise UserError(Problem("--grid", key, f"{text!r}: LOW must be below HIGH (and above 0 for log:)"))
+        spaces[key] = Space("int" if integer else "float", low=lo, high=hi, log="log" in flags)
+    return spaces
+
+
+def has_ranges(axes: dict[str, list[str]]) -> bool:
+    return any(".." in v for values in axes.values() for v in values)

@@ -26,7 +26,7 @@ from runner.recipe.loading import Loaded
 from runner.recipe.schema import Recipe
 from runner.runs import rundir, tracking
 from runner.runs.manifest import RunError, Status
-from runner.train import plan, summary
+from runner.train import plan, slurm, summary
 
 LOG_TAIL_LINES = 40
 
@@ -112,8 +112,6 @@ def launch_env(recipe: Recipe | None = None) -> dict:
 
 def _via_slurm(run: rundir.RunDir, env: dict, detach: bool) -> tuple[int | None, list[str]]:
     """Submit launch.sh with sbatch (the job inherits this environment) and, unless detached, wait for it."""
-    from runner.train import slurm
-
     job_id = slurm.submit(run.path, env)
     run.update(slurm_job_id=job_id)
     print(f"submitted slurm job {job_id}; log: {paths.display(slurm.log_path(run.path, job_id))}", file=sys.stderr)
@@ -193,6 +191,8 @@ def train(loaded: Loaded, target: str = "local", resume: str | None | bool = Fal
     target = manifest.target
     timings = manifest.timings | {"prepare_s": prepare_s}
     run.update(status=Status.TRAINING, error=None, timings=timings)
+    if target != "slurm" and (job := slurm.job_of_this_process()):  # trained inside a job (a sweep's array task)
+        run.update(slurm_job_id=job)
     print(f"training {recipe.name} in {paths.display(run.path)} (log: logs/train.log)", file=sys.stderr)
     launched = time.monotonic()
     try:
