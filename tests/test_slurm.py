@@ -170,7 +170,7 @@ def test_an_optuna_search_shares_one_study_between_array_tasks(slurm_cluster, se
 
     env = os.environ | slurm_cluster
     argv = [sys.executable, "-m", "runner", "sweep", "tiny-cpu", "train.max_steps=4", "eval.max_items=8",
-            "--grid", "train.learning_rate=log:1e-6..1e-2", "--search", "optuna", "--trials", "3",
+            "--grid", "train.learning_rate=log:1e-3..1e-1", "--search", "optuna", "--trials", "3",
             "--metric", "perplexity", "--target", "slurm", "--parallel", "2"]
     result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
@@ -183,6 +183,7 @@ def test_an_optuna_search_shares_one_study_between_array_tasks(slurm_cluster, se
     trials = optuna.load_study(study_name=sweep["key"], storage=storage).get_trials()
     assert len(trials) == 3 and all(t.state.name == "COMPLETE" for t in trials)  # exactly the total, shared
     assert {t.user_attrs["worker"] for t in trials} <= {"task-0", "task-1"}
+    assert len({t.params["train.learning_rate"] for t in trials}) == 3  # each worker samples with its own seed
     for index in (0, 1):  # both tasks ran as workers of the one study
         log = (folder / "logs" / f"task-{sweep['array']['job_id']}_{index}.out").read_text(errors="replace")
         assert f"task {index}: a search worker" in log
@@ -192,5 +193,8 @@ def test_an_optuna_search_shares_one_study_between_array_tasks(slurm_cluster, se
     for name, row in rows.items():  # the study's value of a trial is its run's perplexity, which sweep.md shows
         assert row["mean"] == pytest.approx(values[name], rel=1e-6)
 
+    status = subprocess.run([*argv, "--status"], env=env, capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0 and "study: 3 of 3 trials asked, 3 complete" in status.stdout
+    assert status.stdout.count("| evaluated |") == 3
     again = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "nothing to run" in again.stderr and "submitted" not in again.stderr

@@ -24,9 +24,12 @@ def project(tmp_path_factory):
         yield root
 
 
-def _sweep(capsys, *args: str, what: str = "tiny-cpu") -> tuple[int, str, SweepFile]:
+def _sweep(capsys, *args: str, what: str = "tiny-cpu") -> tuple[int, str, SweepFile | None]:
+    """(exit code, what it printed, its sweep.json; None when it stopped before its last line)."""
     code = cli.main(["sweep", what, *args])
     out, err = capsys.readouterr()
+    if "sweep: " not in out:
+        return code, out + err, None
     folder = out.rsplit("sweep: ", 1)[1].split(SWEEP_MD)[0]
     return code, out + err, SweepFile.read(rundir.paths.workspace() / folder / SWEEP_FILE)
 

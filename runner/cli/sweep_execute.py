@@ -154,7 +154,7 @@ def search_worker(setup: Setup, folder, key: str, worker: str, verbose: bool) ->
     from runner.runs import sweep_study
     from runner.runs.sweep_file import SeedRun
 
-    study = sweep_study.open_study(folder, key, registry.higher_is_better(setup.metric))
+    study = sweep_study.open_study(folder, key, registry.higher_is_better(setup.metric), worker)
     failed = 0
     while (trial := sweep_study.next_trial(study, folder, setup.space, setup.trials, worker)) is not None:
         console.say(f"trial {trial.number + 1} of {setup.trials}: {trial.name}")
@@ -393,11 +393,19 @@ def status(setup: Setup, folder) -> int:
     tasks = {(t.variant, t.seed): t.index for t in sweep.tasks}
     if sweep.array:
         print(f"slurm array {sweep.array.job_id}: {slurm.summary(states, len(sweep.tasks))}")
-    rows = [(v.name, r.seed) for v in sweep.variants for r in v.runs] if setup.space is not None else \
-        [(v.name, seed) for v, seed, _ in setup.plans]
+    if setup.space is not None:  # the study's trials so far, each once per seed
+        from runner.metrics import registry
+        from runner.runs import sweep_study
+
+        study = sweep_study.open_study(folder, sweep.key, registry.higher_is_better(setup.metric))
+        trials = sweep_study.trials(study, setup.space)
+        print(f"study: {len(trials)} of {setup.trials} trials asked, "
+              f"{sum(state == 'COMPLETE' for _, state in trials)} complete")
+        rows = [(t.name, t.overrides, seed) for t, _ in trials for seed in setup.seeds or [None]]
+    else:
+        rows = [(v.name, v.overrides, seed) for v, seed, _ in setup.plans]
     print("| variant | seed | run | status | array task |\n|---|---:|---|---|---|")
-    for variant, seed in rows:
-        overrides = next((v.overrides for v in sweep.variants if v.name == variant), variant.split())
+    for variant, overrides, seed in rows:
         loaded = loading.load(setup.recipe, [*setup.fixed, *overrides, *setup.seed_overrides(seed)])
         run = _existing(setup.name, loaded.fingerprint)
         state = run.manifest().status.value if run is not None else "not started"

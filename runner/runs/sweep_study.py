@@ -7,6 +7,7 @@ left running: same parameters, same run (found by fingerprint), resumed from its
 """
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,12 +35,14 @@ def _optuna():
     return optuna
 
 
-def open_study(folder: Path, name: str, higher_is_better: bool):
+def open_study(folder: Path, name: str, higher_is_better: bool, worker: str = ""):
+    """The sweep's study, created on first use. Each worker samples with a seed of its own (its name's CRC): workers
+    sharing one seed would draw the same random start-up trials."""
     optuna = _optuna()
     backend = optuna.storages.journal.JournalFileBackend(str(folder / STUDY_FILE))
     return optuna.create_study(study_name=name, storage=optuna.storages.JournalStorage(backend),
                                direction="maximize" if higher_is_better else "minimize", load_if_exists=True,
-                               sampler=optuna.samplers.TPESampler(seed=0))
+                               sampler=optuna.samplers.TPESampler(seed=zlib.crc32(worker.encode())))
 
 
 def _distributions(space: dict[str, Space]) -> dict:
