@@ -190,6 +190,8 @@ def test_an_optuna_search_shares_one_study_between_array_tasks(slurm_cluster, se
     values = {f"train.learning_rate={t.params['train.learning_rate']:.3g}": t.value for t in trials}
     rows = {r["variant"]: r for r in sweep["decision"]["rows"]}
     assert set(rows) == set(values) and sweep["decision"]["best"] == min(values, key=values.get)
+    assert "3 distinct trials of an Optuna search (3 asked) over `train.learning_rate=log:1e-3..1e-1`" in (
+        folder / "sweep.md").read_text()
     for name, row in rows.items():  # the study's value of a trial is its run's perplexity, which sweep.md shows
         assert row["mean"] == pytest.approx(values[name], rel=1e-6)
 

@@ -118,7 +118,10 @@ def markdown(sweep: SweepFile, plot: str | None) -> str:
     lines = [f"# Sweep of {sweep.recipe}", ""]
     fixed = f" with {' '.join(f'`{o}`' for o in sweep.fixed)}" if sweep.fixed else ""
     seeds = f"seeds {', '.join(map(str, sweep.seeds))}" if sweep.seeds else "the recipe's own seed"
-    lines += [f"{len(sweep.variants)} variants{fixed}, each trained with {seeds}; metric `{sweep.metric}` "
+    what = f"{len(sweep.variants)} variants" if sweep.search == "grid" else (
+        f"{len(sweep.variants)} distinct trials of an Optuna search ({sweep.trials} asked) over "
+        + ", ".join(f"`{key}={','.join(values)}`" for key, values in sweep.axes.items()))
+    lines += [f"{what}{fixed}, each trained with {seeds}; metric `{sweep.metric}` "
               f"({'higher' if d is None or d.higher_is_better else 'lower'} is better).", ""]
     if d is not None and d.rows:
         lines += ["| variant | seeds | mean ± seed sd | Δ vs best (95% CI) | verdict |", "|---|---:|---:|---:|---|"]
