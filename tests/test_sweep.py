@@ -146,6 +146,7 @@ def test_bad_sweeps_are_exit_2_before_anything_trains(project, run_cli):
                           (["--grid", "train.micro_batch_size=int:0..4", "--search", "optuna", "--trials", "2"],
                            "train.micro_batch_size"),
                           (["--grid", "train.learning_rate=1e-3", "--parallel", "0"], "at least 1"),
+                          (["--grid", "train.learning_rate=1e-3", "hardware.nodes=2"], "one node"),
                           (["--grid", "train.learning_rate=1e-3", "--parallel", "100000"], "GiB each by `recipe fit`")):
         code, _, err = run_cli("sweep", "tiny-cpu", *args)
         assert code == 2 and message in err and "Traceback" not in err, (args, err)

@@ -73,7 +73,9 @@ def _one(name: str, loaded, entry, verbose: bool):
     if status != "trained":
         resume = run.run_id if run is not None else False
         console.say(f"  {'resuming ' + run.run_id if run else 'training'}")
-        run = after_train(train(loaded, "local", resume, verbose=verbose))
+        # one process, or one per GPU through torchrun (standalone: a free port of its own) on this one node
+        target = "torchrun" if loaded.recipe.hardware.world_size > 1 else "local"
+        run = after_train(train(loaded, target, resume, verbose=verbose))
     entry.run_id = run.run_id
     console.say(f"  evaluating {run.run_id}")
     _evaluate(run, loaded.recipe, verbose)

@@ -162,10 +162,11 @@ def cmd_sweep(args) -> int:
         return execute.task(setup, args.task, folder, key, args.verbose)
     if args.status:
         return execute.status(setup, folder)
-    if args.target == "slurm" and loading.load(args.recipe, args.overrides).recipe.hardware.nodes > 1:
-        raise UserError(Problem("--target", "slurm", "a sweep's array task runs on one node, and this recipe asks "
-                                "for several (hardware.nodes); sweep it one node wide, or train its variants with "
-                                "`recipe train --target slurm` one by one"))
+    if loading.load(args.recipe, args.overrides).recipe.hardware.nodes > 1:
+        raise UserError(Problem("hardware.nodes", "", "a sweep trains each run on one node (an array task, or this "
+                                "machine), and this recipe asks for several; sweep it one node wide "
+                                "(hardware.nodes=1), or train its variants with `recipe train --target slurm` one by "
+                                "one"))
     if args.parallel is not None and args.parallel < 1:
         raise UserError(Problem("--parallel", str(args.parallel), "must be at least 1"))
     folder.mkdir(parents=True, exist_ok=True)
