@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import re
 
 import numpy as np
 import pytest
@@ -186,3 +187,28 @@ def test_every_shipped_sweep_file_validates_and_plans():
         sweep_spec.apply(args, sweep_spec.load(path))
         setup = sweep_verbs._setup(args)  # every variant × seed loads and validates, offline
         assert setup.plans and sweep_spec.find(str(path.relative_to(ROOT))) is not None
+
+
+def test_recipe_edits_change_one_value_and_keep_every_other_byte():
+    from runner.core.errors import UserError
+    from runner.recipe import edit
+
+    text = ("# top\r\nschema: 1\r\nmethod:\r\n  lora: {r: 8, alpha: 16}\r\ntrain:\r\n  learning_rate: 2.0e-3  # why\r\n"
+            "  optimizer: 'adamw_torch'\r\n\r\n")
+    picked = ["# picked by `recipe sweep` on a day: lr", "#   evidence: here"]
+    out = edit.set_value(text, ["train", "learning_rate"], "1e-3", "r.yaml", picked)
+    out = edit.set_value(out, ["method", "lora", "r"], "16", "r.yaml")
+    out = edit.set_value(out, ["train", "optimizer"], "'adamw_8bit'", "r.yaml")
+    out = edit.set_value(out, ["train", "weight_decay"], "0.1", "r.yaml")  # inherited: added to its section
+    out = edit.set_value(out, ["tracking", "tensorboard"], "true", "r.yaml")  # a new section, at the end
+    assert out == ("# top\r\nschema: 1\r\nmethod:\r\n  lora: {r: 16, alpha: 16}\r\ntrain:\r\n"
+                   "  # picked by `recipe sweep` on a day: lr\r\n  #   evidence: here\r\n"
+                   "  learning_rate: 1e-3  # why\r\n  optimizer: 'adamw_8bit'\r\n  weight_decay: 0.1\r\n"
+                   "tracking:\r\n  tensorboard: true\r\n\r\n")
+    again = edit.set_value(out, ["train", "learning_rate"], "3e-4", "r.yaml", ["# picked by `recipe sweep`: 2nd"])
+    assert again.count("picked by") == 1 and "evidence" not in again and "learning_rate: 3e-4  # why" in again
+    assert edit.bump_minor("1.1.0") == "1.2.0" and edit.bump_minor("0.9.3-rc1") == "0.10.0"
+    for keys, message in ((["data", "datasets", "0", "weight"], "inside a list"), (["train"], "holds a section"),
+                          (["method", "lora", "dropout"], "{...} mapping")):
+        with pytest.raises(UserError, match=re.escape(message)):
+            edit.set_value(text, keys, "2", "r.yaml")

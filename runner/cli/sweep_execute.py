@@ -60,7 +60,18 @@ def _evaluate(run, recipe, verbose: bool) -> None:
 
 
 def _one(name: str, loaded, entry, verbose: bool):
-    """Train (or reuse, or resume) and evaluate one variant × seed; entry (a SeedRun) records what happened."""
+    """Train (or reuse, or resume) and evaluate one variant × seed; entry (a SeedRun) records what happened.
+    One process at a time per resolved recipe: two workers that drew the same values share one run."""
+    from runner.core.atomic import file_lock
+    from runner.runs import rundir
+
+    folder = rundir.recipe_runs(name)
+    folder.mkdir(parents=True, exist_ok=True)
+    with file_lock(folder / f".sweep-{loaded.fingerprint[:16]}.lock"):
+        return _one_locked(name, loaded, entry, verbose)
+
+
+def _one_locked(name: str, loaded, entry, verbose: bool):
     from runner.cli.followups import after_train
     from runner.train.launch import train
 
@@ -207,7 +218,8 @@ def from_study(setup: Setup, sweep, folder, key: str) -> int:
 def _task_command(setup: Setup, search: str) -> list[str]:
     """The sweep's own command line, as each task runs it (with --task i)."""
     grid = [a for key, values in setup.axes.items() for a in ("--grid", f"{key}={','.join(values)}")]
-    return [sys.executable, "-m", "runner", "sweep", setup.recipe, *setup.fixed, *grid,
+    recipe = str(loading.find(setup.recipe).resolve())  # tasks run from the workspace, and a name may be a sweep file's
+    return [sys.executable, "-m", "runner", "sweep", recipe, *setup.fixed, *grid,
             *(["--seeds", ",".join(map(str, setup.seeds))] if setup.seeds else []), "--metric", setup.metric,
             *(["--search", search, "--trials", str(setup.trials)] if search != "grid" else [])]
 
@@ -240,12 +252,13 @@ def _tasks(setup: Setup, workers: int, entries, sweep, folder) -> tuple[list, li
 
 
 def _collect(setup: Setup, tasks, todo, why) -> int:
-    """After the tasks: each grid entry from its run folder; returns how many failed (why(task): the task's end).
-    A search's workers have no entries: its trials are read from the study afterwards."""
+    """After the tasks: each grid entry from its run folder; returns how many failed (why(task): how its task
+    ended). A search's workers have no entries: its trials are read from the study afterwards."""
     if setup.space is not None:
         return 0
+    index = {(t.variant, t.seed): t for t in tasks}
     failed = 0
-    for task, (variant, _, loaded, entry) in zip(tasks, todo, strict=True):
+    for variant, seed, loaded, entry in todo:
         run = _existing(setup.name, loaded.fingerprint)
         entry.run_id = run.run_id if run is not None else None
         manifest = run.manifest() if run is not None else None
@@ -253,26 +266,35 @@ def _collect(setup: Setup, tasks, todo, why) -> int:
             entry.status = "evaluated"
             continue
         failed += 1
-        reason = manifest.error.message if manifest is not None and manifest.error else why(task)
+        task = index.get((variant.name, seed))
+        reason = manifest.error.message if manifest is not None and manifest.error else \
+            why(task) if task is not None else "no task ran it"
         entry.status, entry.error = "failed", reason[:300]
-        console.say(f"{_label(variant.name, task.seed)}: failed: {entry.error}")
+        console.say(f"{_label(variant.name, seed)}: failed: {entry.error}")
     return failed
 
 
 def fits_in_parallel(setup: Setup, n: int) -> None:
-    """--parallel N here: N runs at once must fit this machine's memory by `recipe fit`'s estimate (exit 2)."""
+    """--parallel N here: N runs at once must fit the memory of the recipe's device by `recipe fit`'s estimate (the
+    host's RAM for a CPU profile, the profile's GPU otherwise), judged by the hungriest variant (exit 2)."""
     from runner.estimate import fit
 
-    loaded = setup.plans[0][2] if setup.plans else loading.load(setup.recipe, setup.fixed)
-    with console.third_party_to(paths.cache_dir() / "logs" / "fit.log", False):
-        report = fit.fit(loaded, timing=False, suggest=False)
+    plans = [p[2] for p in setup.plans] or [loading.load(setup.recipe, setup.fixed)]
+    try:
+        with console.third_party_to(paths.cache_dir() / "logs" / "fit.log", False):
+            reports = [fit.fit(loaded, timing=False, suggest=False) for loaded in plans]
+    except UserError as err:
+        console.say(f"--parallel {n}: memory not checked, `recipe fit` cannot estimate it: "
+                    f"{str(err).splitlines()[0][:200]}")
+        return
+    report = max(reports, key=lambda r: r.memory.peak_gib)
     limit = report.device.memory_gib
     if limit is None or report.memory.peak_gib * n <= limit:
         return
     most = max(int(limit // report.memory.peak_gib), 1)
     raise UserError(Problem("--parallel", str(n), f"{n} runs at once need about {report.memory.peak_gib * n:.1f} GiB "
                             f"({report.memory.peak_gib:.2f} GiB each by `recipe fit`), more than the "
-                            f"{limit:.1f} GiB of this machine's {report.device.name}; use --parallel {most} or less"))
+                            f"{limit:.1f} GiB of {report.device.name}; use --parallel {most} or less"))
 
 
 def in_parallel(setup: Setup, n: int, entries, sweep, folder) -> int:
@@ -333,8 +355,10 @@ def on_slurm(setup: Setup, parallel: int | None, entries, sweep, folder, previou
     if not tasks:
         return 0
     first = todo[0][2] if todo else loading.load(setup.recipe, setup.fixed)
-    array = previous.array if previous is not None and previous.tasks == tasks else None
-    if array is not None and any(s in slurm.ACTIVE for s in slurm.array_states(array.job_id).values()):
+    array = previous.array if previous is not None else None
+    if array is not None and any(s in slurm.ACTIVE for s in (slurm.array_states(array.job_id) or {}).values()):
+        # its tasks read sweep.json's task list: it stays as it was, and nothing is submitted twice
+        tasks = previous.tasks
         console.say(f"slurm array {array.job_id} of this sweep is still running: waiting for it")
     else:
         for _, _, loaded, _ in todo:
@@ -391,7 +415,7 @@ def status(setup: Setup, folder) -> int:
         raise UserError(Problem(paths.display(folder), "", "no such sweep yet: run the same command without "
                                 "--status to start it"))
     sweep = SweepFile.read(folder / SWEEP_FILE)
-    states = slurm.array_states(sweep.array.job_id) if sweep.array else {}
+    states = (slurm.array_states(sweep.array.job_id) or {}) if sweep.array else {}
     tasks = {(t.variant, t.seed): t.index for t in sweep.tasks}
     if sweep.array:
         print(f"slurm array {sweep.array.job_id}: {slurm.summary(states, len(sweep.tasks))}")

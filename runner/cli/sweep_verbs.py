@@ -156,7 +156,7 @@ def cmd_sweep(args) -> int:
     args.search, args.target = args.search or "grid", args.target or "local"
     setup = _setup(args)
     key = sweep_grid.sweep_key(setup.name, setup.fixed, setup.axes, setup.seeds,
-                               ("optuna", setup.trials) if setup.space is not None else None)
+                               ("optuna", setup.trials, setup.metric) if setup.space is not None else None)
     folder = sweep_dir(setup.name, key)
     if args.task is not None:
         return execute.task(setup, args.task, folder, key, args.verbose)
@@ -223,8 +223,8 @@ def register(verb, with_recipe) -> None:
                        "method.lora.r=int:4..32 (a study in the sweep folder that every worker shares)")
     sweep.add_argument("--trials", type=int, default=None, metavar="N", help="--search optuna: the study's total")
     sweep.add_argument("--target", choices=("local", "slurm"), default=None,
-                       help="local (the default): the runs one after another on this machine; slurm: one job "
-                       "array, a task per run (requeue-safe: a requeued task resumes its run from its "
+                       help="local (the default): the runs on this machine; slurm: one job array, a task per run "
+                       "(a search: per worker), requeue-safe (a requeued task resumes its run from its "
                        "checkpoint), waited for")
     sweep.add_argument("--parallel", type=int, default=None, metavar="N",
                        help="at most N runs at once: here, N processes sharing the cores (checked against `recipe "
@@ -232,5 +232,5 @@ def register(verb, with_recipe) -> None:
                        "runs N workers sharing the study (default 1)")
     sweep.add_argument("--status", action="store_true", help="show where each run of the sweep stands (run folders, "
                        "and the SLURM array's tasks from scontrol) without starting anything")
-    sweep.add_argument("--task", type=int, default=None, metavar="I", help="run the I-th task of the sweep's SLURM "
-                       "array (what each array task runs)")
+    sweep.add_argument("--task", type=int, default=None, metavar="I", help="run the I-th task of the sweep (what "
+                       "each SLURM array task, or each --parallel process, runs)")

@@ -33,8 +33,9 @@ def _scalar_end(line: str, start: int, flow: bool) -> int:
     if line[start:start + 1] in ("'", '"'):
         close = line.find(line[start], start + 1)
         return len(line) if close < 0 else close + 1
-    stops = [i for i in (line.find(" #", start), *((line.find(",", start), line.find("}", start)) if flow else ()))
-             if i >= 0]
+    comment = re.search(r"[ \t]#", line[start:])
+    stops = [i for i in (start + comment.start() if comment else -1,
+                         *((line.find(",", start), line.find("}", start)) if flow else ())) if i >= 0]
     end = min(stops, default=len(line))
     return len(line[:end].rstrip())
 
@@ -74,7 +75,8 @@ def set_value(text: str, keys: list[str], value: str, where: str, comment: list[
         raise UserError(Problem(where, ".".join(keys), "is inside a list; only mapping keys are written back, so "
                                 "edit this one by hand"))
     document = _document(text, where)
-    lines = text.split("\n")
+    newline = "\r\n" if "\r\n" in text else "\n"  # lines keep the file's own ending
+    lines = text.split(newline)
     node, depth, parent_line, parent_indent = document, 0, -1, -2
     while depth < len(keys) - 1 and isinstance(node.get(keys[depth]), CommentedMap):
         parent_line, parent_indent = node.lc.key(keys[depth])
@@ -105,7 +107,7 @@ def set_value(text: str, keys: list[str], value: str, where: str, comment: list[
         anchor = at
     if comment:
         _comment_above(lines, anchor, comment)
-    return "\n".join(lines)
+    return newline.join(lines)
 
 
 SEMVER = re.compile(r"^(\d+)\.(\d+)\.(\d+)")

@@ -61,9 +61,9 @@ def variants(axes: dict[str, list[str]]) -> list[Variant]:
 
 
 def sweep_key(recipe: str, fixed: list[str], axes: dict[str, list[str]], seeds: list[int] | None,
-              search: tuple[str, int] | None = None) -> str:
-    """The sweep's identity: the same recipe, fixed overrides, axes, seeds (and search with its trials) give the
-    same folder again."""
+              search: tuple | None = None) -> str:
+    """The sweep's identity: the same recipe, fixed overrides, axes, seeds (and a search with its trials and metric,
+    which sets the study's direction) give the same folder again."""
     identity = {"recipe": recipe, "fixed": fixed, "axes": axes, "seeds": seeds} | ({"search": search} if search else {})
     text = json.dumps(identity, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:10]

@@ -41,8 +41,8 @@ class SweepSpec(BaseModel):
     search: Literal["grid", "optuna"] = Field("grid", description="grid, or an Optuna search over the ranges")
     trials: int | None = Field(None, description="search: optuna: the study's total number of trials")
     target: Literal["local", "slurm"] = Field("local", description="where the runs train")
-    parallel: int | None = Field(None, description="slurm: at most this many array tasks at once (a search: its "
-                                 "workers)")
+    parallel: int | None = Field(None, description="at most this many runs at once (processes here, array tasks "
+                                 "on SLURM); a search: this many workers")
 
 
 def _text(value: Value) -> str:
@@ -56,7 +56,14 @@ def find(argument: str) -> Path | None:
     if path.suffix in (".yaml", ".yml"):
         return path if path.parent.name == "sweeps" and path.is_file() else None
     named = paths.sweeps_dir() / f"{argument}.yaml"
-    return named if "/" not in argument and named.is_file() else None
+    if "/" in argument or not named.is_file():
+        return None
+    from runner.recipe import loading
+
+    if argument in loading.recipe_files():
+        raise UserError(Problem(paths.display(named), "", f"a recipe is named {argument!r} too; name the sweep file "
+                                f"by its path (recipe sweep sweeps/{argument}.yaml) or rename one of them"))
+    return named
 
 
 def load(path: Path) -> SweepSpec:

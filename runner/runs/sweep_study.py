@@ -7,6 +7,8 @@ left running: same parameters, same run (found by fingerprint), resumed from its
 """
 from __future__ import annotations
 
+import os
+import socket
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +17,7 @@ from runner.core.atomic import file_lock
 from runner.recipe.sweep_grid import Space
 
 STUDY_FILE = "optuna.journal"
-WORKER = "worker"  # the user attribute naming the worker a trial belongs to
+WORKER, HOST, PID = "worker", "host", "pid"  # user attributes: the worker a trial belongs to, and its process
 
 
 @dataclass(frozen=True)
@@ -36,13 +38,28 @@ def _optuna():
 
 
 def open_study(folder: Path, name: str, higher_is_better: bool, worker: str = ""):
-    """The sweep's study, created on first use. Each worker samples with a seed of its own (its name's CRC): workers
-    sharing one seed would draw the same random start-up trials."""
+    """The sweep's study, created on first use. Each worker samples with a seed of its own (its name and the
+    study's size): workers sharing a seed, or a worker started again, would draw the same start-up trials."""
     optuna = _optuna()
     backend = optuna.storages.journal.JournalFileBackend(str(folder / STUDY_FILE))
-    return optuna.create_study(study_name=name, storage=optuna.storages.JournalStorage(backend),
-                               direction="maximize" if higher_is_better else "minimize", load_if_exists=True,
-                               sampler=optuna.samplers.TPESampler(seed=zlib.crc32(worker.encode())))
+    study = optuna.create_study(study_name=name, storage=optuna.storages.JournalStorage(backend),
+                                direction="maximize" if higher_is_better else "minimize", load_if_exists=True)
+    size = len(study.get_trials(deepcopy=False))
+    study.sampler = optuna.samplers.TPESampler(seed=zlib.crc32(f"{worker}:{size}".encode()))
+    return study
+
+
+def _alive(attrs: dict) -> bool:
+    """Whether the process that took a trial may still run it: only one on this host can be checked."""
+    if attrs.get(HOST) != socket.gethostname() or not isinstance(attrs.get(PID), int):
+        return True
+    try:
+        os.kill(attrs[PID], 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _distributions(space: dict[str, Space]) -> dict:
@@ -63,18 +80,23 @@ def _trial(number: int, params: dict, space: dict[str, Space]) -> Trial:
 
 
 def next_trial(study, folder: Path, space: dict[str, Space], total: int, worker: str) -> Trial | None:
-    """The trial this worker should run now: the one it left running (after a kill), else a new one while the study
-    holds fewer than `total`; None when there is nothing left to do."""
+    """The trial this worker should run now: the one it left running (after a kill or a requeue) or one whose
+    process on this host is gone, else a new one while the study holds fewer than `total`; None when there is nothing
+    left to do."""
     optuna = _optuna()
     running = optuna.trial.TrialState.RUNNING
     with file_lock(folder / (STUDY_FILE + ".lock")):
         for frozen in study.get_trials(deepcopy=False, states=(running,)):
-            if frozen.user_attrs.get(WORKER) == worker:
+            if frozen.user_attrs.get(WORKER) == worker or not _alive(frozen.user_attrs):
+                study._storage.set_trial_user_attr(frozen._trial_id, PID, os.getpid())
+                study._storage.set_trial_user_attr(frozen._trial_id, HOST, socket.gethostname())
                 return _trial(frozen.number, frozen.params, space)
         if len(study.get_trials(deepcopy=False)) >= total:
             return None
         trial = study.ask(_distributions(space))
         trial.set_user_attr(WORKER, worker)
+        trial.set_user_attr(HOST, socket.gethostname())
+        trial.set_user_attr(PID, os.getpid())
         return _trial(trial.number, trial.params, space)
 
 

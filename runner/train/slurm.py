@@ -112,9 +112,12 @@ def _task_ids(text: str) -> list[int]:
     return ids
 
 
-def array_states(job_id: str) -> dict[int, str]:
-    """The state of each task of array job `job_id` from scontrol; a task SLURM has forgotten is missing."""
+def array_states(job_id: str) -> dict[int, str] | None:
+    """The state of each task of array job `job_id` from scontrol ({} once SLURM has forgotten the job; None when
+    scontrol did not answer, so the caller asks again rather than take an empty answer for a finished array)."""
     result = _run(["scontrol", "show", "job", job_id])
+    if result.returncode != 0:
+        return {} if "Invalid job id" in result.stderr else None
     states: dict[int, str] = {}
     for record in re.split(r"\n\s*\n", result.stdout):
         task, state = re.search(r"ArrayTaskId=(\S+)", record), re.search(r"JobState=(\S+)", record)
@@ -134,9 +137,17 @@ def summary(states: dict[int, str], tasks: int) -> str:
 
 def wait_array(job_id: str, tasks: int) -> dict[int, str]:
     """Poll until no task of the array is active; prints each change of the tally (progress) to stderr."""
-    last = None
+    last, unanswered = None, 0
     while True:
         states = array_states(job_id)
+        if states is None:
+            unanswered += 1
+            if unanswered > 12:
+                raise RunFailed(f"scontrol has not answered about slurm array {job_id} for a minute; it may still run: "
+                                "`recipe sweep ... --status` shows it, the same command again waits for it")
+            time.sleep(POLL_S)
+            continue
+        unanswered = 0
         line = summary(states, tasks)
         if line != last:
             print(f"slurm array {job_id}: {line}", file=sys.stderr, flush=True)
