@@ -162,8 +162,10 @@ def evidence(sweep: SweepFile, chosen: str, where: str, today: str) -> list[str]
     rows = {r.variant: r for r in sweep.decision.rows}
     row = rows[chosen]
     spread = "" if row.seed_sd is None else f" ± {row.seed_sd:.4f} seed sd"
+    against = "" if row.ci95 is None else \
+        f" ({row.delta:+.4f} [{row.ci95[0]:+.4f}, {row.ci95[1]:+.4f}] against the best)"
     lines = [f"{PICKED} on {today}: {chosen}, {sweep.metric} {row.mean:.4f}{spread} over {row.seeds} seed(s), "
-             f"{row.verdict}"]
+             f"{row.verdict}{against}"]
     for other in sweep.decision.rows:
         if other.variant == chosen:
             continue
