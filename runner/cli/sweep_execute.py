@@ -63,11 +63,11 @@ def _one(name: str, loaded, entry, verbose: bool):
     """Train (or reuse, or resume) and evaluate one variant × seed; entry (a SeedRun) records what happened.
     One process at a time per resolved recipe: two workers that drew the same values share one run."""
     from runner.core.atomic import file_lock
-    from runner.runs import rundir
+    from runner.runs.sweep_file import lock_path
 
-    folder = rundir.recipe_runs(name)
-    folder.mkdir(parents=True, exist_ok=True)
-    with file_lock(folder / f".sweep-{loaded.fingerprint[:16]}.lock"):
+    lock = lock_path(name, loaded.fingerprint)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(lock):
         return _one_locked(name, loaded, entry, verbose)
 
 

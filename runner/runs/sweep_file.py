@@ -28,6 +28,12 @@ def sweep_dir(recipe: str, key: str) -> Path:
     return paths.runs_dir() / "_sweep" / f"{recipe}-{key}"
 
 
+def lock_path(recipe: str, fingerprint: str) -> Path:
+    """runs/_sweep/locks/<recipe>-<fingerprint>.lock: held while a sweep makes the run of one resolved recipe, by
+    whichever sweep, task or worker it is."""
+    return paths.runs_dir() / "_sweep" / "locks" / f"{recipe}-{fingerprint[:16]}.lock"
+
+
 class SeedRun(Record):
     seed: int | None = None  # None: the recipe's own train.seed
     run_id: str | None = None
