@@ -348,9 +348,9 @@ print(json.dumps(answers))
 def test_a_published_model_loads_from_the_hub_for_someone_else(own_trained_run, tmp_path):
     """tiny-cpu's base is a local folder, so its adapter is published merged by default (merged first); a fresh
     process with no access to the run (another working folder, its own HF_HOME) loads it from the hub by repo id
-    and gives the run's greedy answers; no uploaded file names a path of this machine."""
+    and gives the answers of the merged folder it was published from; no uploaded file names a path of this
+    machine."""
     from runner.evaluate.generate import generate
-    from runner.metrics.registry import clean_generation
 
     run, token = own_trained_run, f"hf_planted{secrets.token_hex(16)}"
     server, endpoint = _start(_ServingHub)
@@ -364,17 +364,26 @@ def test_a_published_model_loads_from_the_hub_for_someone_else(own_trained_run, 
         elsewhere = tmp_path / "elsewhere"
         elsewhere.mkdir()
         environ = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "RECIPE_"))}
-        loaded = subprocess.run([sys.executable, "-c", LOAD_FROM_HUB], cwd=elsewhere, capture_output=True, text=True,
-                                input=json.dumps([REPO, [e["rendered"] for e in expected], run.manifest().stop,
-                                                  limit]),
-                                env=environ | {"HF_ENDPOINT": endpoint, "HF_HOME": str(elsewhere / "hf-home")},
-                                timeout=300)
+
+        def answers(repo: str) -> subprocess.CompletedProcess:
+            return subprocess.run([sys.executable, "-c", LOAD_FROM_HUB], cwd=elsewhere, capture_output=True, text=True,
+                                  input=json.dumps([repo, [e["rendered"] for e in expected], run.manifest().stop,
+                                                    limit]),
+                                  env=environ | {"HF_ENDPOINT": endpoint, "HF_HOME": str(elsewhere / "hf-home")},
+                                  timeout=300)
+
+        loaded = answers(REPO)
     finally:
         server.shutdown()
     assert loaded.returncode == 0, loaded.stderr[-3000:]
     assert "config.json" in _ServingHub.files and "adapter_config.json" not in _ServingHub.files  # merged
-    stop = run.manifest().stop  # the answers cleaned as `recipe generate` cleans its own
-    assert [clean_generation(a, stop) for a in json.loads(loaded.stdout)] == [e["finetuned"] for e in expected]
+    # The same script on the merged folder the run published from gives the same answers: what someone else loads is
+    # what was published. (Not compared with the adapter on its base, which `recipe generate` runs: merging rounds
+    # the weights anew and, on the random tiny model's near-tied logits, greedy decoding can part; the SQL demo's
+    # merged model agrees with its adapter on 88 of 90 answers.)
+    local = answers(str(run.file(run.manifest().merged_dir)))
+    assert local.returncode == 0, local.stderr[-3000:]
+    assert json.loads(loaded.stdout) == json.loads(local.stdout) and len(json.loads(local.stdout)) == len(prompts)
     machine = [str(run.path), str(ROOT), str(Path(run.manifest().base_model_dir)), "pkg://", str(Path.home())]
     leaks = {name: [m for m in machine if m.encode() in data] for name, data in _ServingHub.files.items()}
     assert not {name: found for name, found in leaks.items() if found}

@@ -34,32 +34,14 @@ def slurm_cluster(tmp_path_factory):
     subprocess.run(["bash", str(CLUSTER), "stop", str(state)], capture_output=True, timeout=120, env=os.environ | ports)
 
 
-def test_recipe_trains_tiny_cpu_through_sbatch(slurm_cluster, session_dirs, tiny_model_dir):
-    env = os.environ | slurm_cluster
-    result = subprocess.run([sys.executable, "-m", "runner", "train", "tiny-cpu", "train.seed=3", "--target", "slurm"],
-                            env=env, capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-3000:]
-    run = (session_dirs / "runs" / "tiny-cpu" / "latest").resolve()
-    manifest = json.loads((run / "manifest.json").read_text())
-    job = manifest["slurm_job_id"]
-    assert manifest["status"] == "trained" and manifest["target"] == "slurm"
-    assert manifest["train"]["steps"] == 30 and manifest["train"]["ranks"]["rank-0"]["steps"] == 30
-    log = (run / "logs" / f"slurm-{job}.out").read_text(errors="replace")
-    assert "Training completed" in log
-    assert (run / "model" / "adapter_model.safetensors").is_file()
-    assert "#SBATCH --nodes=1" in (run / "launch.sh").read_text()
-    state = subprocess.run(["bash", str(CLUSTER), "wait", str(Path(slurm_cluster["SLURM_CONF"]).parent), job, "30"],
-                           env=env, capture_output=True, text=True, timeout=60)
-    assert state.returncode == 0 and "COMPLETED" in state.stdout
-
-
 def _steps(path: Path) -> list[int]:
     return [json.loads(line)["step"] for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_a_requeued_job_resumes_from_its_last_checkpoint(slurm_cluster, session_dirs, tiny_model_dir):
-    """`scontrol requeue` a running job once it has saved its first checkpoint: SLURM kills it and starts
-    launch.sh again (--requeue), and training goes on from the newest checkpoint instead of from step 1."""
+def test_recipe_trains_through_sbatch_and_a_requeued_job_resumes(slurm_cluster, session_dirs, tiny_model_dir):
+    """`recipe train tiny-cpu --target slurm` submits launch.sh with sbatch and follows the job; `scontrol requeue` it
+    once it has saved its first checkpoint: SLURM kills it and starts launch.sh again (--requeue), and training goes
+    on from the newest checkpoint instead of from step 1, then the runner records the trained run."""
     env = os.environ | slurm_cluster
     runs = session_dirs / "runs" / "tiny-cpu"
     before = set(runs.iterdir()) if runs.exists() else set()
@@ -101,8 +83,10 @@ def test_a_requeued_job_resumes_from_its_last_checkpoint(slurm_cluster, session_
     assert restart >= checkpoint and steps[:restart] == list(range(1, restart + 1)), steps
     assert steps[restart:] == list(range(checkpoint + 1, 13)), steps  # not 1..12 again
     manifest = json.loads((run / "manifest.json").read_text())
-    assert manifest["status"] == "trained" and manifest["train"]["steps"] == 12
+    assert manifest["status"] == "trained" and manifest["target"] == "slurm" and manifest["train"]["steps"] == 12
+    assert manifest["train"]["ranks"]["rank-0"]["steps"] == 12
     assert (run / "model" / "adapter_model.safetensors").is_file()
+    assert "#SBATCH --nodes=1" in (run / "launch.sh").read_text()
 
 
 def test_a_sweep_runs_as_one_job_array_and_a_requeued_task_resumes(slurm_cluster, session_dirs, tiny_model_dir):
@@ -164,39 +148,39 @@ def test_a_sweep_runs_as_one_job_array_and_a_requeued_task_resumes(slurm_cluster
 
 
 def test_an_optuna_search_shares_one_study_between_array_tasks(slurm_cluster, session_dirs, tiny_model_dir):
-    """`--search optuna --trials 3 --target slurm --parallel 2`: two array tasks ask one study (its journal file in
-    the sweep folder) for trials until it holds 3, then one decision over the trials' runs."""
+    """`--search optuna --trials 2 --target slurm --parallel 2`: two array tasks ask one study (its journal file in
+    the sweep folder) for trials until it holds 2, then one decision over the trials' runs."""
     import optuna
 
     env = os.environ | slurm_cluster
-    argv = [sys.executable, "-m", "runner", "sweep", "tiny-cpu", "train.max_steps=4", "eval.max_items=8",
-            "--grid", "train.learning_rate=log:1e-3..1e-1", "--search", "optuna", "--trials", "3",
+    argv = [sys.executable, "-m", "runner", "sweep", "tiny-cpu", "train.max_steps=2", "eval.max_items=4",
+            "--grid", "train.learning_rate=log:1e-3..1e-1", "--search", "optuna", "--trials", "2",
             "--metric", "perplexity", "--target", "slurm", "--parallel", "2"]
     result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
     folder = Path(result.stdout.rsplit("sweep: ", 1)[1].split("sweep.md")[0])
     folder = folder if folder.is_absolute() else session_dirs / folder
     sweep = json.loads((folder / "sweep.json").read_text())
-    assert sweep["search"] == "optuna" and sweep["trials"] == 3 and len(sweep["tasks"]) == 2
+    assert sweep["search"] == "optuna" and sweep["trials"] == 2 and len(sweep["tasks"]) == 2
     assert "#SBATCH --array=0-1%2" in (folder / "array.sh").read_text()
     storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(folder / "optuna.journal")))
     trials = optuna.load_study(study_name=sweep["key"], storage=storage).get_trials()
-    assert len(trials) == 3 and all(t.state.name == "COMPLETE" for t in trials)  # exactly the total, shared
+    assert len(trials) == 2 and all(t.state.name == "COMPLETE" for t in trials)  # exactly the total, shared
     assert {t.user_attrs["worker"] for t in trials} <= {"task-0", "task-1"}
-    assert len({t.params["train.learning_rate"] for t in trials}) == 3  # each worker samples with its own seed
+    assert len({t.params["train.learning_rate"] for t in trials}) == 2  # each worker samples with its own seed
     for index in (0, 1):  # both tasks ran as workers of the one study
         log = (folder / "logs" / f"task-{sweep['array']['job_id']}_{index}.out").read_text(errors="replace")
         assert f"task {index}: a search worker" in log
     values = {f"train.learning_rate={t.params['train.learning_rate']:.3g}": t.value for t in trials}
     rows = {r["variant"]: r for r in sweep["decision"]["rows"]}
     assert set(rows) == set(values) and sweep["decision"]["best"] == min(values, key=values.get)
-    assert "3 distinct trials of an Optuna search (3 asked) over `train.learning_rate=log:1e-3..1e-1`" in (
+    assert "2 distinct trials of an Optuna search (2 asked) over `train.learning_rate=log:1e-3..1e-1`" in (
         folder / "sweep.md").read_text()
     for name, row in rows.items():  # the study's value of a trial is its run's perplexity, which sweep.md shows
         assert row["mean"] == pytest.approx(values[name], rel=1e-6)
 
     status = subprocess.run([*argv, "--status"], env=env, capture_output=True, text=True, timeout=120)
-    assert status.returncode == 0 and "study: 3 of 3 trials asked, 3 complete" in status.stdout
-    assert status.stdout.count("| evaluated |") == 3
+    assert status.returncode == 0 and "study: 2 of 2 trials asked, 2 complete" in status.stdout
+    assert status.stdout.count("| evaluated |") == 2
     again = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "nothing to run" in again.stderr and "submitted" not in again.stderr

@@ -16,7 +16,8 @@ from runner.runs import rundir
 from runner.runs.sweep_file import SWEEP_FILE, SWEEP_MD, SWEEP_PLOT, SweepFile
 from tests.helpers import ROOT, offline_workspace
 
-GRID = ["--grid", "train.learning_rate=1e-9,1e-3", "--seeds", "1,2"]
+GRID = ["train.max_steps=12", "--grid", "train.learning_rate=1e-9,1e-3", "--seeds", "1,2"]
+ONE = ["train.max_steps=12", "train.learning_rate=1e-3"]  # the best variant of GRID, as fixed overrides
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +44,8 @@ def _run_dirs() -> set[str]:
 @pytest.mark.model
 def test_a_sweep_trains_decides_reuses_its_runs_and_reports_a_failing_variant(project, capsys):
     """One test for the whole story, so the 2 × 2 grid is trained once whatever the scheduler does with fixtures."""
-    # 2 learning rates × 2 seeds, 2 at a time, decided on perplexity (1e-9 barely moves the random tiny model)
-    code, out, sweep = _sweep(capsys, *GRID, "--metric", "perplexity", "--parallel", "2")
+    # 2 learning rates × 2 seeds, decided on perplexity (1e-9 barely moves the random tiny model)
+    code, out, sweep = _sweep(capsys, *GRID, "--metric", "perplexity")
     folder = rundir.paths.workspace() / out.rsplit("sweep: ", 1)[1].split(SWEEP_MD)[0]
     assert code == 0
     assert [v.name for v in sweep.variants] == ["train.learning_rate=1e-9", "train.learning_rate=1e-3"]
@@ -66,8 +67,6 @@ def test_a_sweep_trains_decides_reuses_its_runs_and_reports_a_failing_variant(pr
     assert sweep.cost_s > 0 and SweepFile.read(folder / SWEEP_FILE) == sweep
     assert sweep.estimate.runs == 4 and sweep.estimate.hours > 0 and sweep.estimate.device == "cpu"
     assert "`recipe fit` estimates" in md
-    assert len(sweep.tasks) == 4 and sorted(p.name for p in (folder / "logs").iterdir()) == [
-        f"task-local_{i}.out" for i in range(4)]  # each run was a process of its own, its output kept
 
     # a second invocation trains nothing new and decides the same
     before = _run_dirs()
@@ -79,24 +78,34 @@ def test_a_sweep_trains_decides_reuses_its_runs_and_reports_a_failing_variant(pr
 
     # the same sweep written down as a sweep file: the same folder, the same runs
     (project / "sweeps").mkdir()
-    (project / "sweeps" / "lr.yaml").write_text("sweep: 1\nrecipe: tiny-cpu\ngrid:\n  train.learning_rate: "
-                                                "[1e-9, 1e-3]\nseeds: [1, 2]\nmetric: perplexity\n")
+    (project / "sweeps" / "lr.yaml").write_text("sweep: 1\nrecipe: tiny-cpu\noverrides: [train.max_steps=12]\ngrid:\n"
+                                                "  train.learning_rate: [1e-9, 1e-3]\nseeds: [1, 2]\n"
+                                                "metric: perplexity\n")
     code, out, from_file = _sweep(capsys, what="lr")
     assert code == 0 and _run_dirs() == before and from_file.key == sweep.key
     assert from_file.decision == sweep.decision
 
     # seeds of one setting, as a grid: the runs above again, indistinguishable
-    code, _, seeds = _sweep(capsys, "train.learning_rate=1e-3", "--grid", "train.seed=1,2")
+    code, _, seeds = _sweep(capsys, *ONE, "--grid", "train.seed=1,2")
     assert code == 0 and _run_dirs() == before and seeds.metric == "exact_match"  # the suite's first metric
     assert sorted(r.verdict for r in seeds.decision.rows) == ["best", "indistinguishable from best"]
 
     # a variant that fails is reported and the others go on
-    code, out, failing = _sweep(capsys, "train.learning_rate=1e-3", "--seeds", "1", "--grid",
+    code, out, failing = _sweep(capsys, *ONE, "--seeds", "1", "--grid",
                                 "model.base=models/tiny-llama,models/missing")
     assert code == 1 and "the other variants go on" in out
     good, bad = failing.variants
     assert good.runs[0].status == "reused" and bad.runs[0].status == "failed"
     assert "models/missing" in bad.runs[0].error
+    # the same with --parallel 2: what is left to run (the failing variant) runs as a process of its own, `recipe
+    # sweep ... --task 0`, its output kept in the sweep's logs/, its failure reported as before
+    code, out, parallel = _sweep(capsys, *ONE, "--seeds", "1", "--grid",
+                                 "model.base=models/tiny-llama,models/missing", "--parallel", "2")
+    log = rundir.paths.runs_dir() / "_sweep" / f"tiny-cpu-{parallel.key}" / "logs" / "task-local_0.out"
+    assert code == 1 and [t.variant for t in parallel.tasks] == ["model.base=models/missing"]
+    failed_run = parallel.variants[1].runs[0]
+    assert failed_run.status == "failed" and "exited with code 2" in failed_run.error
+    assert "task 0: model.base=models/missing seed 1" in log.read_text() and "models/missing" in log.read_text()
     assert [r.verdict for r in failing.decision.rows] == ["best", "not evaluated"]
 
     # --pick writes the best variant back into the recipe file, as a diff a reviewer reads line by line
