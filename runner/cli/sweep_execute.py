@@ -33,6 +33,13 @@ class Setup:
     def seed_overrides(self, seed: int | None) -> list[str]:
         return [f"train.seed={seed}"] if seed is not None else []
 
+    def study(self, folder, key: str, worker: str = ""):
+        """A search's Optuna study in the sweep folder, its direction the metric's."""
+        from runner.metrics import registry
+        from runner.runs import sweep_study
+
+        return sweep_study.open_study(folder, key, registry.higher_is_better(self.metric), worker)
+
 
 def _existing(name: str, fingerprint: str):
     """The run of `name` trained from this resolved recipe, the most finished first (evaluated, trained, other)."""
@@ -163,11 +170,10 @@ def _value(run, metric: str) -> float:
 def search_worker(setup: Setup, folder, key: str, worker: str, verbose: bool) -> int:
     """Ask the study for trials and run them (each once per seed, valued by the metric's mean) until the study
     holds setup.trials; returns how many of this worker's trials failed."""
-    from runner.metrics import registry
     from runner.runs import sweep_study
     from runner.runs.sweep_file import SeedRun
 
-    study = sweep_study.open_study(folder, key, registry.higher_is_better(setup.metric), worker)
+    study = setup.study(folder, key, worker)
     failed = 0
     while (trial := sweep_study.next_trial(study, folder, setup.space, setup.trials, worker)) is not None:
         console.say(f"trial {trial.number + 1} of {setup.trials}: {trial.name}")
@@ -189,11 +195,10 @@ def search_worker(setup: Setup, folder, key: str, worker: str, verbose: bool) ->
 
 def from_study(setup: Setup, sweep, folder, key: str) -> int:
     """sweep.variants from the study's trials (their runs found by fingerprint); returns how many failed."""
-    from runner.metrics import registry
     from runner.runs import sweep_study
     from runner.runs.sweep_file import SeedRun, VariantEntry
 
-    study = sweep_study.open_study(folder, key, registry.higher_is_better(setup.metric))
+    study = setup.study(folder, key)
     sweep.variants, failed = [], 0
     for trial, state in sweep_study.trials(study, setup.space):
         if any(v.name == trial.name for v in sweep.variants):
@@ -230,10 +235,9 @@ def _tasks(setup: Setup, workers: int, entries, sweep, folder) -> tuple[list, li
     from runner.runs.sweep_file import ArrayTask, SeedRun
 
     if setup.space is not None:
-        from runner.metrics import registry
         from runner.runs import sweep_study
 
-        study = sweep_study.open_study(folder, sweep.key, registry.higher_is_better(setup.metric))
+        study = setup.study(folder, sweep.key)
         if not sweep_study.unfinished(study, setup.trials):
             console.say(f"the study holds its {setup.trials} trials: nothing to run")
             return [], []
@@ -420,10 +424,9 @@ def status(setup: Setup, folder) -> int:
     if sweep.array:
         print(f"slurm array {sweep.array.job_id}: {slurm.summary(states, len(sweep.tasks))}")
     if setup.space is not None:  # the study's trials so far, each once per seed
-        from runner.metrics import registry
         from runner.runs import sweep_study
 
-        study = sweep_study.open_study(folder, sweep.key, registry.higher_is_better(setup.metric))
+        study = setup.study(folder, sweep.key)
         trials = sweep_study.trials(study, setup.space)
         print(f"study: {len(trials)} of {setup.trials} trials asked, "
               f"{sum(state == 'COMPLETE' for _, state in trials)} complete")
